@@ -1,0 +1,43 @@
+# Shortlist developer entry points. Everything runs from the project-local .venv,
+# installed from the committed lock (requirements/lock.txt).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# A local wheel directory (e.g. one holding the CPU build of torch) is honoured when
+# the environment names it, as pip does; uv does not read pip's configuration itself.
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
+DATASET ?= ../shared/datasets/ml-100k
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install lock test lint format demo up down clean bench
+
+$(BIN)/.installed: requirements/lock.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade uv
+	$(BIN)/uv pip sync -q --python $(BIN)/python $(FIND_LINKS) requirements/lock.txt
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed ## create .venv from the lock
+
+lock: ## re-resolve requirements/requirements.in into the lock
+	uv pip compile requirements/requirements.in --python-version 3.11 $(FIND_LINKS) \
+	  --no-emit-find-links --no-header --no-annotate -o requirements/lock.txt
+
+test: install ## lint, then the whole test suite (starts its own MLflow and S3 servers)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+demo: install ## the main job end to end on the embedded defaults
+	$(BIN)/python -m shortlist.demo --dataset "$(DATASET)"
+
+clean:
+	rm -rf .shortlist

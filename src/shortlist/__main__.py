@@ -1,0 +1,5 @@
+import sys
+
+from shortlist.cli import main
+
+sys.exit(main())

@@ -1,0 +1,271 @@
+"""One typed configuration for every stage.
+
+`params.yaml` is the single source of hyperparameters, thresholds and paths. DVC reads
+it for dependency tracking, Airflow and the CLI load it here into one validated object.
+Unknown keys and wrong types are errors that name the offending key, so a typo cannot
+silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PARAMS_ENV = "SHORTLIST_PARAMS"
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProjectParams(_Section):
+    work_dir: str = ".shortlist"
+    seed: int = 42
+
+
+class DataParams(_Section):
+    source: Literal["movielens-100k", "movielens-1m", "movielens-latest", "csv", "synth"] = (
+        "movielens-100k"
+    )
+    path: str = ""
+    dir: str = ".shortlist/data"
+
+
+class SynthParams(_Section):
+    users: int = Field(5000, gt=0)
+    items: int = Field(2000, gt=0)
+    interactions: int = Field(200_000, gt=0)
+    factors: int = Field(16, gt=0)
+    zipf_exponent: float = Field(1.1, gt=0)
+    cold_item_fraction: float = Field(0.05, ge=0, lt=1)
+    late_user_fraction: float = Field(0.05, ge=0, lt=1)
+    period_days: int = Field(180, gt=0)
+    drift: float = Field(0.3, ge=0)
+    chunk_rows: int = Field(1_000_000, gt=0)
+    start_timestamp: int = 1_640_995_200  # 2022-01-01 UTC
+
+
+class ValidationParams(_Section):
+    reference_dir: str = ".shortlist/reference"
+    quarantine_dir: str = ".shortlist/quarantine"
+    docs_dir: str = ".shortlist/data_docs"
+    min_timestamp: int = 631_152_000  # 1990-01-01 UTC: older is a unit error, not history
+    max_future_seconds: int = Field(3600, ge=0)
+    volume_tolerance: float = Field(0.5, gt=0)
+    max_new_item_share: float = Field(0.5, ge=0, le=1)
+    max_new_user_share: float = Field(0.5, ge=0, le=1)
+    per_user_quantile_tolerance: float = Field(1.0, gt=0)
+    example_rows: int = Field(5, gt=0)
+
+
+class SplitParams(_Section):
+    dir: str = ".shortlist/split"
+    mode: Literal["global", "per_user"] = "global"
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    min_user_interactions: int = Field(1, ge=1)
+
+
+class LogQParams(_Section):
+    enabled: bool = True
+    hash_buckets: int = Field(1 << 20, gt=0)
+    alpha: float = Field(0.01, gt=0, le=1)
+    inference_popularity_weight: float = 0.0
+
+
+class TowerParams(_Section):
+    out_dir: str = ".shortlist/model"
+    embedding_dim: int = Field(64, gt=0)
+    hidden_dim: int = Field(128, gt=0)
+    history_len: int = Field(50, gt=0)
+    title_hash_buckets: int = Field(4096, gt=0)
+    user_buckets: int = Field(1, ge=1)
+    id_dropout: float = Field(0.1, ge=0, le=1)
+    temperature: float = Field(0.05, gt=0)
+    batch_size: int = Field(1024, gt=0)
+    epochs: int = Field(20, gt=0)
+    learning_rate: float = Field(0.003, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    mixed_negatives: int = Field(0, ge=0)
+    early_stopping_patience: int = Field(3, ge=1)
+    eval_k: int = Field(20, gt=0)
+    threads: int = Field(2, ge=1)
+    compile: bool = False
+    logq: LogQParams = LogQParams()
+
+
+class RankerParams(_Section):
+    candidates: int = Field(200, gt=0)
+    random_negatives: int = Field(5, ge=0)
+    cross_layers: int = Field(2, ge=0)
+    hidden_dims: list[int] = [128, 64]
+    batch_size: int = Field(512, gt=0)
+    epochs: int = Field(10, gt=0)
+    learning_rate: float = Field(0.001, gt=0)
+    early_stopping_patience: int = Field(2, ge=1)
+    eval_k: int = Field(20, gt=0)
+    threads: int = Field(2, ge=1)
+
+
+class EvaluationParams(_Section):
+    ks: list[int] = [10, 20, 50, 200]
+    primary_metric: str = "recall@20"
+    heavy_user_quantile: float = Field(0.8, gt=0, lt=1)
+    baselines: list[Literal["most_popular", "item_knn", "ease", "als"]] = [
+        "most_popular",
+        "item_knn",
+        "ease",
+        "als",
+    ]
+    min_relative_gain_over_champion: float = 0.0
+    min_relative_gain_over_baselines: float = 0.0
+
+
+class IndexParams(_Section):
+    type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = "auto"
+    flat_max_items: int = Field(200_000, gt=0)
+    hnsw_m: int = Field(32, gt=0)
+    ef_construction: int = Field(40, gt=0)
+    ef_search: int = Field(128, gt=0)
+    nlist: int = Field(1024, gt=0)
+    nprobe: int = Field(32, gt=0)
+    pq_m: int = Field(16, gt=0)
+    refine_factor: int = Field(4, ge=1)
+    embed_batch_size: int = Field(65_536, gt=0)
+
+
+class CanaryParams(_Section):
+    recall_slo: float = Field(0.95, ge=0, le=1)
+    users: int = Field(1000, gt=0)
+    live_path_tolerance: float = Field(0.05, ge=0)
+    breaches_before_rollback: int = Field(2, ge=1)
+
+
+class ServingParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+    max_k: int = Field(1000, gt=0)
+    max_body_bytes: int = Field(65_536, gt=0)
+    impressions_dir: str = ".shortlist/impressions"
+    impressions_rotate_rows: int = Field(10_000, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class BundleParams(_Section):
+    root: str = ".shortlist/bundles"
+    staging_dir: str = ".shortlist/staging"
+
+
+class PromotionParams(_Section):
+    registered_model: str = "shortlist-bundle"
+    auto_approve: bool = False
+    approval_timeout_seconds: int = Field(24 * 3600, gt=0)
+    poll_seconds: int = Field(30, gt=0)
+
+
+class MlflowParams(_Section):
+    tracking_uri: str = "sqlite:///.shortlist/mlflow.db"
+    experiment: str = "shortlist"
+
+
+class ScheduleParams(_Section):
+    data: str = "@daily"
+    retrain: str = "@weekly"
+    reembed: str = "@daily"
+    canary: str = "@hourly"
+
+
+class StorageParams(_Section):
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+
+class Params(_Section):
+    project: ProjectParams = ProjectParams()
+    data: DataParams = DataParams()
+    synth: SynthParams = SynthParams()
+    validation: ValidationParams = ValidationParams()
+    split: SplitParams = SplitParams()
+    towers: TowerParams = TowerParams()
+    ranker: RankerParams = RankerParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    index: IndexParams = IndexParams()
+    canary: CanaryParams = CanaryParams()
+    serving: ServingParams = ServingParams()
+    bundle: BundleParams = BundleParams()
+    promotion: PromotionParams = PromotionParams()
+    mlflow: MlflowParams = MlflowParams()
+    schedules: ScheduleParams = ScheduleParams()
+    storage: StorageParams = StorageParams()
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Params:
+        """Return a copy with `key.path=value` overrides applied and re-validated."""
+        raw = self.model_dump()
+        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        for key, value in items:
+            _set_path(raw, key, value)
+        return _validate(raw)
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, value = text.split("=", 1)
+    # YAML typing, so `--set towers.epochs=3` is an int and `--set a.b=[1,2]` a list.
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown params key {'.'.join(parts[: i + 1])!r}")
+        node = node[part]
+    if not isinstance(node, dict) or parts[-1] not in node:
+        raise ConfigError(f"unknown params key {key!r}")
+    node[parts[-1]] = value
+
+
+def _validate(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"])
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            problems.append(f"{key}: {msg}")
+        raise ConfigError("invalid params: " + "; ".join(problems)) from None
+
+
+def params_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """The params file in use: explicit path, else $SHORTLIST_PARAMS, else ./params.yaml."""
+    return Path(path or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS_FILE)
+
+
+def load_params(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Params:
+    """Load and validate params.yaml (defaults alone when the file does not exist)."""
+    file = params_path(path)
+    raw: dict[str, Any] = {}
+    if file.exists():
+        loaded = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: top level must be a mapping")
+        raw = loaded
+    elif path is not None:
+        raise ConfigError(f"params file {file} does not exist")
+    params = _validate(raw)
+    return params.with_overrides(overrides) if overrides else params
