@@ -1,0 +1,47 @@
+"""Shared fixtures: the real ml-100k data, isolated params, and the real test servers.
+
+Server fixtures (MLflow on SQLite, SeaweedFS S3) live in tests/servers.py and start
+on 127.0.0.1 with free ports, once per session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shortlist.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("SHORTLIST_ML100K", REPO.parent / "shared" / "datasets" / "ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def ml100k_path() -> Path:
+    """The MovieLens 100K directory; tests that need it skip with a reason when absent."""
+    if not (ML100K / "u.data").exists():
+        pytest.skip(f"MovieLens 100K not found at {ML100K} (set SHORTLIST_ML100K)")
+    return ML100K
+
+
+@pytest.fixture
+def params(tmp_path: Path) -> Params:
+    """Repository params with every working path moved under tmp_path."""
+    base = load_params(REPO / "params.yaml")
+    work = tmp_path / "work"
+    return base.with_overrides(
+        {
+            "project.work_dir": str(work),
+            "data.dir": str(work / "data"),
+            "validation.reference_dir": str(work / "reference"),
+            "validation.quarantine_dir": str(work / "quarantine"),
+            "validation.docs_dir": str(work / "data_docs"),
+            "split.dir": str(work / "split"),
+            "towers.out_dir": str(work / "model"),
+            "bundle.root": str(work / "bundles"),
+            "bundle.staging_dir": str(work / "staging"),
+            "serving.impressions_dir": str(work / "impressions"),
+            "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        }
+    )
