@@ -210,7 +210,9 @@ class Params(_Section):
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Params:
         """Return a copy with `key.path=value` overrides applied and re-validated."""
         raw = self.model_dump()
-        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        items = (
+            overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        )
         for key, value in items:
             _set_path(raw, key, value)
         return _validate(raw)

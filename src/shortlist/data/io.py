@@ -107,7 +107,9 @@ def _write_blobs(
 def write_snapshot_manifest(
     store: Store, checksums: dict[str, str], source: str, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    rows = {name: pq.read_metadata(io.BytesIO(store.read_bytes(name))).num_rows for name in checksums}
+    rows = {
+        name: pq.read_metadata(io.BytesIO(store.read_bytes(name))).num_rows for name in checksums
+    }
     manifest = {
         "snapshot_id": snapshot_id_of(checksums),
         "source": source,

@@ -1,0 +1,1 @@
+"""Full-ranking offline evaluation: metrics, the harness, and the baselines."""
