@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shortlist.config import Params, load_params
+from tests.servers import mlflow_server, mlflow_tracking, s3, s3_server  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("SHORTLIST_ML100K", REPO.parent / "shared" / "datasets" / "ml-100k"))

@@ -45,6 +45,8 @@ class SynthParams(_Section):
     items: int = Field(2000, gt=0)
     interactions: int = Field(200_000, gt=0)
     factors: int = Field(16, gt=0)
+    topics: int = Field(32, gt=0)  # latent item clusters; titles draw words per topic
+    candidates: int = Field(4, gt=0)  # items drawn per interaction, best affinity wins
     zipf_exponent: float = Field(1.1, gt=0)
     cold_item_fraction: float = Field(0.05, ge=0, lt=1)
     late_user_fraction: float = Field(0.05, ge=0, lt=1)
@@ -52,6 +54,7 @@ class SynthParams(_Section):
     drift: float = Field(0.3, ge=0)
     chunk_rows: int = Field(1_000_000, gt=0)
     start_timestamp: int = 1_640_995_200  # 2022-01-01 UTC
+    threads: int = Field(2, ge=1)  # chunk workers; the output does not depend on it
 
 
 class ValidationParams(_Section):
@@ -64,6 +67,7 @@ class ValidationParams(_Section):
     max_new_item_share: float = Field(0.5, ge=0, le=1)
     max_new_user_share: float = Field(0.5, ge=0, le=1)
     per_user_quantile_tolerance: float = Field(1.0, gt=0)
+    per_user_quantiles: list[float] = [0.5, 0.9, 0.99]
     example_rows: int = Field(5, gt=0)
 
 
@@ -90,6 +94,8 @@ class TowerParams(_Section):
     title_hash_buckets: int = Field(4096, gt=0)
     user_buckets: int = Field(1, ge=1)
     id_dropout: float = Field(0.1, ge=0, le=1)
+    id_dim: int = Field(64, gt=0)
+    context_dropout: float = Field(0.5, ge=0, le=1)
     temperature: float = Field(0.05, gt=0)
     batch_size: int = Field(1024, gt=0)
     epochs: int = Field(20, gt=0)
@@ -114,6 +120,33 @@ class RankerParams(_Section):
     early_stopping_patience: int = Field(2, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
+    id_dim: int = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    # Positives weighted by engagement (the rating on MovieLens), or all weight 1.
+    positive_weight: Literal["engagement", "unit"] = "engagement"
+    popularity_windows_days: list[int] = [1, 7, 30]
+    # Feature groups used (retrieval, item and user are always on); for ablations.
+    feature_groups: list[Literal["crosses", "popularity", "context", "ids"]] = [
+        "crosses",
+        "popularity",
+        "context",
+        "ids",
+    ]
+    # Share of validation users held out of ranker fitting for early stopping.
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class BaselineGridParams(_Section):
+    """Validation grids of the baselines (shortlist.eval.baselines); small on purpose."""
+
+    item_knn_neighbours: list[int] = [50, 100, 200]
+    item_knn_shrink: list[float] = [0.0, 10.0, 50.0]
+    ease_lambda: list[float] = [100.0, 250.0, 500.0, 1000.0]
+    als_factors: list[int] = [32, 64, 128]
+    als_regularization: list[float] = [0.01, 0.1]
+    als_iterations: list[int] = [15]
+    als_alpha: list[float] = [1.0, 10.0]
 
 
 class EvaluationParams(_Section):
@@ -128,11 +161,15 @@ class EvaluationParams(_Section):
     ]
     min_relative_gain_over_champion: float = 0.0
     min_relative_gain_over_baselines: float = 0.0
+    threads: int = Field(2, ge=1)
+    batch_users: int = Field(0, ge=0)  # users scored per batch; 0 = sized to the catalog
+    grid: BaselineGridParams = BaselineGridParams()
 
 
 class IndexParams(_Section):
     type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = "auto"
     flat_max_items: int = Field(200_000, gt=0)
+    hnsw_max_items: int = Field(5_000_000, gt=0)  # auto: HNSW up to here, IVF-PQ beyond
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(40, gt=0)
     ef_search: int = Field(128, gt=0)
@@ -141,6 +178,7 @@ class IndexParams(_Section):
     pq_m: int = Field(16, gt=0)
     refine_factor: int = Field(4, ge=1)
     embed_batch_size: int = Field(65_536, gt=0)
+    threads: int = Field(2, ge=1)
 
 
 class CanaryParams(_Section):
@@ -148,6 +186,10 @@ class CanaryParams(_Section):
     users: int = Field(1000, gt=0)
     live_path_tolerance: float = Field(0.05, ge=0)
     breaches_before_rollback: int = Field(2, ge=1)
+    live_path_k: int = Field(100, gt=0)  # recall@K of held-out items, live vs offline
+    reembed_sample: int = Field(1000, gt=0)  # items re-embedded for the consistency check
+    reembed_tolerance: float = Field(1e-4, gt=0)  # max |stored - re-embedded| per component
+    seed: int = 0
 
 
 class ServingParams(_Section):
@@ -157,12 +199,23 @@ class ServingParams(_Section):
     max_body_bytes: int = Field(65_536, gt=0)
     impressions_dir: str = ".shortlist/impressions"
     impressions_rotate_rows: int = Field(10_000, gt=0)
-    poll_seconds: float = Field(1.0, gt=0)
+    # Pointer poll interval: a promotion or rollback is visible within one poll.
+    poll_seconds: float = Field(0.25, gt=0)
+    # Keep the previously live bundle in memory so a rollback is a reference swap.
+    keep_previous: bool = True
+    # 0: deterministic top-k (propensity 1); > 0: Plackett-Luce exploration at this temperature.
+    exploration_temperature: float = Field(0.0, ge=0)
+    # torch and FAISS threads per request (one query at a time: more threads only contend).
+    threads: int = Field(1, ge=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class BundleParams(_Section):
     root: str = ".shortlist/bundles"
     staging_dir: str = ".shortlist/staging"
+    cache_dir: str = ".shortlist/bundle-cache"  # local copies of s3:// bundles
+    popularity_half_life_days: float = Field(7.0, gt=0)  # recent-trend prior for new users
+    history_len: int = Field(200, gt=0)  # most recent items kept per user for serving
 
 
 class PromotionParams(_Section):

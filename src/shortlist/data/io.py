@@ -71,6 +71,31 @@ def normalise_interactions(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def feature_table(df: pd.DataFrame | pa.Table, required: dict[str, pa.DataType]) -> pa.Table:
+    """An item or user table with the contract's types on its required columns.
+
+    pandas hands Arrow `large_string` for text and `list<null>` for an all-empty list
+    column; both are cast here (to `string`, `list<string>`) so every writer produces the
+    same physical schema. Feature columns keep their type, text narrowed to `string`.
+    """
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, preserve_index=False)
+    table = table.replace_schema_metadata(None)
+    fields = [
+        pa.field(f.name, required[f.name] if f.name in required else _narrow(f.type))
+        for f in table.schema
+    ]
+    return table.cast(pa.schema(fields))
+
+
+def _narrow(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_large_string(dtype):
+        return pa.string()
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        value = dtype.value_type
+        return pa.list_(pa.string() if pa.types.is_null(value) else _narrow(value))
+    return dtype
+
+
 def write_dataset(
     uri: str,
     interactions: pd.DataFrame,
@@ -89,8 +114,8 @@ def write_dataset(
         schema.INTERACTIONS: table_to_bytes(
             normalise_interactions(interactions), schema.INTERACTIONS_SCHEMA
         ),
-        schema.ITEMS: table_to_bytes(items),
-        schema.USERS: table_to_bytes(users),
+        schema.ITEMS: table_to_bytes(feature_table(items, schema.ITEM_REQUIRED)),
+        schema.USERS: table_to_bytes(feature_table(users, schema.USER_REQUIRED)),
     }
     return _write_blobs(store, blobs, source, extra)
 
@@ -105,11 +130,18 @@ def _write_blobs(
 
 
 def write_snapshot_manifest(
-    store: Store, checksums: dict[str, str], source: str, extra: dict[str, Any] | None = None
+    store: Store,
+    checksums: dict[str, str],
+    source: str,
+    extra: dict[str, Any] | None = None,
+    rows: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    rows = {
-        name: pq.read_metadata(io.BytesIO(store.read_bytes(name))).num_rows for name in checksums
-    }
+    """Write snapshot.json. `rows` (table -> row count) saves re-reading large tables."""
+    if rows is None:
+        rows = {
+            name: pq.read_metadata(io.BytesIO(store.read_bytes(name))).num_rows
+            for name in checksums
+        }
     manifest = {
         "snapshot_id": snapshot_id_of(checksums),
         "source": source,

@@ -1,0 +1,271 @@
+"""Serving latency: p50/p95/p99 and throughput of POST /recommend at 100k and 1M items.
+
+For each catalog size: a synthetic dataset with latent structure (shortlist's generator,
+d=64 towers trained for one epoch on it), a real bundle (`build_bundle`: full catalog
+re-embedding + FAISS index, flat up to `--flat-max` items, IVF-Flat above), ANN
+recall@10/@100 of that index against exact search for real user queries, then one
+`shortlist serve` process on 127.0.0.1 and a bounded closed-loop load generator:
+concurrency 1 for latency, then `--concurrency` clients for throughput. Each request
+retrieves the top `ranker.candidates` (200), ranks them (the bundle's ranker when it
+has one, else the retrieval score) and returns k=20.
+
+    .venv/bin/python benchmarks/serving_latency.py            # 100k and 1M (~10-15 min)
+    .venv/bin/python benchmarks/serving_latency.py --sizes 20000 --requests 500   # smoke
+
+Writes benchmarks/results/serving_latency.json. Latencies are client-side (HTTP on
+loopback included) on this machine, which other processes share: the load average is
+recorded beside every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from shortlist.config import load_params
+from shortlist.serving.loadgen import free_port, run_load, summarise, wait_ready
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(work: Path, n_items: int, args):
+    big = n_items > args.flat_max
+    return load_params(REPO / "params.yaml").with_overrides(
+        {
+            "project.work_dir": str(work),
+            "towers.embedding_dim": 64,
+            "towers.epochs": 1,
+            "towers.threads": 2,
+            "ranker.candidates": 200,
+            "index.type": "ivf_flat" if big else "flat",
+            "index.nlist": args.nlist,
+            "index.nprobe": args.nprobe,
+            "bundle.root": str(work / "bundles"),
+            "bundle.staging_dir": str(work / "staging"),
+            "bundle.cache_dir": str(work / "bundle-cache"),
+            "serving.impressions_dir": str(work / "impressions"),
+            "serving.log_level": "warning",
+            "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+        }
+    )
+
+
+def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
+    from shortlist.data.io import read_dataset
+    from shortlist.models.train import train_two_tower
+
+    ds = read_dataset(data_dir)
+    inter = ds.interactions
+    cut = inter["timestamp"].quantile(0.9)
+    train, validation = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
+    t0 = time.perf_counter()
+    retriever, _ = train_two_tower(
+        params,
+        train,
+        validation,
+        ds.items,
+        ds.users,
+        progress=False,
+        mlflow_run=False,
+        out_dir=model_dir,
+    )
+    out = {"towers_seconds": round(time.perf_counter() - t0, 1), "ranker": None}
+    if with_ranker:
+        try:
+            from shortlist.ranking.train import train_ranker
+
+            t0 = time.perf_counter()
+            ranker, _ = train_ranker(
+                params.with_overrides({"ranker.epochs": 1}),
+                retriever,
+                train,
+                validation,
+                ds.items,
+                ds.users,
+                progress=False,
+                mlflow_run=False,
+            )
+            ranker.save(model_dir)
+            out["ranker"] = {"seconds": round(time.perf_counter() - t0, 1)}
+        except Exception as exc:  # noqa: BLE001 - reported, the benchmark goes on without
+            out["ranker"] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
+
+
+def _recall(location: str, n_queries: int) -> dict:
+    from shortlist.bundle.bundle import load_bundle
+    from shortlist.index.ann import exact_search, recall_at_k, search
+    from shortlist.serving.recommend import prepare
+
+    bundle = load_bundle(location)
+    sb = prepare(bundle, location)
+    users = sorted(bundle.histories)
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(users), min(n_queries, len(users)), replace=False)
+    now = time.time()
+    q = np.vstack(
+        [sb.encoder.embed(users[i], bundle.histories[users[i]], now) for i in pick]
+    ).astype(np.float32)
+    _, ann = search(bundle.index, q, 100)
+    _, exact = exact_search(np.asarray(bundle.item_vectors), q, 100)
+    return {
+        "queries": len(q),
+        "recall@10": round(recall_at_k(ann, exact, 10), 4),
+        "recall@100": round(recall_at_k(ann, exact, 100), 4),
+        "index_type": bundle.manifest.index_type,
+        "index_params": bundle.manifest.index_params,
+        "ranker_in_bundle": bundle.ranker is not None,
+        "users": users,
+    }
+
+
+def _serve(params, root: str, work: Path) -> tuple[subprocess.Popen, str]:
+    pfile = work / "serve-params.yaml"
+    pfile.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+    port = free_port()
+    log = open(work / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    cmd = [sys.executable, "-m", "shortlist", "serve", "--params", str(pfile), "--root", root]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def run_size(n_items: int, args, work: Path) -> dict:
+    from pipelines import synth
+    from shortlist.bundle.bundle import build_bundle
+    from shortlist.bundle.slots import Slots
+
+    work.mkdir(parents=True, exist_ok=True)
+    params = _params(work, n_items, args)
+    res: dict = {"items": n_items, "embedding_dim": 64}
+    t0 = time.perf_counter()
+    data_dir = str(work / "data")
+    synth.run(
+        params,
+        users=args.users,
+        items=n_items,
+        interactions=args.interactions,
+        seed=0,
+        out_dir=data_dir,
+    )
+    res["synth_seconds"] = round(time.perf_counter() - t0, 1)
+    model_dir = str(work / "model")
+    res["training"] = _train(params, data_dir, model_dir, args.ranker)
+    slots = Slots(params.bundle.root)
+    dest = slots.slot_location(slots.idle_slot())
+    t0 = time.perf_counter()
+    manifest = build_bundle(params, model_dir=model_dir, data_dir=data_dir, dest=dest)
+    res["bundle"] = {
+        "bundle_id": manifest.bundle_id,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "embed": manifest.stats.get("embed"),
+        "index": {k: v for k, v in manifest.stats.get("index", {}).items() if k != "params"},
+        "has_ranker": manifest.has_ranker,
+    }
+    slots.promote()
+    rec = _recall(dest, args.recall_queries)
+    users = rec.pop("users")
+    res["ann"] = rec
+    print(f"[{n_items}] bundle built, ANN {rec}", flush=True)
+
+    rng = np.random.default_rng(1)
+    order = rng.integers(0, len(users), 1_000_000)
+
+    def make_request(n: int):
+        return "POST", "/recommend", {"user_id": users[order[n]], "k": 20}
+
+    proc, url = _serve(params, params.bundle.root, work)
+    try:
+        t0 = time.perf_counter()
+        wait_ready(url, timeout=600)
+        res["server_ready_seconds"] = round(time.perf_counter() - t0, 1)
+        run_load(url, make_request, max_requests=args.warmup, max_seconds=60, keep_bodies=False)
+        load0 = os.getloadavg()[0]
+        lat = run_load(
+            url,
+            make_request,
+            max_requests=args.requests,
+            max_seconds=args.seconds,
+            concurrency=1,
+            keep_bodies=False,
+        )
+        load1 = os.getloadavg()[0]
+        thr = run_load(
+            url,
+            make_request,
+            max_requests=args.requests * 2,
+            max_seconds=args.seconds,
+            concurrency=args.concurrency,
+            keep_bodies=False,
+        )
+        load2 = os.getloadavg()[0]
+        check = run_load(url, make_request, max_requests=3, max_seconds=10)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    body = check[0].body
+    res["response_check"] = {
+        "status": check[0].status,
+        "items": len(body["items"]),
+        "bundle_id_matches": body["bundle_id"] == manifest.bundle_id,
+        "strategy": body["strategy"],
+    }
+    res["latency_concurrency_1"] = {**summarise(lat), "loadavg_1m": [load0, load1]}
+    res[f"throughput_concurrency_{args.concurrency}"] = {**summarise(thr), "loadavg_1m": load2}
+    print(f"[{n_items}] latency {res['latency_concurrency_1']}", flush=True)
+    print(f"[{n_items}] throughput {res[f'throughput_concurrency_{args.concurrency}']}", flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--users", type=int, default=20_000)
+    ap.add_argument("--interactions", type=int, default=300_000)
+    ap.add_argument("--flat-max", type=int, default=200_000)
+    ap.add_argument("--nlist", type=int, default=1024)
+    ap.add_argument("--nprobe", type=int, default=48)
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--seconds", type=float, default=45.0)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--recall-queries", type=int, default=1000)
+    ap.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving_latency.json"))
+    args = ap.parse_args(argv)
+
+    cmd = "benchmarks/serving_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = {
+        "benchmark": "serving_latency",
+        "command": f".venv/bin/python {cmd}".strip(),
+        "endpoint": "POST /recommend (k=20, top-200 candidates, ranker when bundled)",
+        "data": f"synthetic (shortlist synth: {args.users} users, {args.interactions} interactions)",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "sizes": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="serving-bench-", dir=args.work) as tmp:
+        for n in args.sizes:
+            results["sizes"].append(run_size(n, args, Path(tmp) / f"n{n}"))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(json.dumps(results, indent=2, default=str))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""
+### shortlist_retrain: fresh data to an approved, promoted bundle
+
+validate → split → train towers → train ranker → evaluate & bless → build bundle into
+the idle slot (embed every item, FAISS index) → canary → register the challenger in
+MLflow → **await approval** → promote (one pointer flip) → canary on live → roll back
+automatically if that fails.
+
+* **Approval** is a person moving the `champion` alias of the registered model
+  (`promotion.registered_model`) to the challenger version in the MLflow UI. The
+  `await_approval` sensor polls MLflow; when `promotion.approval_timeout_seconds`
+  passes, the run ends *not approved* (the sensor is skipped) and nothing changes.
+  `promotion.auto_approve: true` approves unattended (recorded as `approved_by=auto`).
+* **Gates:** a NOT_BLESSED challenger (it must beat every baseline and the champion)
+  or a failed canary short-circuits everything after it; a version that is not blessed
+  or failed its canary is refused at promotion even if `champion` points at it.
+* **Idempotent:** outputs live under `<work_dir>/runs/<data interval>/`; a retry reuses
+  a finished model, rebuilds only the idle slot, finds the registry version by bundle
+  id; only `promote` and `rollback_on_failure` touch the live pointer.
+* Schedule: `schedules.retrain`, and every update of the `shortlist://validated-data`
+  asset. `max_active_runs=1`: promotions never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import get_current_context as ctx
+
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+
+from _common import (  # noqa: E402
+    DEFAULT_ARGS,
+    RUN_PARAMS_DOC,
+    START_DATE,
+    in_project_dir,
+    parse_time_params,
+    run_key,
+    run_params,
+    where,
+)
+
+log = logging.getLogger(__name__)
+P = parse_time_params()
+VALIDATED_DATA = Asset("shortlist://validated-data")
+LIVE_BUNDLE = Asset("shortlist://live-bundle")
+
+
+def _run_dir(params, root: Path) -> Path:
+    return Path(where(root, params.project.work_dir)) / "runs" / run_key(ctx())
+
+
+@dag(
+    dag_id="shortlist_retrain",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(P.schedules.retrain, timezone="UTC"),
+        assets=VALIDATED_DATA,
+    ),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["shortlist", "training", "promotion"],
+    doc_md=__doc__,
+    params={
+        "params_file": Param(
+            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
+        ),
+        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
+    },
+)
+def shortlist_retrain() -> None:
+    @task(retries=0, doc_md="Data contract on `data.dir`; a bad batch stops the run here.")
+    def validate() -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines import validate as stage
+
+        params, root = run_params(ctx())
+        data_dir = where(root, params.data.dir)
+        with in_project_dir(root):
+            report = stage.run(params, data_dir=data_dir)
+        log.info("%s", report.summary())
+        if not report.success:
+            raise AirflowFailException(report.summary().splitlines()[0])
+        return {"data_dir": data_dir, "snapshot_id": report.snapshot_id}
+
+    @task(doc_md="Temporal split of the validated snapshot into this run's directory.")
+    def split(validated: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import split as stage
+
+        params, root = run_params(ctx())
+        out = _run_dir(params, root) / "split"
+        with in_project_dir(root):
+            manifest = stage.run(params, data_dir=validated["data_dir"], out_dir=str(out))
+        return {**validated, "split_dir": str(out), "counts": manifest["counts"]}
+
+    @task(doc_md="Two-tower retrieval model (in-batch softmax + logQ); reused on retry.")
+    def train_towers(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import train_towers as stage
+
+        params, root = run_params(ctx())
+        out = _run_dir(params, root) / "model"
+        done = out / "towers.json"
+        if done.exists() and data["snapshot_id"] in done.read_text():
+            log.info("towers for snapshot %s already trained in %s", data["snapshot_id"], out)
+        else:
+            with in_project_dir(root):
+                stage.run(params, split_dir=data["split_dir"], out_dir=str(out))
+        return {**data, "model_dir": str(out)}
+
+    @task(doc_md="Ranker over the towers' candidates, saved beside them.")
+    def train_ranker(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import train_ranker as stage
+
+        params, root = run_params(ctx())
+        if not (Path(data["model_dir"]) / "ranker.json").exists():
+            with in_project_dir(root):
+                stage.run(params, split_dir=data["split_dir"], model_dir=data["model_dir"])
+        return data
+
+    @task(doc_md="Full-ranking evaluation vs champion and baselines → BLESSED / NOT_BLESSED.")
+    def evaluate(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import bless
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            result = bless.run(
+                params,
+                model_dir=data["model_dir"],
+                split_dir=data["split_dir"],
+                root=where(root, params.bundle.root),
+                out_dir=str(_run_dir(params, root) / "eval"),
+            )
+        log.info("%s: %s", result["blessing"]["verdict"], "; ".join(result["blessing"]["reasons"]))
+        return {**data, "evaluation": result}
+
+    @task.short_circuit(doc_md="Stop here (nothing changes) unless the challenger is BLESSED.")
+    def is_blessed(data: dict[str, Any]) -> bool:
+        return bool(data["evaluation"]["blessing"]["blessed"])
+
+    @task(doc_md="Embed every item with the new item tower, build the index, write the idle slot.")
+    def build_bundle(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import build_bundle as stage
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            built = stage.run(
+                params,
+                model_dir=data["model_dir"],
+                data_dir=data["data_dir"],
+                root=where(root, params.bundle.root),
+            )
+        return {**data, "bundle_id": built["bundle_id"]}
+
+    @task(doc_md="Idle slot: ANN recall vs exact, live-path recall, tower/embedding consistency.")
+    def canary(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import canary as stage
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            report = stage.run(params, root=where(root, params.bundle.root), slot="idle")
+        return {**data, "canary_passed": bool(report["passed"]), "canary": report}
+
+    @task(retries=0, doc_md="Register the bundle as a model version; `challenger` if it passed.")
+    def register(data: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import release
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            reg = release.register_challenger(
+                params, evaluation=data["evaluation"], root=where(root, params.bundle.root)
+            )
+        import time
+
+        return {"bundle_id": data["bundle_id"], **reg, "registered_at": time.time()}
+
+    @task.short_circuit(doc_md="Stop here (nothing changes) when the canary failed.")
+    def canary_passed(reg: dict[str, Any]) -> bool:
+        return bool(reg["canary_passed"])
+
+    @task.sensor(
+        poke_interval=P.promotion.poll_seconds,
+        timeout=P.promotion.approval_timeout_seconds,
+        mode="reschedule",
+        soft_fail=True,
+        retries=0,
+        doc_md="Wait for a person to move `champion` to the challenger in the MLflow UI "
+        "(or auto-approve). Times out as *not approved*: downstream is skipped.",
+    )
+    def await_approval(reg: dict[str, Any]):
+        import time
+
+        from airflow.sdk import PokeReturnValue
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipelines import release
+
+        params, root = run_params(ctx())
+        if release.await_approval(params, version=reg["version"], timeout_s=0):
+            return PokeReturnValue(is_done=True, xcom_value=reg)
+        waited = time.time() - reg["registered_at"]
+        if waited >= params.promotion.approval_timeout_seconds:
+            raise AirflowSkipException(
+                f"version {reg['version']} not approved within {waited:.0f}s: nothing changes"
+            )
+        return PokeReturnValue(is_done=False)
+
+    @task(retries=0, outlets=[LIVE_BUNDLE], doc_md="Flip the live pointer to the approved bundle.")
+    def promote(reg: dict[str, Any]) -> dict[str, Any]:
+        from pipelines import release
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            pointer = release.promote_approved(
+                params, version=reg["version"], root=where(root, params.bundle.root)
+            )
+        log.info("live: %s", pointer)
+        return {**reg, "pointer": pointer}
+
+    @task(retries=0, doc_md="Canary on the live slot; on failure roll back and fail (alert).")
+    def rollback_on_failure(promoted: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines import canary as stage
+        from pipelines import release
+
+        params, root = run_params(ctx())
+        bundles = where(root, params.bundle.root)
+        with in_project_dir(root):
+            report = stage.run(params, root=bundles, slot="live")
+            if report["passed"]:
+                return {**promoted, "live_canary": "passed"}
+            back = release.rollback_live(params, root=bundles, reason="post-promotion canary")
+        raise AirflowFailException(f"live canary failed, rolled back to {back['bundle_id']}")
+
+    data = train_ranker(train_towers(split(validate())))
+    evaluated = evaluate(data)
+    built = build_bundle(evaluated)
+    is_blessed(evaluated) >> built
+    reg = register(canary(built))
+    approved = await_approval(reg)
+    canary_passed(reg) >> approved
+    rollback_on_failure(promote(approved))
+
+
+retrain_dag = shortlist_retrain()

@@ -1,0 +1,71 @@
+"""Stage: evaluate the challenger against the live champion and the baselines, then bless.
+
+The champion is the model inside the live bundle (if any), evaluated by the same harness
+on the same split as the challenger, so the comparison is like for like. Writes
+blessing.json (BLESSED / NOT_BLESSED with every reason) beside the evaluation outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from shortlist.config import Params
+
+
+@contextlib.contextmanager
+def _live_model_dir(params: Params, root: str | None):
+    """The live bundle's model directory (local), or None when nothing is live."""
+    from shortlist.bundle.bundle import MODEL, local_copy
+    from shortlist.bundle.slots import Slots
+
+    slots = Slots(root or params.bundle.root, endpoint_url=params.storage.s3_endpoint_url)
+    live = slots.live_slot()
+    if live is None:
+        yield None
+        return
+    with local_copy(slots.slot_location(live)) as bundle_dir:
+        yield str(Path(bundle_dir) / MODEL)
+
+
+def run(
+    params: Params,
+    *,
+    model_dir: str,
+    split_dir: str,
+    root: str | None = None,
+    out_dir: str | None = None,
+) -> dict[str, Any]:
+    """Returns {'blessing', 'challenger_metrics', 'champion_metrics', 'out_dir', 'table'}."""
+    from pipelines import evaluate
+    from shortlist.blessing import bless
+
+    with _live_model_dir(params, root) as champion_dir:
+        result = evaluate.run(
+            params, model_dir=model_dir, split_dir=split_dir, out_dir=out_dir, champion_dir=champion_dir
+        )
+    metrics = result["metrics"]
+    verdict = bless(
+        metrics["challenger"], metrics["baselines"], params.evaluation, metrics.get("champion")
+    )
+    out = Path(result["out_dir"])
+    (out / "blessing.json").write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
+    return {
+        "blessing": verdict.to_dict(),
+        "challenger_metrics": metrics["challenger"],
+        "champion_metrics": metrics.get("champion"),
+        "out_dir": str(out),
+        "table": result["table"],
+    }
+
+
+if __name__ == "__main__":  # `python -m pipelines.bless MODEL SPLIT`
+    from shortlist.config import load_params
+
+    res = run(load_params(), model_dir=sys.argv[1], split_dir=sys.argv[2])
+    print(res["table"])
+    print(res["blessing"]["verdict"], *res["blessing"]["reasons"], sep="\n- ")
+    sys.exit(0 if res["blessing"]["blessed"] else 1)

@@ -1,0 +1,155 @@
+"""Stage `evaluate`: the model in MODEL_DIR against every baseline, on one full ranking.
+
+Reads a split directory, evaluates the two-tower model and each baseline of
+params.evaluation.baselines with `shortlist.eval.harness.evaluate` on the test part (or on
+validation when the test part is empty), and writes to OUT_DIR (default MODEL_DIR/eval):
+metrics.json (what `dvc metrics show` and the promotion gate read), report.md, and plots
+(recall_at_k.json for `dvc plots`, PNGs). Everything is also logged to one MLflow run.
+
+Baselines tune on validation and refit on train + validation before a test evaluation.
+When validation itself is the evaluated part, they still tune on it but fit on train only:
+that flatters the baselines, which only makes the gate stricter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shortlist.config import Params
+from shortlist.data import schema
+from shortlist.data.split_io import Split, load_split
+from shortlist.eval.baselines import make_baseline
+from shortlist.eval.harness import evaluate, flatten, mlflow_key
+from shortlist.eval.protocol import Recommender
+from shortlist.eval.report import (
+    plot_recall_curve,
+    plot_segments,
+    recall_curve_rows,
+    report_markdown,
+)
+
+METRICS = "metrics.json"
+REPORT = "report.md"
+CURVE = "plots/recall_at_k.json"
+
+
+def load_model(model_dir: str, params: Params, split: Split, seen: pd.DataFrame) -> Recommender:
+    """The two-tower model of MODEL_DIR as a Recommender ready to score.
+
+    `seen` is every interaction known before the evaluated period: the model builds user
+    histories from it. Kept small on purpose: the one place to adapt to the model's API.
+    """
+    from shortlist.models.recommender import TwoTowerRecommender
+
+    return TwoTowerRecommender.from_model_dir(
+        model_dir, params, interactions=seen, items=split.items, users=split.users
+    )
+
+
+def run(
+    params: Params, *, model_dir: str, split_dir: str, out_dir: str | None = None
+) -> dict[str, Any]:
+    """Evaluate MODEL_DIR and the baselines on SPLIT_DIR; returns {'table', 'metrics', ...}."""
+    ev = params.evaluation
+    split = load_split(str(split_dir))
+    part = "test" if len(split.test) else "validation"
+    if part == "validation" and not len(split.validation):
+        raise ValueError(f"{split_dir}: both test and validation are empty: nothing to evaluate")
+    target = split.test if part == "test" else split.validation
+    seen = (
+        pd.concat([split.train, split.validation], ignore_index=True)
+        if part == "test"
+        else split.train
+    )
+    catalog = np.union1d(
+        split.items[schema.ITEM_ID].astype(str).to_numpy(),
+        split.train[schema.ITEM_ID].astype(str).to_numpy(),
+    )
+    common = {
+        "ks": ev.ks,
+        "catalog": catalog,
+        "heavy_user_quantile": ev.heavy_user_quantile,
+        "batch_users": ev.batch_users or None,
+        "progress": True,
+    }
+
+    model = load_model(str(model_dir), params, split, seen)
+    results = {model.name: evaluate(model, seen, target, split.items, **common)}
+    tuned: dict[str, dict[str, Any]] = {}
+    for name in ev.baselines:
+        base = make_baseline(name, params)
+        base.refit_on_validation = part == "test"
+        base.fit(split.train, split.validation, split.items, split.users)
+        results[name] = evaluate(base, seen, target, split.items, **common)
+        tuned[name] = {"best": base.best_params, "grid": base.tuning}
+
+    table = report_markdown(results, title=f"Retrieval evaluation ({part} part)")
+    metrics = {
+        "eval_part": part,
+        "snapshot_id": split.snapshot_id,
+        "model": model.name,
+        "primary_metric": ev.primary_metric,
+        "challenger": _all_segment(results[model.name]),
+        "baselines": {n: _all_segment(r) for n, r in results.items() if n != model.name},
+        "results": results,
+        "baseline_tuning": tuned,
+    }
+    out = Path(out_dir) if out_dir else Path(model_dir) / "eval"
+    _write(out, metrics, table, results)
+    _log_mlflow(params, metrics, results, out)
+    return {"table": table, "metrics": metrics, "out_dir": str(out)}
+
+
+def _all_segment(result: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in result["segments"]["all"].items() if k != "users"}
+
+
+def _write(out: Path, metrics: dict[str, Any], table: str, results: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS).write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+    (out / REPORT).write_text(table + "\n")
+    (out / CURVE).parent.mkdir(parents=True, exist_ok=True)
+    (out / CURVE).write_text(json.dumps(recall_curve_rows(results), indent=2) + "\n")
+    plot_recall_curve(results, out / "plots" / "recall_at_k.png")
+    plot_segments(results, out / "plots" / "segments.png")
+
+
+def _clean(o: Any) -> Any:
+    """Strict JSON: numpy scalars as Python numbers, NaN/inf as null."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not np.isfinite(o):
+        return None
+    return o
+
+
+def _log_mlflow(params: Params, metrics: dict[str, Any], results: dict[str, Any], out: Path):
+    from shortlist.tracking import start_run
+
+    tags = {"snapshot_id": metrics["snapshot_id"], "eval_part": metrics["eval_part"]}
+    with start_run(params, f"evaluate {metrics['model']}", "evaluate", tags) as run:
+        import mlflow
+
+        for name, res in results.items():
+            flat = {mlflow_key(f"{name}/{k}"): v for k, v in flatten(res).items() if np.isfinite(v)}
+            mlflow.log_metrics(flat)
+        for name, tuning in metrics["baseline_tuning"].items():
+            mlflow.log_params({f"{name}.{k}": v for k, v in tuning["best"].items()})
+        mlflow.log_artifacts(str(out), artifact_path="eval")
+        return run
+
+
+if __name__ == "__main__":  # `python -m pipelines.evaluate MODEL SPLIT [--out DIR]`
+    from shortlist.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -1,0 +1,61 @@
+"""Stage: train the ranker beside the towers in MODEL_DIR.
+
+Reads the split (train, validation, items, users) and the two-tower model already in
+MODEL_DIR, fits the ranker on validation-period requests over the towers' top-N candidates
+(`shortlist.ranking.train`: the towers were fitted on train, so their scores there are
+memorised), and writes ranker.safetensors + ranker.json + ranker_metrics.json into
+MODEL_DIR. `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow call `run`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from shortlist.config import Params
+from shortlist.errors import ShortlistError
+
+METRICS = "ranker_metrics.json"
+
+
+def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
+    """Train, save beside the towers, return the training summary (also in ranker_metrics.json)."""
+    from shortlist.data.split_io import load_split
+    from shortlist.models.two_tower import TwoTowerRetriever
+    from shortlist.ranking.train import train_ranker
+
+    if not (Path(model_dir) / "towers.json").exists():
+        raise ShortlistError(f"no two-tower model in {model_dir}: run `shortlist train-towers` first")
+    split = load_split(split_dir)
+    if split.validation.empty:
+        raise ShortlistError(
+            "the ranker trains on the validation part (towers memorise train): "
+            "split.validation_fraction must be > 0"
+        )
+    towers = TwoTowerRetriever.load(model_dir)
+    ranker, summary = train_ranker(
+        params, towers, split.train, split.validation, split.items, split.users
+    )
+    checksums = ranker.save(model_dir)
+    out = {
+        "model_dir": str(model_dir),
+        "snapshot_id": split.snapshot_id,
+        "files": checksums,
+        **{k: v for k, v in summary.items()},
+    }
+    Path(model_dir, METRICS).write_text(json.dumps(out, indent=2, default=str))
+    return {k: v for k, v in out.items() if k != "history"}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from shortlist.config import load_params
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("split")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--params")
+    a = ap.parse_args()
+    print(json.dumps(run(load_params(a.params), split_dir=a.split, model_dir=a.model), indent=2, default=str))

@@ -1,0 +1,59 @@
+"""Stage `train_towers`: a split directory -> a two-tower model directory.
+
+Trains on the split's train part with early stopping on its validation part
+(`shortlist.models.train.train_two_tower`) and writes MODEL_DIR:
+towers.safetensors (weights), towers.json (architecture, preprocessing state, snapshot
+id, MLflow run id, validation metrics), items.parquet (the catalog it was trained with),
+history.json / history.png (per-epoch curves) and metrics.json (for `dvc metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from shortlist.config import Params
+
+METRICS = "metrics.json"
+
+
+def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
+    """Train the towers on SPLIT_DIR into OUT_DIR; returns a summary of the run."""
+    from shortlist.data.split_io import load_split
+    from shortlist.models.train import train_two_tower
+
+    split = load_split(str(split_dir))
+    if not len(split.train):
+        raise ValueError(f"{split_dir}: the train part is empty")
+    model, report = train_two_tower(
+        params,
+        split.train,
+        split.validation,
+        split.items,
+        split.users,
+        snapshot_id=split.snapshot_id,
+        out_dir=str(out_dir),
+        mlflow_run=True,
+    )
+    metrics = {
+        "validation": report["validation"],
+        "best_epoch": report["best_epoch"],
+        "epochs_run": report["epochs_run"],
+        "train_seconds": report["timings"]["train_seconds"],
+    }
+    Path(out_dir, METRICS).write_text(json.dumps(metrics, indent=2))
+    return {
+        "model_dir": str(out_dir),
+        "fingerprint": model.fingerprint,
+        "snapshot_id": split.snapshot_id,
+        "mlflow_run_id": report.get("mlflow_run_id"),
+        **metrics,
+    }
+
+
+if __name__ == "__main__":  # `python -m pipelines.train_towers ...` is `shortlist train-towers ...`
+    from shortlist.cli import main
+
+    sys.exit(main(["train-towers", *sys.argv[1:]]))

@@ -1,0 +1,202 @@
+"""Blue-green slots under one artifact root, and the live pointer that picks one.
+
+    ROOT/blue/...   a bundle (manifest.json last)
+    ROOT/green/...  the other bundle
+    ROOT/live.json  {live_slot, bundle_id, previous_slot, previous_bundle_id, updated_at}
+
+Building writes only to the idle slot (the one the pointer does not name). Promotion and
+rollback rewrite only `live.json`, with a compare-and-swap: locally a locked
+check-then-rename, on S3 a PUT conditional on the ETag that was read
+(`Store.replace_if_match` / `put_if_absent`), so of two concurrent promoters exactly
+one wins and the other gets PromotionRefused. Readers see the old or the new pointer,
+never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from shortlist.bundle.manifest import CANARY, MANIFEST
+from shortlist.errors import BundleError, PromotionRefused
+from shortlist.storage import PreconditionFailed, Store, open_store
+
+POINTER = "live.json"
+SLOTS = ("blue", "green")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _age_seconds(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        import calendar
+
+        return round(time.time() - calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")), 1)
+    except ValueError:
+        return None
+
+
+class Slots:
+    """The two slots and the pointer under `root` (a local directory or s3://bucket/prefix)."""
+
+    def __init__(self, root: str, *, endpoint_url: str | None = None):
+        self.root = str(root)
+        self.store: Store = open_store(self.root, endpoint_url=endpoint_url)
+
+    # --- reading ----------------------------------------------------------------------
+    def read_pointer(self) -> dict[str, Any] | None:
+        """The live pointer, or None when nothing was ever promoted."""
+        current = self.store.read_versioned(POINTER)
+        return json.loads(current.data) if current is not None else None
+
+    def live_slot(self) -> str | None:
+        pointer = self.read_pointer()
+        return pointer["live_slot"] if pointer else None
+
+    def idle_slot(self) -> str:
+        """The slot builds go into: the one the pointer does not name (blue at first)."""
+        live = self.live_slot()
+        return "green" if live == "blue" else "blue"
+
+    def resolve(self, slot: str) -> str:
+        """'idle' / 'live' / 'blue' / 'green' -> a slot name."""
+        if slot == "idle":
+            return self.idle_slot()
+        if slot == "live":
+            live = self.live_slot()
+            if live is None:
+                raise BundleError(f"{self.root}: nothing is live yet (no {POINTER})")
+            return live
+        if slot not in SLOTS:
+            raise BundleError(f"unknown slot {slot!r} (blue, green, idle or live)")
+        return slot
+
+    def slot_location(self, slot: str) -> str:
+        """Where the slot's bundle lives: a local directory or an s3:// uri."""
+        return self.store.join(self.resolve(slot))
+
+    def _read_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.read_bytes(key))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            return {"error": f"{key} is not valid JSON"}
+
+    def manifest(self, slot: str) -> dict[str, Any] | None:
+        """The slot's manifest (None: empty or half-built slot)."""
+        return self._read_json(f"{self.resolve(slot)}/{MANIFEST}")
+
+    def canary(self, slot: str) -> dict[str, Any] | None:
+        return self._read_json(f"{self.resolve(slot)}/{CANARY}")
+
+    def write_canary(self, slot: str, report: dict[str, Any]) -> None:
+        self.store.write_bytes(
+            f"{self.resolve(slot)}/{CANARY}", json.dumps(report, indent=2, default=str).encode()
+        )
+
+    def bundle_id(self, slot: str) -> str | None:
+        manifest = self.manifest(slot)
+        return manifest.get("bundle_id") if manifest else None
+
+    # --- flipping ---------------------------------------------------------------------
+    def _swap(self, new: dict[str, Any], etag: str | None) -> None:
+        data = json.dumps(new, indent=2).encode()
+        try:
+            if etag is None:
+                self.store.put_if_absent(POINTER, data)
+            else:
+                self.store.replace_if_match(POINTER, data, etag)
+        except PreconditionFailed as exc:
+            raise PromotionRefused(
+                f"the live pointer changed while flipping it (another promotion or rollback "
+                f"won): {exc}"
+            ) from None
+
+    def promote(self, expected_bundle_id: str | None = None) -> dict[str, Any]:
+        """Make the idle slot live. `expected_bundle_id`: refuse unless the idle slot holds
+        exactly that bundle (so a promoter never flips to something it did not check)."""
+        current = self.store.read_versioned(POINTER)
+        pointer = json.loads(current.data) if current else None
+        live = pointer["live_slot"] if pointer else None
+        idle = "green" if live == "blue" else "blue"
+        bundle = self.bundle_id(idle)
+        if bundle is None:
+            raise PromotionRefused(f"the idle slot {idle} holds no complete bundle")
+        if expected_bundle_id is not None and bundle != expected_bundle_id:
+            raise PromotionRefused(
+                f"the idle slot {idle} holds bundle {bundle}, not {expected_bundle_id}"
+            )
+        new = {
+            "live_slot": idle,
+            "bundle_id": bundle,
+            "previous_slot": live,
+            "previous_bundle_id": pointer["bundle_id"] if pointer else None,
+            "updated_at": _now(),
+        }
+        self._swap(new, current.etag if current else None)
+        return new
+
+    def rollback(self) -> dict[str, Any]:
+        """Point back at the previous bundle, if its slot still holds it."""
+        current = self.store.read_versioned(POINTER)
+        if current is None:
+            raise PromotionRefused("nothing is live: there is nothing to roll back")
+        pointer = json.loads(current.data)
+        prev_slot, prev_bundle = pointer.get("previous_slot"), pointer.get("previous_bundle_id")
+        if not prev_slot or not prev_bundle:
+            raise PromotionRefused("the live pointer names no previous bundle to roll back to")
+        held = self.bundle_id(prev_slot)
+        if held != prev_bundle:
+            raise PromotionRefused(
+                f"slot {prev_slot} now holds {held}, not the previous bundle {prev_bundle} "
+                "(it was rebuilt); rollback is impossible"
+            )
+        new = {
+            "live_slot": prev_slot,
+            "bundle_id": prev_bundle,
+            "previous_slot": pointer["live_slot"],
+            "previous_bundle_id": pointer["bundle_id"],
+            "updated_at": _now(),
+        }
+        self._swap(new, current.etag)
+        return new
+
+    # --- reporting --------------------------------------------------------------------
+    def _slot_status(self, slot: str) -> dict[str, Any]:
+        manifest = self.manifest(slot) or {}
+        canary = self.canary(slot)
+        if canary and canary.get("bundle_id") != manifest.get("bundle_id"):
+            canary = None  # a report about a bundle the slot no longer holds
+        return {
+            "slot": slot,
+            "location": self.store.join(slot),
+            "bundle_id": manifest.get("bundle_id"),
+            "created_at": manifest.get("created_at"),
+            "age_seconds": _age_seconds(manifest.get("created_at")),
+            "item_count": manifest.get("item_count"),
+            "index_type": manifest.get("index_type"),
+            "canary": None
+            if canary is None
+            else {
+                k: canary.get(k)
+                for k in ("passed", "checked_at", "recall@10", "recall@100", "reasons")
+            },
+        }
+
+    def status(self) -> dict[str, Any]:
+        pointer = self.read_pointer()
+        live = pointer["live_slot"] if pointer else None
+        idle = "green" if live == "blue" else "blue"
+        return {
+            "root": self.root,
+            "pointer": pointer,
+            "pointer_age_seconds": _age_seconds(pointer.get("updated_at")) if pointer else None,
+            "live": self._slot_status(live) if live else None,
+            "idle": self._slot_status(idle),
+        }

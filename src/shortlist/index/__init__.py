@@ -1,0 +1,1 @@
+"""Item re-embedding and the FAISS index built over the item embeddings."""

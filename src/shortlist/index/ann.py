@@ -1,0 +1,268 @@
+"""FAISS indexes over L2-normalised item embeddings, scored by inner product.
+
+The index type is a params choice (`index.type`): exact flat search, HNSW, IVF-Flat, or
+IVF-PQ with an exact refine step; `auto` picks by catalog size (flat up to
+`flat_max_items`, HNSW up to `hnsw_max_items`, IVF-PQ+refine beyond). Index rows are
+positions in the bundle's id map, so no id translation lives inside FAISS. Quality is
+always measured against exact search over the same vectors (`recall_at_k`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from shortlist.config import IndexParams
+
+log = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def _index_params(params: Any) -> IndexParams:
+    """Accept the whole Params object or its `index` section."""
+    return params.index if hasattr(params, "index") else params
+
+
+def _metric(metric: str) -> int:
+    faiss = _faiss()
+    if metric == "ip":
+        return faiss.METRIC_INNER_PRODUCT
+    if metric == "l2":
+        return faiss.METRIC_L2
+    raise ValueError(f"unknown metric {metric!r} (use 'ip' or 'l2')")
+
+
+def resolve_type(n_items: int, params: Any) -> str:
+    """The concrete index type for a catalog of `n_items` under `params.index.type`."""
+    p = _index_params(params)
+    if p.type != "auto":
+        return p.type
+    if n_items <= p.flat_max_items:
+        return "flat"
+    if n_items <= p.hnsw_max_items:
+        return "hnsw"
+    return "ivf_pq"
+
+
+def effective_nlist(n_items: int, nlist: int) -> int:
+    """nlist capped so every list has ~39 training points (FAISS's k-means minimum)."""
+    return max(1, min(nlist, n_items // 39))
+
+
+def pq_subquantizers(dim: int, pq_m: int) -> int:
+    """The largest divisor of `dim` not above `pq_m` (PQ needs m | d)."""
+    for m in range(min(pq_m, dim), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _train_sample(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    if len(vectors) <= n:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), n, replace=False))
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def _add_in_chunks(index, vectors: np.ndarray, chunk: int = 262_144) -> None:
+    # Chunks keep a memmap-backed matrix from being copied into RAM at once.
+    for start in range(0, len(vectors), chunk):
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
+
+
+def build_index(
+    vectors: np.ndarray,
+    params: Any,
+    *,
+    metric: str = "ip",
+    stats: dict[str, Any] | None = None,
+):
+    """Build the FAISS index chosen by `params.index.type` over `vectors` (n, d) float32.
+
+    Search parameters (efSearch, nprobe, refine factor) are applied before returning.
+    Build seconds and the process memory growth are logged and, when `stats` is given,
+    written into it (keys: type, items, dim, build_seconds, rss_delta_bytes, params).
+    """
+    faiss = _faiss()
+    p = _index_params(params)
+    n, d = int(vectors.shape[0]), int(vectors.shape[1])
+    if n == 0:
+        raise ValueError("cannot build an index over zero vectors")
+    kind = resolve_type(n, p)
+    faiss.omp_set_num_threads(p.threads)
+    fmetric = _metric(metric)
+    rss0, t0 = _rss_bytes(), time.perf_counter()
+    built: dict[str, Any] = {}
+    if kind == "flat":
+        index = faiss.IndexFlat(d, fmetric)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, p.hnsw_m, fmetric)
+        index.hnsw.efConstruction = p.ef_construction
+        built = {"hnsw_m": p.hnsw_m, "ef_construction": p.ef_construction}
+    elif kind in ("ivf_flat", "ivf_pq"):
+        nlist = effective_nlist(n, p.nlist)
+        quantizer = faiss.IndexFlat(d, fmetric)
+        if kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, fmetric)
+            built = {"nlist": nlist}
+        else:
+            m = pq_subquantizers(d, p.pq_m)
+            # 2**nbits PQ centroids want ~39 training points each.
+            nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))
+            ivf = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, fmetric)
+            index = faiss.IndexRefineFlat(ivf)
+            built = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits}
+        # k-means on a sample: 64 points per list is plenty for the centroids and PQ.
+        index.train(_train_sample(vectors, max(64 * nlist, 256 * 64), seed=0))
+    else:
+        raise ValueError(f"unknown index type {kind!r} (one of {INDEX_TYPES})")
+    _add_in_chunks(index, vectors)
+    set_search_params(index, p)
+    seconds = time.perf_counter() - t0
+    rss_delta = max(0, _rss_bytes() - rss0)
+    log.info(
+        "built %s index over %d x %d in %.1fs (%.1f s per million), memory +%.0f MiB",
+        kind,
+        n,
+        d,
+        seconds,
+        seconds * 1e6 / n,
+        rss_delta / 2**20,
+    )
+    if stats is not None:
+        stats.update(
+            type=kind,
+            items=n,
+            dim=d,
+            build_seconds=round(seconds, 3),
+            seconds_per_million=round(seconds * 1e6 / n, 3),
+            rss_delta_bytes=rss_delta,
+            params={**built, **search_params(kind, p)},
+        )
+    return index
+
+
+def search_params(kind: str, params: Any) -> dict[str, int]:
+    """The query-time knobs that matter for `kind` (recorded in the bundle manifest)."""
+    p = _index_params(params)
+    if kind == "hnsw":
+        return {"ef_search": p.ef_search}
+    if kind == "ivf_flat":
+        return {"nprobe": p.nprobe}
+    if kind == "ivf_pq":
+        return {"nprobe": p.nprobe, "refine_factor": p.refine_factor}
+    return {}
+
+
+def index_kind(index) -> str:
+    """The Shortlist type name of a built or loaded FAISS index."""
+    faiss = _faiss()
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return "ivf_pq"
+    if isinstance(index, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(index, faiss.IndexIVF):
+        return "ivf_pq" if isinstance(index, faiss.IndexIVFPQ) else "ivf_flat"
+    return "flat"
+
+
+def set_search_params(index, params: Any) -> None:
+    """Apply efSearch / nprobe / refine factor. `params` is IndexParams, Params or a dict
+    of the keys `search_params` returns (as stored in a manifest)."""
+    faiss = _faiss()
+    if isinstance(params, dict):
+        get = params.get
+    else:
+        p = _index_params(params)
+
+        def get(key, default=None):
+            return getattr(p, key, default)
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        if get("refine_factor") is not None:
+            index.k_factor = float(get("refine_factor"))
+        base = faiss.downcast_index(index.base_index)
+        if get("nprobe") is not None:
+            base.nprobe = int(get("nprobe"))
+    elif isinstance(index, faiss.IndexHNSW):
+        if get("ef_search") is not None:
+            index.hnsw.efSearch = int(get("ef_search"))
+    elif isinstance(index, faiss.IndexIVF) and get("nprobe") is not None:
+        index.nprobe = int(get("nprobe"))
+
+
+def _as_queries(queries: np.ndarray) -> np.ndarray:
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return q.reshape(1, -1) if q.ndim == 1 else q
+
+
+def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, rows) per query; rows are -1 where fewer than k items exist."""
+    q = _as_queries(queries)
+    k_eff = max(1, min(int(k), int(index.ntotal)))
+    scores, rows = index.search(q, k_eff)
+    if k_eff < k:
+        pad = k - k_eff
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, rows
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, *, chunk: int = 262_144
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k over `vectors`, streamed in row chunks so a
+    memmap-backed catalog of any size stays in bounded memory."""
+    faiss = _faiss()
+    q = _as_queries(queries)
+    n = len(vectors)
+    k_eff = max(1, min(int(k), n))
+    heap = faiss.ResultHeap(len(q), k_eff, keep_max=True)
+    for start in range(0, n, chunk):
+        block = np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32)
+        d, i = faiss.knn(q, block, min(k_eff, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        i = np.where(i >= 0, i + start, -1)
+        heap.add_result(np.ascontiguousarray(d), np.ascontiguousarray(i))
+    heap.finalize()
+    scores, rows = heap.D, heap.I
+    if k_eff < k:
+        scores = np.pad(scores, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, k - k_eff)), constant_values=-1)
+    return scores, rows
+
+
+def recall_at_k(ann_rows: np.ndarray, exact_rows: np.ndarray, k: int) -> float:
+    """Mean over queries of |ANN top-k ∩ exact top-k| / |exact top-k| (ANN quality only)."""
+    ann = np.asarray(ann_rows)[:, :k]
+    exact = np.asarray(exact_rows)[:, :k]
+    if len(exact) == 0:
+        return float("nan")
+    hits = []
+    for a, e in zip(ann, exact, strict=True):
+        truth = set(e[e >= 0].tolist())
+        if truth:
+            hits.append(len(truth.intersection(a[a >= 0].tolist())) / len(truth))
+    return float(np.mean(hits)) if hits else float("nan")

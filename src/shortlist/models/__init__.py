@@ -1,0 +1,1 @@
+"""Retrieval models: the two-tower model, its features, training and logQ estimation."""

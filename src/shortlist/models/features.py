@@ -1,0 +1,243 @@
+"""Feature preprocessing for the two towers: fitted once on training data, saved as JSON.
+
+The state holds everything needed to turn raw tables into model inputs: id vocabularies
+(index 0 is the out-of-vocabulary bucket), the genre vocabulary (multi-hot), the hashing
+of title tokens (stable across processes, no vocabulary), mean/std of item numerics, user
+categorical vocabularies and numeric bucket edges, and the context encoding (hour of day,
+day of week). Serving and training call the same encoders, so a model dir is self-contained.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shortlist.data import schema
+
+TITLE_TOKENS = 8  # tokens kept per title (padded with 0)
+USER_NUMERIC_BUCKETS = 8  # quantile buckets for numeric user features such as age
+MAX_USER_CATEGORIES = 200  # a user column with more distinct values (zip code) is skipped
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def stable_hash(values: Any) -> np.ndarray:
+    """64-bit hash of ids or tokens that is identical across processes and machines."""
+    arr = np.asarray(values, dtype=object).astype(str).astype(object)
+    return pd.util.hash_array(arr, categorize=False).astype(np.uint64)
+
+
+@dataclass
+class FeatureState:
+    """Fitted preprocessing state (JSON-serialisable)."""
+
+    item_vocab: list[str]
+    user_vocab: list[str]
+    genre_vocab: list[str]
+    title_hash_buckets: int
+    item_numeric: dict[str, list[float]]  # column -> [mean, std]
+    user_categorical: dict[str, list[str]]  # column -> vocabulary (index 0 = unknown)
+    user_numeric: dict[str, list[float]]  # column -> bucket edges
+    user_buckets: int = 1  # buckets for users unseen at training
+    _item_index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    _user_index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._item_index = {i: k + 1 for k, i in enumerate(self.item_vocab)}
+        self._user_index = {u: k + self.user_buckets for k, u in enumerate(self.user_vocab)}
+
+    # --- sizes -------------------------------------------------------------------------
+    @property
+    def n_item_ids(self) -> int:
+        return len(self.item_vocab) + 1
+
+    @property
+    def n_user_ids(self) -> int:
+        return len(self.user_vocab) + self.user_buckets
+
+    @property
+    def n_genres(self) -> int:
+        return len(self.genre_vocab)
+
+    @property
+    def n_item_numeric(self) -> int:
+        return 2 * len(self.item_numeric)  # value and missing indicator
+
+    @property
+    def user_cardinalities(self) -> list[int]:
+        cards = [len(v) + 1 for v in self.user_categorical.values()]
+        cards += [len(e) + 2 for e in self.user_numeric.values()]  # 0 unknown, buckets 1..
+        return cards
+
+    # --- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("_item_index")
+        d.pop("_user_index")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureState:
+        return cls(**d)
+
+    # --- fitting -----------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        train: pd.DataFrame,
+        items: pd.DataFrame,
+        users: pd.DataFrame | None,
+        *,
+        title_hash_buckets: int,
+        user_buckets: int = 1,
+    ) -> FeatureState:
+        """Vocabularies from the training interactions; content statistics from the tables."""
+        item_vocab = sorted(set(train[schema.ITEM_ID].astype(str)))
+        user_vocab = sorted(set(train[schema.USER_ID].astype(str)))
+        genres: set[str] = set()
+        if "genres" in items:
+            for g in items["genres"]:
+                genres.update(_as_list(g))
+        numeric: dict[str, list[float]] = {}
+        for col in _item_numeric_columns(items):
+            v = pd.to_numeric(items[col], errors="coerce").astype(float)
+            mean, std = float(v.mean()) if v.notna().any() else 0.0, float(v.std() or 1.0)
+            numeric[col] = [mean, std if np.isfinite(std) and std > 0 else 1.0]
+        user_cat: dict[str, list[str]] = {}
+        user_num: dict[str, list[float]] = {}
+        if users is not None:
+            for col in users.columns:
+                if col == schema.USER_ID:
+                    continue
+                s = users[col]
+                if pd.api.types.is_numeric_dtype(s):
+                    q = np.linspace(0, 1, USER_NUMERIC_BUCKETS + 1)[1:-1]
+                    edges = np.unique(np.nanquantile(s.astype(float), q)) if s.notna().any() else []
+                    user_num[col] = [float(e) for e in edges]
+                else:
+                    values = sorted(set(s.dropna().astype(str)))
+                    if 0 < len(values) <= MAX_USER_CATEGORIES:
+                        user_cat[col] = values
+        return cls(
+            item_vocab=item_vocab,
+            user_vocab=user_vocab,
+            genre_vocab=sorted(genres),
+            title_hash_buckets=int(title_hash_buckets),
+            item_numeric=numeric,
+            user_categorical=user_cat,
+            user_numeric=user_num,
+            user_buckets=int(user_buckets),
+        )
+
+    # --- encoders ----------------------------------------------------------------------
+    def item_index(self, item_ids: Any) -> np.ndarray:
+        """Vocabulary index per item id; 0 for ids unseen at training (the OOV bucket)."""
+        get = self._item_index.get
+        return np.fromiter((get(str(i), 0) for i in item_ids), dtype=np.int64)
+
+    def user_index(self, user_ids: Any) -> np.ndarray:
+        """Vocabulary index per user id; unseen users hash into [0, user_buckets)."""
+        ids = [str(u) for u in user_ids]
+        out = np.fromiter(
+            (self._user_index.get(u, -1) for u in ids), dtype=np.int64, count=len(ids)
+        )
+        unseen = out < 0
+        if unseen.any():
+            h = stable_hash([u for u, m in zip(ids, unseen, strict=True) if m])
+            out[unseen] = (h % np.uint64(self.user_buckets)).astype(np.int64)
+        return out
+
+    def encode_items(self, items: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Item tower inputs: id index, genres multi-hot, hashed title tokens, numerics."""
+        n = len(items)
+        genres = np.zeros((n, self.n_genres), dtype=np.float32)
+        if "genres" in items and self.n_genres:
+            gidx = {g: k for k, g in enumerate(self.genre_vocab)}
+            for r, g in enumerate(items["genres"]):
+                for name in _as_list(g):
+                    k = gidx.get(name)
+                    if k is not None:
+                        genres[r, k] = 1.0
+        titles = items["title"] if "title" in items else pd.Series([""] * n)
+        tokens = np.zeros((n, TITLE_TOKENS), dtype=np.int64)
+        for r, title in enumerate(titles):
+            toks = _TOKEN.findall(str(title).lower() if isinstance(title, str) else "")
+            toks = toks[:TITLE_TOKENS]
+            if toks:
+                h = stable_hash(toks) % np.uint64(self.title_hash_buckets)
+                tokens[r, : len(toks)] = h.astype(np.int64) + 1  # 0 is padding
+        numerics = np.zeros((n, self.n_item_numeric), dtype=np.float32)
+        for k, (col, (mean, std)) in enumerate(self.item_numeric.items()):
+            if col in items:
+                v = pd.to_numeric(items[col], errors="coerce").to_numpy(dtype=float)
+            else:
+                v = np.full(n, np.nan)
+            missing = ~np.isfinite(v)
+            numerics[:, 2 * k] = np.where(missing, 0.0, (v - mean) / std)
+            numerics[:, 2 * k + 1] = missing
+        return {
+            "item_idx": self.item_index(items[schema.ITEM_ID].astype(str)),
+            "genres": genres,
+            "title": tokens,
+            "numerics": numerics,
+        }
+
+    def encode_users(self, user_ids: Any, users: pd.DataFrame | None) -> dict[str, np.ndarray]:
+        """Query tower user inputs: id index and categorical feature indices (0 = unknown)."""
+        ids = [str(u) for u in user_ids]
+        n = len(ids)
+        cols = list(self.user_categorical) + list(self.user_numeric)
+        feats = np.zeros((n, len(cols)), dtype=np.int64)
+        if users is not None and len(cols) and len(users):
+            table = users.assign(**{schema.USER_ID: users[schema.USER_ID].astype(str)})
+            table = table.drop_duplicates(schema.USER_ID).set_index(schema.USER_ID)
+            rows = table.reindex(ids)
+            for k, (col, vocab) in enumerate(self.user_categorical.items()):
+                if col in rows:
+                    idx = {v: j + 1 for j, v in enumerate(vocab)}
+                    feats[:, k] = [idx.get(str(v), 0) if pd.notna(v) else 0 for v in rows[col]]
+            base = len(self.user_categorical)
+            for k, (col, edges) in enumerate(self.user_numeric.items()):
+                if col in rows:
+                    v = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
+                    b = np.searchsorted(np.asarray(edges), v, side="right") + 1
+                    feats[:, base + k] = np.where(np.isfinite(v), b, 0)
+        return {"user_idx": self.user_index(ids), "user_feats": feats}
+
+
+def encode_context(timestamps: Any, n: int) -> np.ndarray:
+    """(n, 2) int64: hour of day + 1 and day of week + 1 (UTC); 0 where unknown."""
+    out = np.zeros((n, 2), dtype=np.int64)
+    if timestamps is None:
+        return out
+    ts = np.asarray(timestamps, dtype=float)
+    ok = np.isfinite(ts)
+    t = np.where(ok, ts, 0).astype(np.int64)
+    out[:, 0] = np.where(ok, (t // 3600) % 24 + 1, 0)
+    out[:, 1] = np.where(ok, (t // 86400 + 3) % 7 + 1, 0)  # 1970-01-01 was a Thursday
+    return out
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in value.split("|") if v]
+    try:
+        return [str(v) for v in value]
+    except TypeError:
+        return []
+
+
+def _item_numeric_columns(items: pd.DataFrame) -> list[str]:
+    skip = {schema.ITEM_ID, "title", "genres"}
+    return [
+        c
+        for c in items.columns
+        if c not in skip
+        and pd.api.types.is_numeric_dtype(items[c])
+        and not pd.api.types.is_bool_dtype(items[c])
+    ]

@@ -1,0 +1,508 @@
+"""Training the two towers: in-batch sampled softmax with the logQ correction.
+
+Each training example is one interaction (user, item, t). Its query sees only what was
+known before t: the user's items with timestamp < t (the last history_len of them), the
+user's features and the context (hour, weekday) of t. The other positives of the batch
+(plus optional uniformly sampled items) are the negatives; each candidate's logit is
+corrected by subtracting log Q, its expected count among the candidates, from the streaming
+frequency estimate (Yi et al. 2019). Candidates that are the positive's own item are masked
+(accidental hits). Early stopping keeps the epoch with the best validation Recall@K,
+computed by full ranking over the training catalog with each user's train items excluded.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from shortlist.config import Params, TowerParams
+from shortlist.data import schema
+from shortlist.models.features import FeatureState, encode_context
+from shortlist.models.logq import StreamingFrequencyEstimator
+from shortlist.models.two_tower import TwoTowerRetriever, build_net, histories_from
+
+VALIDATION_KS = (20, 200)
+
+
+@dataclass
+class Examples:
+    """Training examples as aligned arrays (one row per interaction)."""
+
+    user_idx: np.ndarray  # (n,)
+    user_feats: np.ndarray  # (n, f)
+    history: np.ndarray  # (n, L) vocabulary indices, most recent last, 0 = padding
+    context: np.ndarray  # (n, 2)
+    item_idx: np.ndarray  # (n,)
+
+    def __len__(self) -> int:
+        return len(self.item_idx)
+
+
+def model_config(tp: TowerParams) -> dict[str, Any]:
+    """The architecture part of the params, stored with the model."""
+    return {
+        "embedding_dim": tp.embedding_dim,
+        "hidden_dim": tp.hidden_dim,
+        "id_dim": tp.id_dim,
+        "history_len": tp.history_len,
+        "temperature": tp.temperature,
+        "title_hash_buckets": tp.title_hash_buckets,
+        "user_buckets": tp.user_buckets,
+    }
+
+
+def history_before(
+    user_codes: np.ndarray, timestamps: np.ndarray, item_idx: np.ndarray, n: int
+) -> np.ndarray:
+    """(rows, n) histories for rows sorted by (user, timestamp, item).
+
+    Row r gets the last n items of the same user with timestamp strictly before row r's
+    (ties at the same second are not history: none of them was known before the others).
+    Built with one sliding-window gather, no Python loop over users.
+    """
+    rows = len(item_idx)
+    if rows == 0:
+        return np.zeros((0, n), dtype=np.int64)
+    idx = np.arange(rows)
+    new_user = np.r_[True, user_codes[1:] != user_codes[:-1]]
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    new_time = new_user | np.r_[True, timestamps[1:] != timestamps[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_time, idx, 0))  # first row of the tie
+    window = group_start[:, None] - n + np.arange(n)[None, :]
+    valid = window >= user_start[:, None]
+    hist = np.where(valid, item_idx[np.clip(window, 0, None)], 0)
+    return hist.astype(np.int64)
+
+
+def build_examples(
+    train: pd.DataFrame, state: FeatureState, users: pd.DataFrame | None, history_len: int
+) -> Examples:
+    """One example per train interaction, histories without the target or anything later."""
+    u = train[schema.USER_ID].astype(str).to_numpy()
+    i = train[schema.ITEM_ID].astype(str).to_numpy()
+    t = train[schema.TIMESTAMP].to_numpy(dtype=np.int64)
+    order = np.lexsort((i, t, u))
+    u, i, t = u[order], i[order], t[order]
+    item_idx = state.item_index(i)
+    user_codes = pd.factorize(u)[0]
+    hist = history_before(user_codes, t, item_idx, history_len)
+    uniq, inverse = np.unique(u, return_inverse=True)
+    enc = state.encode_users(uniq, users)
+    return Examples(
+        user_idx=enc["user_idx"][inverse],
+        user_feats=enc["user_feats"][inverse],
+        history=hist,
+        context=encode_context(t, len(t)),
+        item_idx=item_idx,
+    )
+
+
+# --- evaluation during training ------------------------------------------------------
+
+
+class ValidationSet:
+    """Full-ranking validation over the training catalog, train items excluded."""
+
+    def __init__(
+        self,
+        retriever_state: FeatureState,
+        train: pd.DataFrame,
+        validation: pd.DataFrame,
+        history_len: int,
+    ) -> None:
+        state = retriever_state
+        val = validation[validation[schema.ITEM_ID].astype(str).isin(state._item_index)]
+        self.user_ids = sorted(set(val[schema.USER_ID].astype(str)))
+        self.histories = histories_from(train, self.user_ids, history_len)
+        last = train.groupby(train[schema.USER_ID].astype(str))[schema.TIMESTAMP].max()
+        self.timestamps = last.reindex(self.user_ids).to_numpy(dtype=float)
+        row = {u: k for k, u in enumerate(self.user_ids)}
+        tr = train[train[schema.USER_ID].astype(str).isin(row)]
+        self.seen_rows = tr[schema.USER_ID].astype(str).map(row).to_numpy()
+        self.seen_cols = state.item_index(tr[schema.ITEM_ID].astype(str)) - 1
+        self.relevant: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * len(self.user_ids)
+        vr = val[schema.USER_ID].astype(str).map(row).to_numpy()
+        vc = state.item_index(val[schema.ITEM_ID].astype(str)) - 1
+        for r, group in pd.Series(vc).groupby(vr):
+            self.relevant[int(r)] = np.unique(group.to_numpy())
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def ranking_metrics(
+    scores: np.ndarray,
+    relevant: list[np.ndarray],
+    ks: tuple[int, ...] = VALIDATION_KS,
+) -> dict[str, float]:
+    """Mean Recall@K (hits / relevant) and NDCG@K over users with relevant items.
+
+    `scores` must already hold -inf for excluded (train) items.
+    """
+    kmax = min(max(ks), scores.shape[1])
+    top = torch.topk(torch.from_numpy(scores), kmax, dim=1).indices.numpy()
+    out: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
+    out.update({f"ndcg@{k}": [] for k in ks})
+    discount = 1.0 / np.log2(np.arange(2, kmax + 2))
+    for r, rel in enumerate(relevant):
+        if len(rel) == 0:
+            continue
+        hit = np.isin(top[r], rel)
+        for k in ks:
+            h = hit[:k]
+            out[f"recall@{k}"].append(h.sum() / len(rel))
+            ideal = discount[: min(len(rel), k)].sum()
+            out[f"ndcg@{k}"].append((h * discount[: len(h)]).sum() / ideal)
+    return {k: float(np.mean(v)) if v else 0.0 for k, v in out.items()}
+
+
+def evaluate_retriever(
+    retriever: TwoTowerRetriever,
+    vset: ValidationSet,
+    catalog: pd.DataFrame,
+    users: pd.DataFrame | None,
+    ks: tuple[int, ...] = VALIDATION_KS,
+    popularity_weight: float = 0.0,
+    log_popularity: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Validation metrics; catalog rows are in vocabulary order (index k -> row k - 1)."""
+    if not len(vset):
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    items = retriever.embed_items(catalog)
+    queries = retriever.embed_users(vset.user_ids, vset.histories, users, vset.timestamps)
+    scores = queries @ items.T
+    if popularity_weight and log_popularity is not None:
+        scores = scores + popularity_weight * retriever.temperature * log_popularity[None, :]
+    scores[vset.seen_rows, vset.seen_cols] = -np.inf
+    return ranking_metrics(scores, vset.relevant, ks)
+
+
+# --- the training loop ----------------------------------------------------------------
+
+
+def _item_feature_tensors(state: FeatureState, items: pd.DataFrame) -> dict[str, torch.Tensor]:
+    """Content features per vocabulary index (row 0: the OOV bucket, zero content)."""
+    catalog = vocab_catalog(state, items)
+    enc = state.encode_items(catalog)
+    out = {}
+    for key in ("genres", "title", "numerics"):
+        arr = enc[key]
+        pad = np.zeros((1, *arr.shape[1:]), dtype=arr.dtype)
+        out[key] = torch.from_numpy(np.concatenate([pad, arr]))
+    return out
+
+
+def vocab_catalog(state: FeatureState, items: pd.DataFrame) -> pd.DataFrame:
+    """The item table restricted to and ordered like the training vocabulary."""
+    table = items.assign(**{schema.ITEM_ID: items[schema.ITEM_ID].astype(str)})
+    table = table.drop_duplicates(schema.ITEM_ID).set_index(schema.ITEM_ID)
+    table = table.reindex(state.item_vocab)
+    table.index.name = schema.ITEM_ID
+    return table.reset_index()
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def _batch_loss(
+    net: nn.Module,
+    batch: dict[str, torch.Tensor],
+    item_feats: dict[str, torch.Tensor],
+    log_q: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    pos = batch["item_idx"]
+    cand = batch["candidates"]  # positives of the batch, then uniform negatives
+    cand_in = batch["candidates_in"]  # with id dropout applied
+    q = net.query_forward(
+        batch["user_idx"], batch["user_feats"], batch["history"], batch["context"]
+    )
+    v = net.item_forward(
+        cand_in, item_feats["genres"][cand], item_feats["title"][cand], item_feats["numerics"][cand]
+    )
+    logits = q @ v.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    b = len(pos)
+    hits = pos[:, None] == cand[None, :]
+    hits[:, :b] &= ~torch.eye(b, dtype=torch.bool)
+    logits = logits.masked_fill(hits, float("-inf"))
+    return nn.functional.cross_entropy(logits, torch.arange(b))
+
+
+def train_two_tower(
+    params: Params,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+    *,
+    seed: int | None = None,
+    progress: bool = True,
+    mlflow_run: bool = True,
+    snapshot_id: str = "",
+    out_dir: str | None = None,
+) -> tuple[TwoTowerRetriever, dict[str, Any]]:
+    """Train on `train`, stop early on `validation`; returns (best model, report).
+
+    The report holds the per-epoch history (loss, validation metrics, seconds), the best
+    epoch, its validation metrics (with and without the inference popularity term),
+    timings and, when logged, the MLflow run id. With out_dir the model is saved there
+    (and logged as run artifacts).
+    """
+    from tqdm.auto import tqdm
+
+    tp = params.towers
+    seed = params.project.seed if seed is None else seed
+    torch.set_num_threads(tp.threads)
+    _seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    t_start = time.perf_counter()
+
+    state = FeatureState.fit(
+        train, items, users, title_hash_buckets=tp.title_hash_buckets, user_buckets=tp.user_buckets
+    )
+    config = model_config(tp)
+    net = build_net(state, config, items)
+    examples = build_examples(train, state, users, tp.history_len)
+    item_feats = _item_feature_tensors(state, items)
+    catalog = vocab_catalog(state, items)
+    vset = ValidationSet(state, train, validation, tp.history_len)
+    n_items = state.n_item_ids - 1
+    counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
+    log_pop = np.log((counts + 1.0) / (counts.sum() + n_items)).astype(np.float32)
+    t_prep = time.perf_counter() - t_start
+
+    estimator = StreamingFrequencyEstimator(tp.logq.hash_buckets, tp.logq.alpha)
+    if tp.logq.enabled:  # warm-up pass over one shuffled epoch of positives (no gradients)
+        estimator.update(examples.item_idx[rng.permutation(len(examples))], 0)
+
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay
+    )
+    loss_fn = torch.compile(_batch_loss, dynamic=True) if tp.compile else _batch_loss
+    retriever = TwoTowerRetriever(net, state, config, items, fingerprint="-")
+
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": 0, "metric": -1.0, "weights": None}
+    metric_key = f"recall@{tp.eval_k}"
+    ks = tuple(sorted({tp.eval_k, *VALIDATION_KS}))
+    n = len(examples)
+    bs = tp.batch_size
+    steps_per_epoch = max(1, math.ceil(n / bs))
+    step = estimator.steps_seen
+    bar = tqdm(total=tp.epochs * steps_per_epoch, desc="train towers", disable=not progress)
+    stale = 0
+    for epoch in range(1, tp.epochs + 1):
+        t_epoch = time.perf_counter()
+        net.train()
+        perm = rng.permutation(n)
+        losses = []
+        for s in range(0, n, bs):
+            rows = perm[s : s + bs]
+            if len(rows) < 2:
+                continue
+            batch = _make_batch(examples, rows, tp, rng, n_items)
+            log_q = None
+            if tp.logq.enabled:
+                estimator.update(examples.item_idx[rows], step)
+                p = estimator.probability(batch["candidates"].numpy())
+                expected = len(rows) * p + tp.mixed_negatives / n_items
+                log_q = torch.from_numpy(np.log(expected).astype(np.float32))
+            step += len(rows)
+            loss = loss_fn(net, batch, item_feats, log_q, tp.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.update(1)
+        train_seconds = time.perf_counter() - t_epoch
+        net.eval()
+        t_eval = time.perf_counter()
+        metrics = evaluate_retriever(retriever, vset, catalog, users, ks)
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - t_eval,
+        }
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric_key: f"{metrics[metric_key]:.4f}"})
+        if metrics[metric_key] > best["metric"]:
+            best = {
+                "epoch": epoch,
+                "metric": metrics[metric_key],
+                "weights": copy.deepcopy(net.state_dict()),
+            }
+            stale = 0
+        else:
+            stale += 1
+            if stale >= tp.early_stopping_patience:
+                break
+    bar.close()
+    if best["weights"] is not None:
+        net.load_state_dict(best["weights"])
+    net.eval()
+    t_train = time.perf_counter() - t_start
+
+    best_metrics = {k[4:]: v for k, v in history[best["epoch"] - 1].items() if k.startswith("val_")}
+    w = tp.logq.inference_popularity_weight
+    with_pop = (
+        evaluate_retriever(retriever, vset, catalog, users, ks, w, log_pop) if w else best_metrics
+    )
+    report: dict[str, Any] = {
+        "history": history,
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "validation": best_metrics,
+        "validation_with_popularity": with_pop,
+        "validation_users": len(vset),
+        "train_examples": n,
+        "catalog_items": n_items,
+        "seed": seed,
+        "timings": {
+            "prepare_seconds": t_prep,
+            "train_seconds": t_train,
+            "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history])),
+            "examples_per_second": n
+            * len(history)
+            / max(1e-9, sum(h["train_seconds"] for h in history)),
+        },
+    }
+    meta = {
+        "snapshot_id": snapshot_id,
+        "metrics": best_metrics,
+        "best_epoch": best["epoch"],
+        "seed": seed,
+        "item_log_popularity": dict(zip(state.item_vocab, log_pop.tolist(), strict=True)),
+        "log_popularity_floor": float(np.log(1.0 / (counts.sum() + n_items))),
+        "inference_popularity_weight": w,
+    }
+    model = TwoTowerRetriever(net, state, config, items, meta=meta)
+    if out_dir is not None:
+        model.save(out_dir)
+        write_history(report, out_dir)
+    if mlflow_run:
+        report["mlflow_run_id"] = _log_to_mlflow(params, report, snapshot_id, out_dir)
+        model.meta["mlflow_run_id"] = report["mlflow_run_id"]
+        if out_dir is not None:
+            model.save(out_dir)
+    return model, report
+
+
+def _make_batch(
+    ex: Examples, rows: np.ndarray, tp: TowerParams, rng: np.random.Generator, n_items: int
+) -> dict[str, torch.Tensor]:
+    pos = ex.item_idx[rows]
+    cand = pos
+    if tp.mixed_negatives:
+        cand = np.concatenate([pos, rng.integers(1, n_items + 1, size=tp.mixed_negatives)])
+    cand_in = np.where(rng.random(len(cand)) < tp.id_dropout, 0, cand)
+    user_idx = ex.user_idx[rows]
+    drop_user = rng.random(len(rows)) < tp.id_dropout
+    user_idx = np.where(drop_user, rng.integers(0, tp.user_buckets, size=len(rows)), user_idx)
+    context = ex.context[rows]
+    context = np.where(rng.random((len(rows), 1)) < tp.context_dropout, 0, context)
+    return {
+        "item_idx": torch.from_numpy(pos),
+        "candidates": torch.from_numpy(cand),
+        "candidates_in": torch.from_numpy(cand_in),
+        "user_idx": torch.from_numpy(user_idx),
+        "user_feats": torch.from_numpy(ex.user_feats[rows]),
+        "history": torch.from_numpy(ex.history[rows]),
+        "context": torch.from_numpy(context),
+    }
+
+
+# --- reporting ------------------------------------------------------------------------
+
+
+def plot_history(report: dict[str, Any], path: str) -> None:
+    """Loss and validation metric curves per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hist = report["history"]
+    epochs = [h["epoch"] for h in hist]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [h["loss"] for h in hist], marker="o")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (sampled softmax)")
+    for key in sorted(k for k in hist[0] if k.startswith("val_")):
+        ax2.plot(epochs, [h[key] for h in hist], marker="o", label=key[4:])
+    ax2.axvline(report["best_epoch"], color="grey", linestyle="--", label="best epoch")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("validation (full ranking)")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_history(report: dict[str, Any], out_dir: str) -> None:
+    """history.json (the report) and history.png (the curves) beside the model."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").write_text(json.dumps(report, indent=2, default=str))
+    plot_history(report, str(out / "history.png"))
+
+
+def _log_to_mlflow(
+    params: Params, report: dict[str, Any], snapshot_id: str, out_dir: str | None
+) -> str:
+    import tempfile
+
+    from shortlist.tracking import start_run
+
+    tags = {"shortlist.snapshot_id": snapshot_id} if snapshot_id else {}
+    with start_run(params, run_name="train-towers", stage="train_towers", tags=tags) as run:
+        import mlflow
+
+        flat = _flatten(params.towers.model_dump(), "towers")
+        mlflow.log_params({**flat, "seed": report["seed"]})
+        for h in report["history"]:
+            mlflow.log_metrics(
+                {_metric_key(k): v for k, v in h.items() if k != "epoch" and np.isfinite(v)},
+                step=h["epoch"],
+            )
+        mlflow.log_metrics({_metric_key(f"best_{k}"): v for k, v in report["validation"].items()})
+        mlflow.log_metrics({"best_epoch": report["best_epoch"], **report["timings"]})
+        if out_dir is not None:
+            mlflow.log_artifacts(out_dir, artifact_path="model")
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                write_history(report, tmp)
+                mlflow.log_artifacts(tmp, artifact_path="model")
+        return run.info.run_id
+
+
+def _metric_key(key: str) -> str:
+    """MLflow metric names allow no '@': val_recall@20 -> val_recall_at_20."""
+    return key.replace("@", "_at_")
+
+
+def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key))
+        else:
+            out[key] = v
+    return out

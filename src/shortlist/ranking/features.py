@@ -1,0 +1,497 @@
+"""Point-in-time ranking features: every value of an example is computed from events before it.
+
+Two pieces of state:
+
+- `EventLog`: the interactions the feature store knows, indexed so that "as of time t"
+  questions (an item's count in the last 7 days, a user's history) see only events with
+  timestamp strictly before t. All time-dependent features go through `EventLog._cutoff`,
+  the single point-in-time guard; `point_in_time=False` disables it (used by the leakage
+  test to prove that the test detects a leak).
+- `FeatureSpace`: static, fitted state (catalog, genre vocabulary, item content, user
+  features, id vocabularies, standardisation statistics), saved as JSON + arrays.
+
+`FeatureSpace.transform` turns one request (user, history, time, candidates and their
+retrieval scores) into a dense matrix plus user/item id indices for the model. The same
+function serves training (item statistics from an `EventLog` as of each example's time)
+and serving (item statistics from a snapshot table computed once at load time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shortlist.data import schema
+
+DAY = 86_400
+#: Feature groups. `retrieval`, `item` and `user` are always on; the others can be ablated.
+GROUPS = ("retrieval", "item", "user", "crosses", "popularity", "context", "ids")
+ABLATABLE = ("crosses", "popularity", "context", "ids")
+#: Most recent history items used for the "recent taste" cross features.
+RECENT_ITEMS = 10
+_MAX_CATEGORIES = 64
+
+
+class EventLog:
+    """Interactions indexed for point-in-time queries (events strictly before t).
+
+    Items are mapped to catalog positions (`item_index`); events on items outside the
+    catalog still count in user histories and global volume but not in item statistics.
+    """
+
+    def __init__(
+        self,
+        interactions: pd.DataFrame,
+        item_index: dict[str, int],
+        *,
+        point_in_time: bool = True,
+    ) -> None:
+        self.point_in_time = point_in_time
+        n_items = len(item_index)
+        df = interactions[[schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP]].copy()
+        df[schema.USER_ID] = df[schema.USER_ID].astype(str)
+        df[schema.ITEM_ID] = df[schema.ITEM_ID].astype(str)
+        df = df.sort_values(
+            [schema.USER_ID, schema.TIMESTAMP, schema.ITEM_ID], kind="stable"
+        ).reset_index(drop=True)
+        ts = df[schema.TIMESTAMP].to_numpy(np.int64)
+        self.tmin = int(ts.min()) if len(ts) else 0
+        self.tmax = int(ts.max()) if len(ts) else 0
+        self._span = self.tmax - self.tmin + 2
+        # Global volume: sorted timestamps of every event.
+        self._all_ts = np.sort(ts)
+        # User side: contiguous per-user segments (sorted by time, then item id).
+        self._user_items = df[schema.ITEM_ID].to_numpy(object)
+        self._user_ts = ts
+        users = df[schema.USER_ID].to_numpy(object)
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
+        ends = np.r_[starts[1:], len(users)] if len(users) else []
+        self._user_seg = {users[s]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+        # Item side: per-item sorted timestamps packed into one sorted key array.
+        idx = df[schema.ITEM_ID].map(item_index).fillna(-1).to_numpy(np.int64)
+        known = idx >= 0
+        keys = np.sort(idx[known] * self._span + (ts[known] - self.tmin))
+        self._item_keys = keys
+        self._item_offsets = np.searchsorted(keys, np.arange(n_items + 1) * self._span)
+        first_pos = self._item_offsets[:-1]
+        has = self._item_offsets[1:] > first_pos
+        self._item_first = np.full(n_items, np.iinfo(np.int64).max, dtype=np.int64)
+        self._item_first[has] = keys[first_pos[has]] % self._span + self.tmin
+
+    @property
+    def end(self) -> int:
+        """One second after the last event: 'now' for a snapshot of this log."""
+        return self.tmax + 1
+
+    def _cutoff(self, t: np.ndarray | int) -> np.ndarray:
+        """THE point-in-time guard: events with timestamp < cutoff are visible."""
+        t = np.asarray(t, dtype=np.int64)
+        if not self.point_in_time:
+            return np.full_like(t, np.iinfo(np.int64).max // 4)
+        return t
+
+    def asof(self, t: int) -> int:
+        """Freshest time the store can speak for at t: min(t, last event before t + 1)."""
+        c = int(self._cutoff(t))
+        n = int(np.searchsorted(self._all_ts, c, side="left"))
+        last = int(self._all_ts[n - 1]) + 1 if n else self.tmin
+        return min(c, last)
+
+    def global_count_before(self, t: np.ndarray | int) -> np.ndarray:
+        return np.searchsorted(self._all_ts, self._cutoff(t), side="left")
+
+    def item_count_before(self, item_idx: np.ndarray, t: np.ndarray | int) -> np.ndarray:
+        """Events on each item with timestamp < t (t broadcast against item_idx)."""
+        c = np.clip(self._cutoff(t), self.tmin, self.tmax + 1) - self.tmin
+        q = np.asarray(item_idx, dtype=np.int64) * self._span + c
+        return np.searchsorted(self._item_keys, q, side="left") - self._item_offsets[item_idx]
+
+    def item_first_seen(self, item_idx: np.ndarray, t: int) -> np.ndarray:
+        """Timestamp of each item's first event before t; int64 max when there is none."""
+        first = self._item_first[item_idx]
+        return np.where(first < self._cutoff(t), first, np.iinfo(np.int64).max)
+
+    def user_history(self, user_id: str, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item ids, timestamps) of the user's events before t, oldest first."""
+        seg = self._user_seg.get(str(user_id))
+        if seg is None:
+            return np.array([], dtype=object), np.array([], dtype=np.int64)
+        s, e = seg
+        n = int(np.searchsorted(self._user_ts[s:e], self._cutoff(t), side="left"))
+        return self._user_items[s : s + n], self._user_ts[s : s + n]
+
+    def users(self) -> list[str]:
+        return list(self._user_seg)
+
+
+def popularity_block(
+    log: EventLog, item_idx: np.ndarray, asof: int, windows_days: Sequence[int]
+) -> np.ndarray:
+    """Item popularity over recent windows, its trend, and item age, as of `asof`.
+
+    Columns: log1p(count_w) per window, log share of window volume per window,
+    log1p(count before asof), trend per window (rate in the window vs the longest window),
+    log1p(item age in days), is_new (no event before asof).
+    """
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    n_items = len(log._item_first)
+    total = log.item_count_before(item_idx, asof)
+    cols = []
+    counts = []
+    shares = []
+    g_now = log.global_count_before(asof)
+    for w in windows_days:
+        start = asof - int(w) * DAY
+        c = total - log.item_count_before(item_idx, start)
+        vol = g_now - log.global_count_before(start)
+        counts.append(c)
+        shares.append(np.log((c + 1.0) / (float(vol) + n_items)))
+    longest = counts[-1] / float(windows_days[-1])
+    trends = [np.log1p(c / float(w)) - np.log1p(longest) for c, w in zip(counts, windows_days)]
+    cols += [np.log1p(c) for c in counts] + shares + [np.log1p(total)] + trends[:-1]
+    first = log.item_first_seen(item_idx, asof)
+    is_new = first == np.iinfo(np.int64).max
+    age_days = np.where(is_new, 0.0, (asof - np.minimum(first, asof)) / DAY)
+    cols += [np.log1p(age_days), is_new.astype(np.float64)]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def popularity_names(windows_days: Sequence[int]) -> list[str]:
+    w = list(windows_days)
+    return (
+        [f"pop_log_count_{d}d" for d in w]
+        + [f"pop_log_share_{d}d" for d in w]
+        + ["pop_log_count_all"]
+        + [f"pop_trend_{d}d" for d in w[:-1]]
+        + ["item_log_age_days", "item_is_new"]
+    )
+
+
+@dataclass
+class Request:
+    """One ranking request: who, when, what they did before (oldest first), what to rank."""
+
+    user_id: str
+    timestamp: int
+    history: Sequence[str]
+    candidates: np.ndarray  # catalog positions (int64)
+    scores: np.ndarray  # retrieval scores of the candidates (float32)
+    #: How many leading candidates came from retrieval (the rest are e.g. random negatives);
+    #: ranks are taken among these. None: all of them.
+    n_retrieved: int | None = None
+
+
+@dataclass
+class FeatureSpace:
+    """Fitted, static feature state; `transform` makes the model inputs of one request."""
+
+    item_ids: np.ndarray
+    genres: list[str]
+    item_genres: np.ndarray  # (n_items, G) float32 multi-hot
+    item_numeric_names: list[str]
+    item_numeric: np.ndarray  # (n_items, k) float32, NaN where unknown
+    user_ids: list[str]  # id-embedding vocabulary (index 0 = unknown)
+    user_numeric_names: list[str]
+    user_categorical: dict[str, list[str]]
+    user_table: dict[str, np.ndarray]  # user id -> static user feature row
+    windows_days: list[int]
+    groups: list[str]
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    _item_pos: dict[str, int] = field(default_factory=dict, repr=False)
+    _user_pos: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._item_pos = {str(i): k for k, i in enumerate(self.item_ids)}
+        self._user_pos = {u: k + 1 for k, u in enumerate(self.user_ids)}
+        # A trailing padding row for candidates outside the catalog (position -1).
+        self._ig_pad = np.vstack([self.item_genres, np.zeros((1, len(self.genres)), np.float32)])
+        k = self.item_numeric.shape[1]
+        self._inum_pad = np.vstack([self.item_numeric, np.full((1, k), np.nan, np.float32)])
+        self._item_numeric_mean = np.nan_to_num(np.nanmean(self.item_numeric, axis=0)) if (
+            self.item_numeric.size and np.isfinite(self.item_numeric).any()
+        ) else np.zeros(self.item_numeric.shape[1], np.float32)
+        self._n_user_static = sum(len(v) for v in self.user_categorical.values()) + 2 * len(
+            self.user_numeric_names
+        )
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        items: pd.DataFrame,
+        users: pd.DataFrame | None,
+        train_users: Sequence[str],
+        *,
+        windows_days: Sequence[int],
+        groups: Sequence[str] = GROUPS,
+        item_ids: Sequence[str] | None = None,
+    ) -> FeatureSpace:
+        """Static state from the item and user tables (no interactions: nothing to leak)."""
+        items = items.copy()
+        items[schema.ITEM_ID] = items[schema.ITEM_ID].astype(str)
+        if item_ids is not None:
+            items = items.set_index(schema.ITEM_ID).reindex([str(i) for i in item_ids])
+            items = items.reset_index()
+        ids = items[schema.ITEM_ID].to_numpy(object)
+        genre_lists = [
+            list(g) if isinstance(g, (list, tuple, np.ndarray)) else []
+            for g in items.get("genres", pd.Series([[]] * len(items)))
+        ]
+        genres = sorted({str(g) for gl in genre_lists for g in gl})
+        gpos = {g: k for k, g in enumerate(genres)}
+        ig = np.zeros((len(items), len(genres)), np.float32)
+        for r, gl in enumerate(genre_lists):
+            for g in gl:
+                ig[r, gpos[str(g)]] = 1.0
+        num_cols = [
+            c
+            for c in items.columns
+            if c not in (schema.ITEM_ID, "title", "genres")
+            and pd.api.types.is_numeric_dtype(items[c])
+        ]
+        inum = items[num_cols].to_numpy(np.float32) if num_cols else np.zeros((len(items), 0))
+        u_num: list[str] = []
+        u_cat: dict[str, list[str]] = {}
+        table: dict[str, np.ndarray] = {}
+        if users is not None and len(users):
+            users = users.copy()
+            users[schema.USER_ID] = users[schema.USER_ID].astype(str)
+            for c in users.columns:
+                if c == schema.USER_ID:
+                    continue
+                if pd.api.types.is_numeric_dtype(users[c]):
+                    u_num.append(c)
+                else:
+                    vals = users[c].dropna().astype(str)
+                    if 1 < vals.nunique() <= _MAX_CATEGORIES:
+                        u_cat[c] = sorted(vals.unique())
+            rows = _user_rows(users, u_num, u_cat)
+            table = dict(zip(users[schema.USER_ID], rows, strict=True))
+        return cls(
+            item_ids=ids,
+            genres=genres,
+            item_genres=ig,
+            item_numeric_names=num_cols,
+            item_numeric=inum.astype(np.float32),
+            user_ids=sorted({str(u) for u in train_users}),
+            user_numeric_names=u_num,
+            user_categorical=u_cat,
+            user_table=table,
+            windows_days=[int(w) for w in windows_days],
+            groups=list(groups),
+        )
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    def item_index(self) -> dict[str, int]:
+        return dict(self._item_pos)
+
+    def item_positions(self, ids: Sequence[str]) -> np.ndarray:
+        """Catalog positions of item ids; -1 for ids outside the catalog."""
+        return np.array([self._item_pos.get(str(i), -1) for i in ids], dtype=np.int64)
+
+    def uses(self, group: str) -> bool:
+        return group in self.groups
+
+    # ---- names ----------------------------------------------------------------------
+    def feature_names(self) -> list[tuple[str, str]]:
+        """(name, group) of every dense column, in order."""
+        out = [("retrieval_score", "retrieval"), ("retrieval_gap", "retrieval")]
+        out += [("retrieval_log_rank", "retrieval")]
+        out += [(f"genre={g}", "item") for g in self.genres]
+        for c in self.item_numeric_names:
+            out += [(f"item_{c}", "item"), (f"item_{c}_missing", "item")]
+        out += [("user_log_history_len", "user")]
+        for c in self.user_numeric_names:
+            out += [(f"user_{c}", "user"), (f"user_{c}_missing", "user")]
+        for c, vals in self.user_categorical.items():
+            out += [(f"user_{c}={v}", "user") for v in vals]
+        if self.uses("crosses"):
+            out += [
+                (n, "crosses")
+                for n in (
+                    "genre_affinity_all",
+                    "genre_affinity_recent",
+                    "genre_max_share",
+                    "genre_log_items_since",
+                    "genre_never_seen",
+                )
+            ]
+            for c in self.item_numeric_names:
+                out += [(f"{c}_gap_to_user_mean", "crosses"), (f"{c}_abs_gap", "crosses")]
+            out += [(f"user_share*genre={g}", "crosses") for g in self.genres]
+        if self.uses("popularity"):
+            out += [(n, "popularity") for n in popularity_names(self.windows_days)]
+        if self.uses("context"):
+            out += [("hour_sin", "context"), ("hour_cos", "context")]
+            out += [(f"dow={d}", "context") for d in range(7)]
+        return out
+
+    @property
+    def n_dense(self) -> int:
+        return len(self.feature_names())
+
+    # ---- transform ------------------------------------------------------------------
+    def transform(
+        self, req: Request, pop: np.ndarray | None
+    ) -> tuple[np.ndarray, int, np.ndarray]:
+        """(dense (n, D) float32 standardised if fitted, user index, item indices (n,)).
+
+        `pop` is `popularity_block` for the candidates as of the request (ignored when the
+        popularity group is off). Item indices are catalog position + 1 (0 = unknown).
+        """
+        cand = np.asarray(req.candidates, dtype=np.int64)
+        n = len(cand)
+        s = np.asarray(req.scores, dtype=np.float32)
+        nr = n if req.n_retrieved is None else req.n_retrieved
+        ref = np.sort(s[:nr])[::-1]
+        rank = 1 + np.searchsorted(-ref, -s, side="left")
+        top = ref[0] if len(ref) else 0.0
+        blocks = [s[:, None], (s - top)[:, None], np.log1p(rank)[:, None].astype(np.float32)]
+        safe = np.where(cand < 0, self.n_items, cand)
+        ig = self._ig_pad[safe]
+        blocks.append(ig)
+        inum = self._inum_pad[safe]
+        miss = ~np.isfinite(inum)
+        filled = np.where(miss, self._item_numeric_mean, inum)
+        blocks += [np.stack([filled[:, k], miss[:, k]], 1) for k in range(inum.shape[1])]
+        hist = [str(h) for h in req.history]
+        hpos = self.item_positions(hist)
+        hpos = hpos[hpos >= 0]
+        user_static = self.user_table.get(str(req.user_id))
+        if user_static is None:
+            user_static = np.zeros(self._n_user_static, np.float32)
+        urow = np.r_[np.log1p(len(hist)), user_static].astype(np.float32)
+        blocks.append(np.broadcast_to(urow, (n, len(urow))))
+        if self.uses("crosses"):
+            blocks.append(self._crosses(hpos, cand, ig, inum))
+        if self.uses("popularity"):
+            blocks.append(pop.astype(np.float32))
+        if self.uses("context"):
+            ts = pd.Timestamp(int(req.timestamp), unit="s")
+            ang = 2 * np.pi * (ts.hour + ts.minute / 60.0) / 24.0
+            ctx = np.zeros(9, np.float32)
+            ctx[0], ctx[1], ctx[2 + ts.dayofweek] = np.sin(ang), np.cos(ang), 1.0
+            blocks.append(np.broadcast_to(ctx, (n, 9)))
+        dense = np.concatenate([np.asarray(b, np.float32).reshape(n, -1) for b in blocks], 1)
+        if self.mean is not None:
+            dense = (dense - self.mean) / self.std
+        uidx = self._user_pos.get(str(req.user_id), 0) if self.uses("ids") else 0
+        iidx = np.maximum(cand + 1, 0) if self.uses("ids") else np.zeros(n, np.int64)
+        return dense.astype(np.float32), uidx, iidx
+
+    def _crosses(
+        self, hpos: np.ndarray, cand: np.ndarray, ig: np.ndarray, inum: np.ndarray
+    ) -> np.ndarray:
+        """User x item crosses the towers cannot express (no dot product does a max/min)."""
+        n, g = ig.shape
+        hg = self.item_genres[hpos]  # (h, G), oldest first
+        share_all = _normalise(hg.sum(0))
+        share_rec = _normalise(hg[-RECENT_ITEMS:].sum(0))
+        n_genres = np.maximum(ig.sum(1), 1.0)
+        aff_all = ig @ share_all / n_genres
+        aff_rec = ig @ share_rec / n_genres
+        max_share = (ig * share_all).max(1) if g else np.zeros(n)
+        # Items since the user last engaged with each genre (0 = the latest item).
+        h = len(hpos)
+        since = np.full(g, np.inf)
+        if h:
+            has = hg.any(0)
+            last = h - 1 - np.argmax(hg[::-1] > 0, axis=0)
+            since[has] = (h - 1 - last)[has]
+        masked = np.where(ig > 0, since[None, :], np.inf)
+        item_since = masked.min(1) if g else np.full(n, np.inf)
+        never = ~np.isfinite(item_since)
+        log_since = np.log1p(np.where(never, h, item_since))
+        cols = [aff_all, aff_rec, max_share, log_since, never.astype(np.float32)]
+        for k in range(inum.shape[1]):
+            hv = self.item_numeric[hpos, k]
+            hv = hv[np.isfinite(hv)]
+            cv = inum[:, k]
+            if len(hv):
+                gap = np.where(np.isfinite(cv), cv - hv.mean(), 0.0)
+            else:
+                gap = np.zeros(n)
+            cols += [gap, np.abs(gap)]
+        out = np.stack(cols, 1) if cols else np.zeros((n, 0))
+        return np.concatenate([out, ig * share_all[None, :]], 1).astype(np.float32)
+
+    def fit_standardisation(self, dense: np.ndarray) -> None:
+        """Store column means/stds of raw training features (applied by `transform`)."""
+        self.mean = dense.mean(0).astype(np.float32)
+        std = dense.std(0)
+        self.std = np.where(std < 1e-6, 1.0, std).astype(np.float32)
+
+    # ---- persistence ----------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able metadata, arrays) for ranker.json / ranker.safetensors."""
+        meta = {
+            "item_ids": [str(i) for i in self.item_ids],
+            "genres": self.genres,
+            "item_numeric_names": self.item_numeric_names,
+            "user_ids": self.user_ids,
+            "user_numeric_names": self.user_numeric_names,
+            "user_categorical": self.user_categorical,
+            "user_table_ids": list(self.user_table),
+            "windows_days": self.windows_days,
+            "groups": self.groups,
+            "feature_names": [n for n, _ in self.feature_names()],
+        }
+        arrays = {
+            "fs.item_genres": self.item_genres,
+            "fs.item_numeric": self.item_numeric,
+            "fs.user_table": np.stack(list(self.user_table.values())).astype(np.float32)
+            if self.user_table
+            else np.zeros((0, self._n_user_static), np.float32),
+        }
+        if self.mean is not None:
+            arrays["fs.mean"], arrays["fs.std"] = self.mean, self.std
+        return meta, arrays
+
+    @classmethod
+    def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FeatureSpace:
+        table = arrays["fs.user_table"]
+        return cls(
+            item_ids=np.array(meta["item_ids"], dtype=object),
+            genres=list(meta["genres"]),
+            item_genres=arrays["fs.item_genres"],
+            item_numeric_names=list(meta["item_numeric_names"]),
+            item_numeric=arrays["fs.item_numeric"],
+            user_ids=list(meta["user_ids"]),
+            user_numeric_names=list(meta["user_numeric_names"]),
+            user_categorical={k: list(v) for k, v in meta["user_categorical"].items()},
+            user_table=dict(zip(meta["user_table_ids"], table, strict=True)),
+            windows_days=list(meta["windows_days"]),
+            groups=list(meta["groups"]),
+            mean=arrays.get("fs.mean"),
+            std=arrays.get("fs.std"),
+        )
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    s = v.sum()
+    return v / s if s > 0 else v
+
+
+def _user_rows(users: pd.DataFrame, num: list[str], cat: dict[str, list[str]]) -> np.ndarray:
+    """Static user features: per numeric column (standardised value, missing), one-hots."""
+    cols = []
+    for c in num:
+        v = users[c].to_numpy(np.float64)
+        miss = ~np.isfinite(v)
+        mu = np.nanmean(v) if (~miss).any() else 0.0
+        sd = np.nanstd(v) if (~miss).any() else 1.0
+        cols += [np.where(miss, 0.0, (v - mu) / (sd or 1.0)), miss.astype(np.float64)]
+    for c, vals in cat.items():
+        s = users[c].astype(str).to_numpy(object)
+        cols += [(s == v).astype(np.float64) for v in vals]
+    if not cols:
+        return np.zeros((len(users), 0), np.float32)
+    return np.stack(cols, 1).astype(np.float32)

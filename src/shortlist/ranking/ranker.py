@@ -1,0 +1,172 @@
+"""The trained ranker as serving and evaluation load it: `Ranker.load(model_dir).score(...)`.
+
+Files, beside the towers in MODEL_DIR (no pickle):
+
+- ``ranker.safetensors``: network weights plus the feature arrays (item genres and
+  numerics, user feature table, standardisation statistics, and the per-item popularity
+  snapshot as of the end of the training log);
+- ``ranker.json``: format, network config, feature-space metadata (vocabularies, windows,
+  groups, feature names), the snapshot time, the towers' fingerprint, training summary.
+
+At serving time the item statistics come from the snapshot (the feature store "now"),
+user-side features from the request's history, context from the request time; the
+retrieval scores are the ones the index returned (passed in `context`) or, when absent,
+recomputed with the towers beside the ranker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shortlist.ranking.features import FeatureSpace, Request
+
+WEIGHTS = "ranker.safetensors"
+CONFIG = "ranker.json"
+FORMAT = 1
+
+
+class Ranker:
+    """A DCN ranker with its feature state; scores candidates for one request."""
+
+    def __init__(
+        self,
+        space: FeatureSpace,
+        model: Any,
+        popularity: np.ndarray,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.space = space
+        self.model = model.eval()
+        # One extra zero row for candidates outside the ranker's catalog.
+        self.popularity = np.vstack([popularity, np.zeros((1, popularity.shape[1]), np.float32)])
+        self.meta = dict(meta or {})
+        self._retrieval: Any = None
+        self._model_dir: str | None = None
+
+    # ---- persistence -----------------------------------------------------------------
+    def save(self, model_dir: str) -> dict[str, str]:
+        """Write ranker.safetensors and ranker.json; returns their sha256 checksums."""
+        from safetensors.numpy import save
+
+        out = Path(model_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        meta, arrays = self.space.state()
+        tensors = {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        tensors.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+        tensors["snapshot.popularity"] = np.ascontiguousarray(self.popularity[:-1])
+        blob = save(tensors, metadata={"format": str(FORMAT)})
+        (out / WEIGHTS).write_bytes(blob)
+        digest = hashlib.sha256(blob).hexdigest()
+        doc = {
+            "format": FORMAT,
+            "weights_sha256": digest,
+            "model": self.model.config,
+            "features": meta,
+            **self.meta,
+        }
+        text = json.dumps(doc, indent=2, default=_json_default)
+        (out / CONFIG).write_text(text)
+        return {WEIGHTS: digest, CONFIG: hashlib.sha256(text.encode()).hexdigest()}
+
+    @classmethod
+    def load(cls, model_dir: str) -> Ranker:
+        import torch
+        from safetensors.numpy import load
+
+        from shortlist.ranking.model import DCNRanker
+
+        root = Path(model_dir)
+        doc = json.loads((root / CONFIG).read_text())
+        if doc.get("format") != FORMAT:
+            raise ValueError(f"{root / CONFIG}: unsupported ranker format {doc.get('format')}")
+        blob = (root / WEIGHTS).read_bytes()
+        if doc.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
+            raise ValueError(f"{root / WEIGHTS} does not match the checksum in {CONFIG}")
+        arrays = load(blob)
+        space = FeatureSpace.from_state(doc["features"], arrays)
+        model = DCNRanker.from_config(doc["model"])
+        state = {k[len("model.") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("model.")}
+        model.load_state_dict(state)
+        meta = {k: v for k, v in doc.items() if k not in {"format", "weights_sha256", "model", "features"}}
+        ranker = cls(space, model, arrays["snapshot.popularity"], meta)
+        ranker._model_dir = str(root)
+        return ranker
+
+    @staticmethod
+    def exists(model_dir: str) -> bool:
+        return (Path(model_dir) / WEIGHTS).exists() and (Path(model_dir) / CONFIG).exists()
+
+    # ---- scoring ---------------------------------------------------------------------
+    def score_features(self, dense: np.ndarray, user_idx: int, item_idx: np.ndarray) -> np.ndarray:
+        """Logits for a standardised feature matrix (one request)."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(
+                torch.from_numpy(dense),
+                torch.full((len(dense),), int(user_idx), dtype=torch.long),
+                torch.from_numpy(np.asarray(item_idx, dtype=np.int64)),
+            )
+        return out.numpy()
+
+    def score(
+        self,
+        user_id: str,
+        history: Sequence[str],
+        candidate_item_ids: Sequence[str],
+        context: dict[str, Any] | None = None,
+    ) -> np.ndarray:
+        """Ranker scores (higher is better) for the candidates of one request.
+
+        history: the user's item ids, oldest first. context keys (all optional):
+        ``timestamp`` (request time, unix seconds; default now), ``retrieval_scores``
+        (the index's scores for the candidates, in the same order; default: recomputed
+        with the towers in the ranker's model directory).
+        """
+        ctx = context or {}
+        ts = int(ctx.get("timestamp") or time.time())
+        cand = self.space.item_positions(candidate_item_ids)
+        scores = ctx.get("retrieval_scores")
+        if scores is None:
+            scores = self._retrieval_scores(user_id, history, candidate_item_ids, ts)
+        req = Request(
+            user_id=str(user_id),
+            timestamp=ts,
+            history=history,
+            candidates=cand,
+            scores=np.asarray(scores, dtype=np.float32),
+        )
+        pop = self.popularity[np.where(cand < 0, len(self.popularity) - 1, cand)]
+        dense, uidx, iidx = self.space.transform(req, pop)
+        return self.score_features(dense, uidx, iidx)
+
+    def _retrieval_scores(
+        self, user_id: str, history: Sequence[str], candidates: Sequence[str], ts: int
+    ) -> np.ndarray:
+        if self._retrieval is None:
+            if self._model_dir is None:
+                raise ValueError("retrieval_scores are required: no towers beside this ranker")
+            from shortlist.models.two_tower import TwoTowerRetriever
+
+            towers = TwoTowerRetriever.load(self._model_dir)
+            emb = towers.embed_items(towers.items)
+            self._retrieval = (towers, dict(zip(towers.item_ids, emb, strict=True)))
+        towers, emb = self._retrieval
+        q = towers.embed_users([str(user_id)], [list(history)], timestamps=[ts])[0]
+        zero = np.zeros_like(q)
+        return np.array([emb.get(str(c), zero) @ q for c in candidates], dtype=np.float32)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,510 @@
+"""Training the ranker on retrieved candidates, from a period the towers did not memorise.
+
+Why the validation part: the towers were fitted on `train`, so their scores on train
+pairs are overconfident (memorised). The ranker is fitted on requests from `validation`
+instead: one request per validation user at the time of their first validation event,
+features as of that time (the `EventLog` over train + validation hides everything at or
+after it), positives = the user's validation items. A held-out share of those users
+(`ranker.holdout_fraction`) is used only for early stopping on NDCG@eval_k, ranked over
+the retrieved candidates exactly as serving ranks them.
+
+Rows: the top-N candidates of the request (hard negatives: retrieved, not taken) plus
+`ranker.random_negatives` uniformly drawn catalog items. Positives are weighted by
+engagement (the rating), negatives by 1 (Covington et al. 2016). Positives retrieval
+missed are not rows (the ranker never sees them at serving) but count in the NDCG
+denominator, so early stopping measures the funnel, not the ranker alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from shortlist.config import Params
+from shortlist.data import schema
+from shortlist.ranking.candidates import Retrieval
+from shortlist.ranking.features import (
+    ABLATABLE,
+    EventLog,
+    FeatureSpace,
+    Request,
+    popularity_block,
+)
+
+
+@dataclass
+class LabeledRequest:
+    user_id: str
+    timestamp: int
+    positives: dict[int, float]  # catalog position -> engagement weight
+    exclude: np.ndarray  # catalog positions never ranked for this user (already seen)
+
+
+@dataclass
+class Examples:
+    """Feature rows of many requests; request r owns rows offsets[r]:offsets[r+1]."""
+
+    dense: np.ndarray
+    user_idx: np.ndarray
+    item_idx: np.ndarray
+    rows: np.ndarray  # catalog position of each row
+    labels: np.ndarray
+    weights: np.ndarray
+    retrieval: np.ndarray  # retrieval score of each row
+    retrieved: np.ndarray  # bool: row came from retrieval (not a random negative)
+    offsets: np.ndarray
+    n_relevant: np.ndarray  # positives per request in the catalog (retrieved or not)
+    user_ids: list[str]
+
+    def request(self, r: int) -> slice:
+        return slice(int(self.offsets[r]), int(self.offsets[r + 1]))
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def make_requests(
+    part: pd.DataFrame,
+    seen: pd.DataFrame,
+    item_index: dict[str, int],
+    *,
+    engagement: bool = True,
+) -> list[LabeledRequest]:
+    """One request per user of `part` at their first timestamp there; positives = their items.
+
+    `seen` holds interactions the evaluation protocol excludes from ranking (the user's
+    earlier items), so candidates never repeat them.
+    """
+    p = part.assign(
+        u=part[schema.USER_ID].astype(str),
+        pos=part[schema.ITEM_ID].astype(str).map(item_index),
+    )
+    seen_pos = (
+        seen.assign(u=seen[schema.USER_ID].astype(str), pos=seen[schema.ITEM_ID].astype(str).map(item_index))
+        .dropna(subset=["pos"])
+        .groupby("u")["pos"]
+        .apply(lambda s: np.unique(s.to_numpy(np.int64)))
+        .to_dict()
+    )
+    out = []
+    for u, g in p.groupby("u", sort=True):
+        t = int(g[schema.TIMESTAMP].min())
+        g = g.dropna(subset=["pos"])
+        w = g.groupby("pos")[schema.WEIGHT].max() if engagement else g.groupby("pos").size() * 0 + 1
+        out.append(
+            LabeledRequest(
+                user_id=str(u),
+                timestamp=t,
+                positives={int(k): float(v) for k, v in w.items()},
+                exclude=seen_pos.get(u, np.array([], np.int64)),
+            )
+        )
+    return out
+
+
+def featurize(
+    space: FeatureSpace,
+    log: EventLog,
+    retrieval: Retrieval,
+    requests: Sequence[LabeledRequest],
+    *,
+    n_candidates: int,
+    random_negatives: int = 0,
+    seed: int = 0,
+    progress: bool = False,
+) -> Examples:
+    """Candidates and point-in-time features for each request (raw or standardised, as
+    `space` is fitted). Every time-dependent input comes from `log` as of the request."""
+    rng = np.random.default_rng(seed)
+    hists = [log.user_history(r.user_id, r.timestamp)[0] for r in requests]
+    queries = retrieval.embed_queries(
+        [r.user_id for r in requests], hists, [r.timestamp for r in requests]
+    )
+    index = space.item_index()
+    excl = []
+    for r, h in zip(requests, hists, strict=True):
+        hp = np.array([index.get(str(i), -1) for i in h], dtype=np.int64)
+        excl.append(np.union1d(r.exclude, hp[hp >= 0]))
+    cands = retrieval.top_n(queries, n_candidates, excl)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("d", "u", "i", "rows", "y", "w", "s", "ret")}
+    offsets = [0]
+    n_rel = []
+    it = zip(requests, hists, cands, excl, queries, strict=True)
+    for req, hist, (rows, scores), ex, q in tqdm(
+        it, total=len(requests), desc="ranker features", disable=not progress
+    ):
+        n_ret = len(rows)
+        if random_negatives:
+            taken = np.union1d(np.union1d(rows, ex), np.fromiter(req.positives, np.int64))
+            pool = np.setdiff1d(np.arange(space.n_items), taken)
+            neg = rng.choice(pool, size=min(random_negatives, len(pool)), replace=False)
+            rows = np.r_[rows, np.sort(neg)].astype(np.int64)
+            scores = np.r_[scores, retrieval.score_rows(q, np.sort(neg))].astype(np.float32)
+        fr = Request(req.user_id, req.timestamp, list(hist), rows, scores, n_retrieved=n_ret)
+        pop = None
+        if space.uses("popularity"):
+            pop = popularity_block(log, rows, log.asof(req.timestamp), space.windows_days)
+        dense, uidx, iidx = space.transform(fr, pop)
+        y = np.isin(rows, np.fromiter(req.positives, np.int64)).astype(np.float32)
+        w = np.array([req.positives.get(int(i), 1.0) for i in rows], np.float32)
+        w = np.where(y > 0, w, 1.0).astype(np.float32)
+        for k, v in zip(
+            ("d", "u", "i", "rows", "y", "w", "s", "ret"),
+            (dense, np.full(len(rows), uidx), iidx, rows, y, w, scores, np.arange(len(rows)) < n_ret),
+            strict=True,
+        ):
+            parts[k].append(np.asarray(v))
+        offsets.append(offsets[-1] + len(rows))
+        n_rel.append(len(set(req.positives) - set(ex.tolist())))
+    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    return Examples(
+        dense=cat["d"].reshape(len(cat["y"]), -1).astype(np.float32) if len(cat["y"]) else np.zeros((0, space.n_dense), np.float32),
+        user_idx=cat["u"].astype(np.int64),
+        item_idx=cat["i"].astype(np.int64),
+        rows=cat["rows"].astype(np.int64),
+        labels=cat["y"].astype(np.float32),
+        weights=cat["w"].astype(np.float32),
+        retrieval=cat["s"].astype(np.float32),
+        retrieved=cat["ret"].astype(bool),
+        offsets=np.asarray(offsets, np.int64),
+        n_relevant=np.asarray(n_rel, np.int64),
+        user_ids=[r.user_id for r in requests],
+    )
+
+
+def request_metrics(
+    ex: Examples, scores: np.ndarray, ks: Sequence[int], *, retrieved_only: bool = True
+) -> dict[str, float]:
+    """Mean Recall/NDCG@k over requests when each request's rows are ordered by `scores`.
+
+    Only retrieved rows are ranked (as in serving); the denominator is every positive of
+    the request, so items retrieval missed count as misses.
+    """
+    from shortlist.eval import metrics as M
+
+    kmax = max(ks)
+    hits, n_rel = [], []
+    for r in range(len(ex)):
+        sl = ex.request(r)
+        if ex.n_relevant[r] == 0:
+            continue
+        keep = ex.retrieved[sl] if retrieved_only else np.ones(sl.stop - sl.start, bool)
+        s, y = scores[sl][keep], ex.labels[sl][keep]
+        order = np.lexsort((np.arange(len(s)), -s))[:kmax]
+        h = np.zeros(kmax, bool)
+        h[: len(order)] = y[order] > 0
+        hits.append(h)
+        n_rel.append(ex.n_relevant[r])
+    if not hits:
+        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+    per = M.ranking_metrics(np.stack(hits), np.asarray(n_rel), ks)
+    return {k: float(v.mean()) for k, v in per.items() if not k.startswith("hitrate")}
+
+
+def _standardise(space: FeatureSpace, ex: Examples) -> Examples:
+    ex.dense = ((ex.dense - space.mean) / space.std).astype(np.float32)
+    return ex
+
+
+def fit_network(
+    space: FeatureSpace,
+    fit: Examples,
+    stop: Examples,
+    rp: Any,
+    *,
+    seed: int,
+    progress: bool = False,
+    on_epoch: Any = None,
+):
+    """Train the DCN with the weighted logistic loss; early stopping on stop-set NDCG@k.
+
+    Returns (best model, per-epoch history list of dicts).
+    """
+    import torch
+
+    from shortlist.ranking.model import DCNRanker, weighted_logistic_loss
+
+    torch.manual_seed(seed)
+    model = DCNRanker(
+        space.n_dense,
+        len(space.user_ids),
+        space.n_items,
+        id_dim=rp.id_dim,
+        cross_layers=rp.cross_layers,
+        hidden_dims=rp.hidden_dims,
+        dropout=rp.dropout,
+        use_ids=space.uses("ids"),
+    )
+    opt = Adam(list(model.parameters()), lr=rp.learning_rate, weight_decay=rp.weight_decay)
+    tensors = [
+        torch.from_numpy(a)
+        for a in (fit.dense, fit.user_idx, fit.item_idx, fit.labels, fit.weights)
+    ]
+    gen = torch.Generator().manual_seed(seed)
+    key = f"ndcg@{rp.eval_k}"
+    best, best_state, bad, history = -1.0, copy.deepcopy(model.state_dict()), 0, []
+    for epoch in range(1, rp.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(fit.labels), generator=gen)
+        total, weight = 0.0, 0.0
+        for s in tqdm(
+            range(0, len(perm), rp.batch_size),
+            desc=f"ranker epoch {epoch}",
+            disable=not progress,
+            leave=False,
+        ):
+            b = perm[s : s + rp.batch_size]
+            d, u, i, y, w = (t[b] for t in tensors)
+            loss = weighted_logistic_loss(model(d, u, i), y, w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * float(w.sum())
+            weight += float(w.sum())
+        metrics = request_metrics(stop, predict(model, stop), sorted({10, rp.eval_k}))
+        row = {"epoch": epoch, "loss": total / max(weight, 1e-12), **metrics}
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if metrics[key] > best:
+            best, best_state, bad = metrics[key], copy.deepcopy(model.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= rp.early_stopping_patience:
+                break
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) with L2 weight decay, as torch.optim.Adam computes it.
+
+    Written out because constructing any torch.optim optimizer imports torch._dynamo,
+    which costs tens of seconds per process where bytecode is not cached; the ranker is
+    small enough that this loop is as fast.
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        import torch
+
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps, self.wd = lr, betas, eps, weight_decay
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        import torch
+
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        with torch.no_grad():
+            for p, m, v in zip(self.params, self.m, self.v, strict=True):
+                if p.grad is None:
+                    continue
+                g = p.grad if not self.wd else p.grad + self.wd * p
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.addcdiv_(m / c1, (v / c2).sqrt_().add_(self.eps), value=-self.lr)
+
+
+def predict(model: Any, ex: Examples, batch: int = 65_536) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(ex.labels), batch):
+            sl = slice(s, s + batch)
+            out.append(
+                model(
+                    torch.from_numpy(ex.dense[sl]),
+                    torch.from_numpy(ex.user_idx[sl]),
+                    torch.from_numpy(ex.item_idx[sl]),
+                ).numpy()
+            )
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _holdout(user_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Deterministic user-level holdout mask (hash of seed and user id)."""
+    h = [
+        int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        for u in user_ids
+    ]
+    return np.asarray(h) < fraction
+
+
+def _subset(reqs: Sequence[LabeledRequest], mask: np.ndarray) -> list[LabeledRequest]:
+    return [r for r, m in zip(reqs, mask, strict=True) if m]
+
+
+def train_ranker(
+    params: Params,
+    retriever: Any,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+    *,
+    catalog: Sequence[str] | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    mlflow_run: bool = True,
+):
+    """Fit the ranker on validation requests over `retriever`'s candidates.
+
+    Returns (Ranker, summary dict with the stop-set metrics of the ranker and of the
+    retrieval-only order, the epoch history, row counts and timings).
+    """
+    import torch
+
+    from shortlist.ranking.ranker import Ranker
+
+    rp = params.ranker
+    seed = params.project.seed if seed is None else seed
+    torch.set_num_threads(rp.threads)
+    t0 = time.perf_counter()
+    cat = [str(i) for i in (catalog if catalog is not None else retriever.item_ids)]
+    groups = ["retrieval", "item", "user", *[g for g in ABLATABLE if g in rp.feature_groups]]
+    seen_all = pd.concat([train, validation], ignore_index=True)
+    space = FeatureSpace.fit(
+        items,
+        users,
+        seen_all[schema.USER_ID].astype(str).unique(),
+        windows_days=rp.popularity_windows_days,
+        groups=groups,
+        item_ids=cat,
+    )
+    log = EventLog(seen_all, space.item_index())
+    retrieval = Retrieval(retriever, items, cat, users, params)
+    reqs = make_requests(
+        validation, train, space.item_index(), engagement=rp.positive_weight == "engagement"
+    )
+    hold = _holdout([r.user_id for r in reqs], rp.holdout_fraction, seed)
+    fit_ex = featurize(
+        space,
+        log,
+        retrieval,
+        _subset(reqs, ~hold),
+        n_candidates=rp.candidates,
+        random_negatives=rp.random_negatives,
+        seed=seed,
+        progress=progress,
+    )
+    stop_ex = featurize(
+        space, log, retrieval, _subset(reqs, hold), n_candidates=rp.candidates, seed=seed
+    )
+    space.fit_standardisation(fit_ex.dense)
+    _standardise(space, fit_ex)
+    _standardise(space, stop_ex)
+    ks = sorted({10, rp.eval_k})
+    baseline = request_metrics(stop_ex, stop_ex.retrieval, ks)
+
+    run_ctx = _mlflow(params, mlflow_run)
+    with run_ctx as run:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_params({f"ranker.{k}": v for k, v in rp.model_dump().items()})
+            mlflow.log_params(
+                {"seed": seed, "fit_rows": len(fit_ex.labels), "fit_requests": len(fit_ex),
+                 "stop_requests": len(stop_ex), "tower_fingerprint": getattr(retriever, "fingerprint", "")}
+            )
+            mlflow.log_metrics({f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()})
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            if run is not None:
+                import mlflow
+
+                mlflow.log_metrics(
+                    {k.replace("@", "_at_"): v for k, v in row.items() if k != "epoch"},
+                    step=row["epoch"],
+                )
+
+        model, history = fit_network(
+            space, fit_ex, stop_ex, rp, seed=seed, progress=progress, on_epoch=on_epoch
+        )
+        final = request_metrics(stop_ex, predict(model, stop_ex), ks)
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metrics({f"stop_ranker_{k.replace('@', '_at_')}": v for k, v in final.items()})
+            fig = _curves(history, baseline, rp.eval_k)
+            mlflow.log_figure(fig, "ranker_curves.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+
+    popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
+    summary = {
+        "stop_ranker": final,
+        "stop_retrieval_only": baseline,
+        "history": history,
+        "best_epoch": int(np.argmax([h[f"ndcg@{rp.eval_k}"] for h in history]) + 1),
+        "fit_requests": len(fit_ex),
+        "fit_rows": int(len(fit_ex.labels)),
+        "fit_positives": int(fit_ex.labels.sum()),
+        "stop_requests": len(stop_ex),
+        "feature_groups": groups,
+        "n_dense": space.n_dense,
+        "seconds": time.perf_counter() - t0,
+        "seed": seed,
+    }
+    meta = {
+        "snapshot_end": log.end,
+        "tower_fingerprint": getattr(retriever, "fingerprint", ""),
+        "training": {k: v for k, v in summary.items() if k != "history"},
+    }
+    return Ranker(space, model, popularity, meta), summary
+
+
+class _NoRun:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _mlflow(params: Params, enabled: bool):
+    if not enabled:
+        return _NoRun()
+    from shortlist.tracking import start_run
+
+    return start_run(params, run_name="ranker", stage="train_ranker")
+
+
+def _curves(history: list[dict[str, Any]], baseline: dict[str, float], k: int):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ep = [h["epoch"] for h in history]
+    a.plot(ep, [h["loss"] for h in history], marker="o")
+    a.set_title("weighted logistic loss (fit)")
+    a.set_xlabel("epoch")
+    b.plot(ep, [h[f"ndcg@{k}"] for h in history], marker="o", label="ranker")
+    b.axhline(baseline[f"ndcg@{k}"], color="grey", ls="--", label="retrieval order")
+    b.set_title(f"held-out NDCG@{k}")
+    b.set_xlabel("epoch")
+    b.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,252 @@
+"""The MLflow model registry as the approval gate for bundles.
+
+One registered model (params.promotion.registered_model); each version is one bundle,
+logged as a pyfunc whose artifacts are the bundle's files, tagged so a reviewer sees in
+the MLflow UI what it is (bundle id, blessing, canary, data snapshot, key metrics) with
+a readable description. Aliases, never the deprecated stages:
+
+- ``challenger``: set on a version that is blessed and passed its canary.
+- ``champion``: the live bundle. A person approves a promotion by moving ``champion``
+  to the challenger in the MLflow UI; the retrain DAG senses that move.
+
+Versions are looked up by their ``bundle_id`` tag before registering, so a retried task
+never creates a duplicate version. Register from one task only: MLflow's version
+numbering races under concurrent writers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shortlist.config import Params
+from shortlist.errors import PromotionRefused
+from shortlist.tracking import configure
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+TAG_BUNDLE = "bundle_id"
+TAG_BLESSED = "blessed"
+TAG_CANARY = "canary_passed"
+TAG_SNAPSHOT = "data_snapshot"
+TAG_SLOT = "slot"
+TAG_APPROVED_BY = "approved_by"
+
+
+def _client(params: Params):
+    mlflow = configure(params)
+    return mlflow, mlflow.MlflowClient()
+
+
+def find_version(params: Params, bundle_id: str):
+    """The registry version holding `bundle_id`, or None."""
+    _, client = _client(params)
+    name = params.promotion.registered_model
+    try:
+        found = client.search_model_versions(f"name='{name}' and tag.{TAG_BUNDLE}='{bundle_id}'")
+    except Exception as exc:  # the registered model may not exist yet
+        if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+            return None
+        raise
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def alias_version(params: Params, alias: str):
+    """The version an alias points at, or None when the alias is not set."""
+    _, client = _client(params)
+    try:
+        return client.get_model_version_by_alias(params.promotion.registered_model, alias)
+    except Exception as exc:
+        text = str(exc)
+        if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "alias" in text:
+            return None
+        raise
+
+
+def describe(
+    bundle_id: str, blessing: dict[str, Any], canary: dict[str, Any], metrics: dict[str, float]
+) -> str:
+    """The markdown a reviewer reads on the version page in the MLflow UI."""
+    lines = [
+        f"### Bundle `{bundle_id}`",
+        "",
+        f"**Blessing:** {blessing.get('verdict', '?')} on `{blessing.get('metric', '?')}`",
+        "",
+        *[f"- {r}" for r in blessing.get("reasons", [])],
+        "",
+        f"**Canary:** {'passed' if canary.get('passed') else 'FAILED'}",
+        "",
+        "| metric | challenger |",
+        "|---|---:|",
+        *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())],
+        "",
+        "Approve by moving the `champion` alias to this version (Aliases → Add/Edit).",
+        "Artifacts: `comparison/` holds the champion-vs-challenger report and plots.",
+    ]
+    return "\n".join(lines)
+
+
+def register_bundle(
+    params: Params,
+    *,
+    bundle_dir: str,
+    manifest: dict[str, Any],
+    blessing: dict[str, Any],
+    canary: dict[str, Any],
+    metrics: dict[str, float],
+    comparison_dir: str | None = None,
+    slot: str = "",
+) -> str:
+    """Log the bundle as a pyfunc model version (idempotent by bundle id); return the version.
+
+    Sets ``challenger`` when the version is blessed and its canary passed.
+    """
+    mlflow, client = _client(params)
+    bundle_id = manifest["bundle_id"]
+    name = params.promotion.registered_model
+    existing = find_version(params, bundle_id)
+    if existing is None:
+        existing = _log_version(
+            mlflow, params, bundle_dir, manifest, blessing, canary, metrics, comparison_dir
+        )
+    version = str(existing.version)
+    tags = {
+        TAG_BUNDLE: bundle_id,
+        TAG_BLESSED: str(bool(blessing.get("blessed"))).lower(),
+        TAG_CANARY: str(bool(canary.get("passed"))).lower(),
+        TAG_SNAPSHOT: str(manifest.get("data_snapshot_id", "")),
+        TAG_SLOT: slot,
+        **{f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()},
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    client.update_model_version(
+        name, version, description=describe(bundle_id, blessing, canary, metrics)
+    )
+    if blessing.get("blessed") and canary.get("passed"):
+        client.set_registered_model_alias(name, CHALLENGER, version)
+    return version
+
+
+def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics, comparison_dir):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from shortlist.registry_model import BundlePyfunc
+
+    name = params.promotion.registered_model
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(
+            name,
+            description=(
+                "Shortlist serving bundles: user tower + item embeddings + FAISS index + "
+                "ranker + manifest. `champion` is live; `challenger` awaits approval."
+            ),
+            tags={"product": "shortlist"},
+        )
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "user_id"), ColSpec("long", "k", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("string", "user_id"),
+                ColSpec("string", "item_id"),
+                ColSpec("long", "rank"),
+                ColSpec("double", "score"),
+                ColSpec("string", "bundle_id"),
+            ]
+        ),
+    )
+    import pandas as pd
+
+    bundle_id = manifest["bundle_id"]
+    with mlflow.start_run(
+        run_name=f"register-{bundle_id}", tags={"shortlist.stage": "register", TAG_BUNDLE: bundle_id}
+    ):
+        mlflow.log_dict(blessing, "blessing.json")
+        mlflow.log_dict(canary, "canary.json")
+        mlflow.log_metrics(metrics)
+        if comparison_dir and Path(comparison_dir).exists():
+            mlflow.log_artifacts(comparison_dir, artifact_path="comparison")
+        info = mlflow.pyfunc.log_model(
+            name="bundle",
+            python_model=BundlePyfunc(),
+            artifacts={"bundle": str(bundle_dir)},
+            signature=signature,
+            input_example=pd.DataFrame({"user_id": ["1"], "k": [10]}),
+            pip_requirements=["shortlist"],
+            registered_model_name=name,
+            metadata={"bundle_id": bundle_id, "manifest": json.dumps(manifest, default=str)},
+        )
+    found = find_version(params, bundle_id)
+    if found is not None:
+        return found
+    # Registration happened under log_model; tag it so a retry finds it.
+    version = info.registered_model_version
+    client.set_model_version_tag(name, str(version), TAG_BUNDLE, bundle_id)
+    return client.get_model_version(name, str(version))
+
+
+def check_promotable(params: Params, version: str) -> None:
+    """Refuse (PromotionRefused) a version that is not blessed or failed its canary."""
+    _, client = _client(params)
+    mv = client.get_model_version(params.promotion.registered_model, str(version))
+    tags = mv.tags or {}
+    if tags.get(TAG_BLESSED) != "true":
+        raise PromotionRefused(f"version {version} is not blessed: it can never go live")
+    if tags.get(TAG_CANARY) != "true":
+        raise PromotionRefused(f"version {version} did not pass its canary: it can never go live")
+
+
+def await_approval(
+    params: Params,
+    version: str,
+    *,
+    timeout_s: float | None = None,
+    poll_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """Wait until `champion` points at `version` (a person moved it); False on timeout.
+
+    With params.promotion.auto_approve the alias is moved here and the version tagged
+    approved_by=auto, for unattended setups.
+    """
+    _, client = _client(params)
+    name = params.promotion.registered_model
+    if params.promotion.auto_approve:
+        check_promotable(params, version)
+        client.set_registered_model_alias(name, CHAMPION, str(version))
+        client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, "auto")
+        return True
+    timeout = params.promotion.approval_timeout_seconds if timeout_s is None else timeout_s
+    poll = params.promotion.poll_seconds if poll_s is None else poll_s
+    deadline = time.monotonic() + timeout
+    while True:
+        champ = alias_version(params, CHAMPION)
+        if champ is not None and str(champ.version) == str(version):
+            if not (champ.tags or {}).get(TAG_APPROVED_BY):
+                client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, "mlflow-ui")
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        sleep(poll)
+
+
+def set_champion(params: Params, version: str, approved_by: str) -> None:
+    """Move `champion` (used by rollback to re-align the registry with the live bundle)."""
+    _, client = _client(params)
+    check_promotable(params, version)
+    name = params.promotion.registered_model
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, approved_by)
+
+
+def tag_version(params: Params, version: str, key: str, value: str) -> None:
+    _, client = _client(params)
+    client.set_model_version_tag(params.promotion.registered_model, str(version), key, value)

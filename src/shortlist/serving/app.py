@@ -1,0 +1,294 @@
+"""The serving API (FastAPI): `shortlist serve` runs `serve(params, ...)`.
+
+Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `/health` (the process
+is up), `/ready` (a bundle is loaded; 503 otherwise), `/version` (the live bundle id),
+`/metrics` (Prometheus text). Every answer that carries items names the bundle that
+produced it; each request reads the holder's reference once, so it is served by one
+bundle even when a swap happens while it runs. Every served list goes to the
+impressions log. Bad input (k outside 1..serving.max_k, malformed ids, unknown fields,
+bodies over serving.max_body_bytes) is a 422 with a message saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi.responses import JSONResponse, Response
+
+from shortlist.config import Params
+from shortlist.serving.holder import BundleHolder
+from shortlist.serving.impressions import ImpressionLog
+from shortlist.serving.metrics import ServingMetrics
+from shortlist.serving.recommend import Served, ServingBundle, recommend, similar_items
+from shortlist.serving.schemas import (
+    ID_PATTERN,
+    RecommendRequest,
+    RecommendResponse,
+    SimilarItemsResponse,
+)
+
+log = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes is answered 422 before it is parsed.
+
+    Checks Content-Length up front and also counts streamed (chunked) bytes."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            return await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            return await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send):
+        msg = f"request body exceeds serving.max_body_bytes ({self.limit} bytes)"
+        await JSONResponse({"detail": msg}, status_code=422)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Timing:
+    """ASGI middleware: latency histogram and request counter by route template + status."""
+
+    def __init__(self, app, metrics: ServingMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe(endpoint, status, time.perf_counter() - t0)
+
+
+def _items(served: Served) -> list[dict[str, Any]]:
+    retrieval = served.retrieval_scores
+    return [
+        {
+            "item_id": item_id,
+            "position": pos,
+            "score": float(served.scores[pos]),
+            "retrieval_score": None if retrieval is None else float(retrieval[pos]),
+            "propensity": float(served.propensities[pos]),
+        }
+        for pos, item_id in enumerate(served.item_ids)
+    ]
+
+
+def create_app(
+    params: Params,
+    *,
+    root: str | None = None,
+    holder: BundleHolder | None = None,
+    impressions: ImpressionLog | None = None,
+) -> FastAPI:
+    """The app over the live bundle of `root` (default params.bundle.root).
+
+    The watcher starts with the app (lifespan) and stops with it; the impressions log is
+    flushed on shutdown."""
+    s = params.serving
+    metrics = ServingMetrics()
+    holder = holder or BundleHolder(
+        params,
+        root,
+        on_swap=lambda sb: (metrics.swaps.inc(), metrics.set_live_bundle(sb.bundle_id, sb.canary)),
+        on_refused=lambda _bid, _exc: metrics.load_failures.inc(),
+        on_canary=metrics.set_canary,
+    )
+    impressions = impressions or ImpressionLog(
+        s.impressions_dir, s.impressions_rotate_rows, endpoint_url=params.storage.s3_endpoint_url
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        _set_threads(s.threads)
+        holder.start()
+        try:
+            yield
+        finally:
+            holder.stop()
+            impressions.close()
+
+    app = FastAPI(title="Shortlist", version="1", lifespan=lifespan)
+    app.state.holder = holder
+    app.state.impressions = impressions
+    app.state.metrics = metrics
+    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
+    app.add_middleware(Timing, metrics=metrics)  # added last = outermost: sees every 422
+
+    def live() -> ServingBundle:
+        sb = holder.current  # read ONCE: this request is served by this bundle
+        if sb is None:
+            raise HTTPException(503, "no bundle loaded yet" + _why(holder))
+        return sb
+
+    def check_k(k: int) -> None:
+        if not 1 <= k <= s.max_k:
+            raise HTTPException(422, f"k must be between 1 and {s.max_k} (serving.max_k), got {k}")
+
+    def log_served(request_id, endpoint, user_id, sb, served: Served) -> None:
+        impressions.append(
+            request_id=request_id,
+            endpoint=endpoint,
+            user_id=user_id,
+            bundle_id=sb.bundle_id,
+            item_ids=served.item_ids,
+            scores=served.scores.tolist(),
+            retrieval_scores=None
+            if served.retrieval_scores is None
+            else served.retrieval_scores.tolist(),
+            propensities=served.propensities.tolist(),
+            policy=served.policy,
+            strategy=served.strategy,
+        )
+        metrics.impression_rows.inc(len(served.item_ids))
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    def post_recommend(req: RecommendRequest) -> dict[str, Any]:
+        check_k(req.k)
+        sb = live()
+        request_id = uuid.uuid4().hex
+        served_at = time.time()
+        served = recommend(sb, req, params, np.random.default_rng(), now=served_at)
+        log_served(request_id, "/recommend", req.user_id, sb, served)
+        return {
+            "request_id": request_id,
+            "bundle_id": sb.bundle_id,
+            "user_id": req.user_id,
+            "served_at": served_at,
+            "strategy": served.strategy,
+            "policy": served.policy,
+            "items": _items(served),
+        }
+
+    @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse)
+    def get_similar(
+        item_id: Annotated[str, Path(pattern=ID_PATTERN)],
+        k: Annotated[int, Query()] = 20,
+    ) -> dict[str, Any]:
+        check_k(k)
+        sb = live()
+        if item_id not in sb.row_of:
+            raise HTTPException(404, f"item {item_id!r} is not in bundle {sb.bundle_id}")
+        request_id = uuid.uuid4().hex
+        served = similar_items(sb, item_id, k, params, np.random.default_rng())
+        log_served(request_id, "/similar-items", None, sb, served)
+        return {
+            "request_id": request_id,
+            "bundle_id": sb.bundle_id,
+            "item_id": item_id,
+            "policy": served.policy,
+            "items": _items(served),
+        }
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    def ready() -> JSONResponse:
+        sb = holder.current
+        if sb is None:
+            return JSONResponse({"ready": False, "detail": "no bundle loaded" + _why(holder)}, 503)
+        return JSONResponse({"ready": True, "bundle_id": sb.bundle_id})
+
+    @app.get("/version")
+    def version() -> dict[str, Any]:
+        sb = live()
+        return {
+            "bundle_id": sb.bundle_id,
+            "location": sb.location,
+            "loaded_at": sb.loaded_at,
+            "items": sb.n_items,
+            "swaps": holder.swaps,
+            "last_error": holder.last_error,
+        }
+
+    @app.get("/metrics")
+    def get_metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _why(holder: BundleHolder) -> str:
+    return f" ({holder.last_error})" if holder.last_error else ""
+
+
+def _set_threads(n: int) -> None:
+    # One query per request: intra-op parallelism only makes concurrent requests contend.
+    import faiss
+    import torch
+
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+
+
+def serve(
+    params: Params, *, root: str | None = None, host: str | None = None, port: int | None = None
+) -> None:
+    """Run the API with uvicorn on host:port (defaults from params.serving) until stopped."""
+    import uvicorn
+
+    s = params.serving
+    logging.basicConfig(
+        level=s.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(params, root=root)
+    uvicorn.run(
+        app,
+        host=host or s.host,
+        port=port or s.port,
+        log_level=s.log_level,
+        access_log=False,  # every request is already counted in /metrics and the impressions
+        workers=1,
+    )

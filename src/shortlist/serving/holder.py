@@ -1,0 +1,196 @@
+"""The one bundle reference serving reads, and the watcher that swaps it.
+
+`BundleHolder.current` is a single attribute: a request reads it ONCE at its start and
+uses that `ServingBundle` to the end, so a swap never changes the bundle under a running
+request (Python attribute assignment is atomic). The watcher thread polls the live
+pointer (`Slots(root).read_pointer()`) every `serving.poll_seconds`; when it names a
+different bundle it loads that bundle fully (checksums and manifest verified by
+`load_bundle`), builds the serving lookups, and only then assigns the reference.
+
+A bundle that fails to load (`BundleError`, or any other error) is logged, counted and
+refused: the current bundle keeps serving, and the same pointer state is retried only
+after `RETRY_REFUSED_SECONDS` (so a tampered 1M-item bundle is not re-hashed every poll).
+The previously live bundle stays in memory (`serving.keep_previous`), so a rollback to
+it is a reference swap, visible within one poll.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from shortlist.config import Params
+from shortlist.serving.recommend import ServingBundle, prepare
+from shortlist.storage import open_store
+
+log = logging.getLogger(__name__)
+
+RETRY_REFUSED_SECONDS = 60.0
+CANARY_FILE = "canary.json"
+
+
+class BundleHolder:
+    """Holds the live `ServingBundle` and keeps it in step with the live pointer."""
+
+    def __init__(
+        self,
+        params: Params,
+        root: str | None = None,
+        *,
+        on_swap: Callable[[ServingBundle], None] | None = None,
+        on_refused: Callable[[str, Exception], None] | None = None,
+        on_canary: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        self.params = params
+        self.root = str(root or params.bundle.root)
+        self.current: ServingBundle | None = None
+        self._previous: ServingBundle | None = None
+        self._on_swap = on_swap
+        self._on_refused = on_refused
+        self._on_canary = on_canary
+        self._refused: dict[tuple[str, str], float] = {}  # (slot, bundle_id) -> when
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._slots = None
+        self.last_error: str | None = None
+        self.swaps = 0
+
+    # --- the pointer ---------------------------------------------------------------
+    def _slots_obj(self):
+        if self._slots is None:
+            from shortlist.bundle.slots import Slots
+
+            self._slots = Slots(self.root, endpoint_url=self.params.storage.s3_endpoint_url)
+        return self._slots
+
+    def refresh(self) -> bool:
+        """One poll: swap to the bundle the pointer names if it is not live. True if swapped."""
+        slots = self._slots_obj()
+        pointer = slots.read_pointer()
+        if not pointer or not pointer.get("live_slot"):
+            return False
+        slot, bundle_id = str(pointer["live_slot"]), str(pointer.get("bundle_id") or "")
+        live = self.current
+        if live is not None and live.bundle_id == bundle_id:
+            self._refresh_canary(live)
+            return False
+        if self._previous is not None and self._previous.bundle_id == bundle_id:
+            self._swap(self._previous)  # a rollback: the old bundle is still in memory
+            return True
+        refused_at = self._refused.get((slot, bundle_id))
+        if refused_at is not None and time.time() - refused_at < RETRY_REFUSED_SECONDS:
+            return False
+        location = slots.slot_location(slot)
+        try:
+            loaded = self._load(location)
+            if bundle_id and loaded.bundle_id != bundle_id:
+                raise_stale(location, loaded.bundle_id, bundle_id)
+        except _StaleSlot as exc:
+            log.info("%s", exc)
+            return False
+        except Exception as exc:  # noqa: BLE001 - any bad bundle is refused, serving goes on
+            self._refused[(slot, bundle_id)] = time.time()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "refused bundle %s in slot %s (%s); still serving %s",
+                bundle_id,
+                slot,
+                self.last_error,
+                live.bundle_id if live else "nothing",
+            )
+            if self._on_refused is not None:
+                self._on_refused(bundle_id, exc)
+            return False
+        self._swap(loaded)
+        return True
+
+    def _load(self, location: str) -> ServingBundle:
+        from shortlist.bundle.bundle import load_bundle
+
+        t0 = time.perf_counter()
+        bundle = load_bundle(location)
+        sb = prepare(bundle, location)
+        sb.canary = read_canary(location, sb.bundle_id)
+        log.info(
+            "loaded bundle %s from %s in %.2fs (%d items)",
+            sb.bundle_id,
+            location,
+            time.perf_counter() - t0,
+            sb.n_items,
+        )
+        return sb
+
+    def _swap(self, new: ServingBundle) -> None:
+        old = self.current
+        self.current = new  # THE swap: one reference assignment
+        if self.params.serving.keep_previous and old is not None and old is not new:
+            self._previous = old
+        elif old is not new:
+            self._previous = None
+        self.swaps += 1
+        self.last_error = None
+        log.info("now serving bundle %s (was %s)", new.bundle_id, old.bundle_id if old else None)
+        if self._on_swap is not None:
+            self._on_swap(new)
+
+    def _refresh_canary(self, live: ServingBundle) -> None:
+        canary = read_canary(live.location, live.bundle_id)
+        if canary != live.canary:
+            live.canary = canary
+            if self._on_canary is not None:
+                self._on_canary(canary)
+
+    # --- the watcher thread --------------------------------------------------------
+    def start(self) -> None:
+        """Start polling in a daemon thread (the first poll loads the live bundle)."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="bundle-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception as exc:  # noqa: BLE001 - a pointer read failure is retried
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("could not read the live pointer under %s: %s", self.root, exc)
+            self._stop.wait(self.params.serving.poll_seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+
+class _StaleSlot(Exception):
+    """The slot was rebuilt between reading the pointer and loading it: just poll again."""
+
+
+def raise_stale(location: str, found: str, expected: str) -> None:
+    raise _StaleSlot(
+        f"{location} holds bundle {found}, but the pointer names {expected} "
+        "(the slot changed while loading; retrying on the next poll)"
+    )
+
+
+def read_canary(location: str, bundle_id: str) -> dict[str, Any] | None:
+    """The bundle's last canary report (`canary.json` in its slot), if it is about this
+    bundle (a report naming another bundle id is stale and ignored)."""
+    try:
+        store = open_store(location)
+        if not store.exists(CANARY_FILE):
+            return None
+        doc = json.loads(store.read_bytes(CANARY_FILE))
+        if not isinstance(doc, dict) or doc.get("bundle_id", bundle_id) != bundle_id:
+            return None
+        return doc
+    except Exception as exc:  # noqa: BLE001 - a missing/garbled report only blanks a gauge
+        log.warning("could not read %s/%s: %s", location, CANARY_FILE, exc)
+        return None

@@ -1,0 +1,113 @@
+"""Prometheus metrics of one serving process (its own registry, so apps never collide).
+
+- `shortlist_request_latency_seconds{endpoint}`: histogram, measured around the whole
+  ASGI call (validation and serialisation included).
+- `shortlist_requests_total{endpoint,status}`: every answered request, 4xx/5xx included.
+- `shortlist_live_bundle_info{bundle_id}`: 1 for the bundle serving now (one label set).
+- `shortlist_bundle_swaps_total`, `shortlist_bundle_load_failures_total`.
+- `shortlist_canary_recall{check}`: every recall figure of the live bundle's last canary
+  report (`canary.json` beside the bundle), by its dotted key; `shortlist_canary_passed`.
+- `shortlist_impressions_rows_total`: rows handed to the impressions log.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "shortlist_request_latency_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "shortlist_requests",
+            "Requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.live_bundle = Gauge(
+            "shortlist_live_bundle_info",
+            "The bundle serving now (value 1)",
+            ["bundle_id"],
+            registry=r,
+        )
+        self.swaps = Counter("shortlist_bundle_swaps", "Bundle swaps", registry=r)
+        self.load_failures = Counter(
+            "shortlist_bundle_load_failures", "Bundles refused (failed to load)", registry=r
+        )
+        self.canary_recall = Gauge(
+            "shortlist_canary_recall",
+            "Recall figures of the live bundle's last canary report",
+            ["check"],
+            registry=r,
+        )
+        self.canary_passed = Gauge(
+            "shortlist_canary_passed", "1 if the live bundle's last canary passed", registry=r
+        )
+        self.impression_rows = Counter(
+            "shortlist_impressions_rows", "Rows handed to the impressions log", registry=r
+        )
+        self._lock = threading.Lock()
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        self.latency.labels(endpoint).observe(seconds)
+        self.requests.labels(endpoint, str(status)).inc()
+
+    def set_live_bundle(self, bundle_id: str, canary: dict[str, Any] | None) -> None:
+        with self._lock:
+            self.live_bundle.clear()
+            self.live_bundle.labels(bundle_id).set(1)
+            self.set_canary(canary)
+
+    def set_canary(self, canary: dict[str, Any] | None) -> None:
+        self.canary_recall.clear()
+        if not canary:
+            self.canary_passed.set(float("nan"))
+            return
+        for key, value in _recall_leaves(canary):
+            self.canary_recall.labels(key).set(value)
+        passed = canary.get("passed")
+        self.canary_passed.set(float(passed) if isinstance(passed, bool) else float("nan"))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _recall_leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
+    """(dotted key, value) for every numeric leaf whose key path mentions recall."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _recall_leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif (
+        isinstance(node, int | float) and not isinstance(node, bool) and "recall" in prefix.lower()
+    ):
+        yield prefix, float(node)

@@ -1,0 +1,305 @@
+"""Request -> candidates -> rank -> served list, entirely within ONE bundle.
+
+Every function here takes the `ServingBundle` the request grabbed at its start and never
+looks at the holder again, so a swap in the middle of a request cannot mix two bundles:
+the user tower, the index, the id map and the ranker all come from the same object.
+
+Retrieval: user tower -> index top-N (N = params.ranker.candidates, widened when filters
+remove too much) -> ranker (when the bundle has one) -> top k. Users the bundle does
+not know and who bring no known recent items get the bundle's popularity prior.
+
+Propensity (logged with every impression, the raw material for de-biasing): the
+probability that the serving policy puts this item at this position, given the request.
+- `serving.exploration_temperature == 0` (default): the policy is deterministic top-k,
+  so every shown item has propensity exactly 1.0. That is the honest value; it also
+  means the log alone supports no inverse-propensity correction.
+- `> 0`: the list is sampled from a Plackett-Luce model over the ranked candidates with
+  weights softmax(score / T) (Gumbel top-k), and the propensity of position j is
+  exp(s_j / T) / sum over the candidates not yet placed: the exact probability of that
+  sequential draw, usable for IPS / PL de-biasing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from shortlist.config import Params
+from shortlist.serving.schemas import RecommendRequest
+
+MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
+
+
+@dataclass
+class ServingBundle:
+    """A loaded bundle plus the lookups serving needs, built once before the swap."""
+
+    bundle: Any  # shortlist.bundle.bundle.LoadedBundle
+    bundle_id: str
+    location: str
+    row_of: dict[str, int]
+    genres: np.ndarray | None  # per index row: sequence of genre strings, or None
+    popular_rows: np.ndarray  # index rows by popularity prior, most popular first
+    encoder: Any = None  # QueryEncoder over this bundle's retriever and users
+    loaded_at: float = field(default_factory=time.time)
+    canary: dict[str, Any] | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.row_of)
+
+
+def prepare(bundle: Any, location: str) -> ServingBundle:
+    """Precompute the id map, per-row genres and the popularity order of a bundle."""
+    item_ids = np.asarray(bundle.item_ids).astype(str)
+    row_of = dict(zip(item_ids.tolist(), range(len(item_ids)), strict=True))
+    genres = None
+    items = getattr(bundle, "items", None)
+    if items is not None and "genres" in getattr(items, "columns", ()):
+        aligned = items.drop_duplicates("item_id").set_index("item_id")["genres"]
+        genres = aligned.reindex(item_ids).to_numpy(dtype=object)
+    popularity = getattr(bundle, "popularity", None)
+    if popularity is None or len(popularity) != len(item_ids):
+        popular_rows = np.arange(len(item_ids))
+    else:
+        popular_rows = np.argsort(-np.asarray(popularity, dtype=np.float64), kind="stable")
+    users = getattr(bundle, "users", None)
+    if users is not None and "user_id" in getattr(users, "columns", ()):
+        users = users.assign(user_id=users["user_id"].astype(str))
+        users = users.drop_duplicates("user_id").set_index("user_id")
+    else:
+        users = None
+    return ServingBundle(
+        bundle=bundle,
+        encoder=QueryEncoder(bundle.retriever, users),
+        bundle_id=str(bundle.bundle_id),
+        location=location,
+        row_of=row_of,
+        genres=genres,
+        popular_rows=popular_rows,
+    )
+
+
+@dataclass
+class Served:
+    """One served list: rows of the bundle's index with their scores and propensities."""
+
+    strategy: str
+    policy: str
+    rows: np.ndarray
+    scores: np.ndarray
+    retrieval_scores: np.ndarray | None
+    propensities: np.ndarray
+    item_ids: list[str]
+
+
+def choose(
+    scores: np.ndarray, k: int, temperature: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pick k of the candidates (given best first): indices into `scores`, propensities, policy."""
+    k = min(k, len(scores))
+    if temperature <= 0 or k == 0:
+        return np.arange(k), np.ones(k), "deterministic"
+    logits = np.asarray(scores, dtype=np.float64) / temperature
+    logits = logits - logits.max()
+    gumbel = rng.gumbel(size=len(logits))
+    order = np.argsort(-(logits + gumbel), kind="stable")[:k]  # a Plackett-Luce draw
+    weights = np.exp(logits)
+    remaining = weights.sum() - np.concatenate([[0.0], np.cumsum(weights[order])[:-1]])
+    return order, weights[order] / remaining, "plackett_luce"
+
+
+def _allowed(
+    sb: ServingBundle, rows: np.ndarray, excluded: set[int], genres: set[str] | None
+) -> np.ndarray:
+    keep = rows >= 0
+    if excluded:
+        keep &= ~np.isin(rows, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    if genres is not None:
+        if sb.genres is None:
+            return np.zeros(len(rows), dtype=bool)
+        for i, r in enumerate(rows):
+            if keep[i]:
+                g = sb.genres[r]
+                keep[i] = g is not None and any(x in genres for x in g)
+    return keep
+
+
+def _history(sb: ServingBundle, req: RecommendRequest) -> tuple[list[str], bool]:
+    """The user's known history (stored + recent, unknown ids dropped) and whether known."""
+    stored = sb.bundle.histories.get(req.user_id) if req.user_id is not None else None
+    history = [i for i in (stored or []) if i in sb.row_of]
+    history += [i for i in (req.recent_items or []) if i in sb.row_of]
+    return history, bool(stored)
+
+
+def _search(sb: ServingBundle, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    from shortlist.index.ann import search
+
+    scores, rows = search(sb.bundle.index, np.ascontiguousarray(query, dtype=np.float32), n)
+    return np.asarray(scores[0]), np.asarray(rows[0])
+
+
+def retrieve(
+    sb: ServingBundle,
+    query: np.ndarray,
+    want: int,
+    n: int,
+    excluded: set[int],
+    genres: set[str] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top candidates for a query vector, filtered; widens the search until `want` remain."""
+    n = min(sb.n_items, n + len(excluded))
+    for _ in range(MAX_WIDEN_ROUNDS + 1):
+        scores, rows = _search(sb, query, n)
+        keep = _allowed(sb, rows, excluded, genres)
+        if keep.sum() >= want or n >= sb.n_items:
+            break
+        n = min(sb.n_items, n * 4)
+    return rows[keep], scores[keep]
+
+
+def recommend(
+    sb: ServingBundle,
+    req: RecommendRequest,
+    params: Params,
+    rng: np.random.Generator,
+    *,
+    now: float | None = None,
+) -> Served:
+    """Serve one /recommend request from one bundle (`now`: request time, the context)."""
+    history, known = _history(sb, req)
+    excluded: set[int] = set()
+    if req.exclude_seen:
+        excluded.update(sb.row_of[i] for i in history)
+    excluded.update(sb.row_of[i] for i in req.exclude_items or [] if i in sb.row_of)
+    genres = set(req.genres) if req.genres else None
+    temperature = params.serving.exploration_temperature
+
+    if not known and not history:
+        rows, scores = _popular(sb, req.k, excluded, genres)
+        pick, prop, policy = choose(scores, req.k, temperature, rng)
+        return _served(sb, "popularity", policy, rows[pick], scores[pick], None, prop)
+
+    query = user_query(sb, req.user_id, history, time.time() if now is None else now)
+    n = max(params.ranker.candidates, req.k)
+    rows, retrieval = retrieve(sb, query, req.k, n, excluded, genres)
+    scores = retrieval
+    ranker = getattr(sb.bundle, "ranker", None)
+    if ranker is not None and len(rows):
+        candidate_ids = np.asarray(sb.bundle.item_ids)[rows]
+        context = {
+            "timestamp": int(time.time() if now is None else now),
+            "retrieval_scores": retrieval,  # the index's scores: the ranker need not recompute
+        }
+        ranked = np.asarray(
+            ranker.score(req.user_id, history, candidate_ids, context), dtype=np.float64
+        )
+        order = np.argsort(-ranked, kind="stable")
+        rows, retrieval, scores = rows[order], retrieval[order], ranked[order]
+    pick, prop, policy = choose(scores, req.k, temperature, rng)
+    return _served(sb, "personalized", policy, rows[pick], scores[pick], retrieval[pick], prop)
+
+
+class QueryEncoder:
+    """The bundle's user tower with the per-user feature encoding done once at load.
+
+    Same preprocessing as `TwoTowerRetriever.embed_users` (its FeatureState, history
+    matrix and context encoder, then `net.query_forward`), minus the per-request pandas
+    work of encoding the user feature table; the tests compare both paths."""
+
+    def __init__(self, retriever: Any, users: Any) -> None:
+        self.retriever = retriever
+        self.users = users
+        self.fast = all(hasattr(retriever, a) for a in ("state", "net", "history_len"))
+        self.rows: dict[str, int] = {}
+        if not self.fast:
+            return
+        ids: list[str] = []
+        if users is not None and len(users):
+            ids = users.index.astype(str).tolist()
+            enc = retriever.state.encode_users(ids, users.reset_index())
+            self.user_idx, self.user_feats = enc["user_idx"], enc["user_feats"]
+        self.rows = dict(zip(ids, range(len(ids)), strict=True))
+
+    def embed(self, user_id: str, history: list[str], now: float) -> np.ndarray:
+        """(1, d) query embedding of one request."""
+        if not self.fast:
+            users = None
+            if self.users is not None and user_id in self.users.index:
+                users = self.users.loc[[user_id]].reset_index()
+            return self.retriever.embed_users([user_id], [history], users=users, timestamps=[now])
+        import torch
+
+        from shortlist.models.features import encode_context
+        from shortlist.models.two_tower import history_matrix
+
+        r = self.rows.get(user_id)
+        if r is None:
+            enc = self.retriever.state.encode_users([user_id], None)
+            user_idx, feats = enc["user_idx"], enc["user_feats"]
+        else:
+            user_idx, feats = self.user_idx[r : r + 1], self.user_feats[r : r + 1]
+        hist = history_matrix([history], self.retriever.state, self.retriever.history_len)
+        ctx = encode_context([now], 1)
+        with torch.inference_mode():
+            v = self.retriever.net.query_forward(
+                torch.from_numpy(np.ascontiguousarray(user_idx)),
+                torch.from_numpy(np.ascontiguousarray(feats)),
+                torch.from_numpy(hist),
+                torch.from_numpy(ctx),
+            )
+        return v.numpy()
+
+
+def user_query(sb: ServingBundle, user_id: str | None, history: list[str], now: float):
+    """(1, d) user-tower embedding: id (anonymous = ""), features, history, request time."""
+    uid = user_id or ""
+    return sb.encoder.embed(uid, history, now)
+
+
+def similar_items(
+    sb: ServingBundle, item_id: str, k: int, params: Params, rng: np.random.Generator
+) -> Served:
+    """The k items nearest to `item_id` in this bundle's item-embedding space."""
+    row = sb.row_of[item_id]
+    query = np.asarray(sb.bundle.item_vectors[row : row + 1], dtype=np.float32)
+    rows, scores = retrieve(sb, query, k, k + 1, {row}, None)
+    pick, prop, policy = choose(scores, k, params.serving.exploration_temperature, rng)
+    return _served(sb, "personalized", policy, rows[pick], scores[pick], scores[pick], prop)
+
+
+def _popular(
+    sb: ServingBundle, k: int, excluded: set[int], genres: set[str] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    popularity = getattr(sb.bundle, "popularity", None)
+    chosen: list[np.ndarray] = []
+    got, start, chunk = 0, 0, max(4 * k, 256)
+    while got < k and start < sb.n_items:
+        rows = sb.popular_rows[start : start + chunk]
+        rows = rows[_allowed(sb, rows, excluded, genres)]
+        chosen.append(rows)
+        got += len(rows)
+        start += chunk
+    rows = np.concatenate(chosen)[:k] if chosen else np.zeros(0, dtype=np.int64)
+    if popularity is None:
+        scores = np.zeros(len(rows))
+    else:
+        scores = np.asarray(popularity, dtype=np.float64)[rows]
+    return rows, scores
+
+
+def _served(
+    sb: ServingBundle,
+    strategy: str,
+    policy: str,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    retrieval: np.ndarray | None,
+    propensities: np.ndarray,
+) -> Served:
+    item_ids = np.asarray(sb.bundle.item_ids)[rows].astype(str).tolist()
+    return Served(strategy, policy, rows, scores, retrieval, propensities, item_ids)

@@ -1,0 +1,195 @@
+"""The expectation suites of the data contract, one target frame each.
+
+A `Target` is a frame plus the GX expectations to run on it: the three tables, the
+snapshot's file integrity, referential integrity, and (against a reference) volume and
+drift. Thresholds come only from `params.validation`. Volume and drift need a reference;
+without one they are left out and a note says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from shortlist.data import schema
+from shortlist.validation import derived
+from shortlist.validation.batch import Batch
+
+if TYPE_CHECKING:
+    from shortlist.config import ValidationParams
+
+NO_REFERENCE_NOTE = "no reference yet: volume and drift checks skipped (first accepted batch)"
+
+
+@dataclass
+class Target:
+    """One GX batch: `frame` is validated; `examples` (same index) shows failing rows."""
+
+    name: str
+    frame: pd.DataFrame
+    expectations: list[Any]
+    examples: pd.DataFrame | None = None
+
+
+# dtype each contract column must have in pandas (ExpectColumnValuesToBeOfType's type_).
+INTERACTION_TYPES = {
+    schema.USER_ID: "str",
+    schema.ITEM_ID: "str",
+    schema.TIMESTAMP: "int64",
+    schema.WEIGHT: "float32",
+}
+
+
+def _volume(gxe, table: str, reference: Batch | None, tolerance: float) -> list[Any]:
+    ref = reference.table(table) if reference is not None else None
+    if ref is None:
+        return []
+    n = len(ref)
+    return [
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=int(math.floor(n * (1 - tolerance))) if tolerance < 1 else 0,
+            max_value=int(math.ceil(n * (1 + tolerance))),
+            description=f"row count within {tolerance:.0%} of the reference ({n} rows)",
+        )
+    ]
+
+
+def _key_table(gxe, key: str, required: dict[str, Any]) -> list[Any]:
+    out: list[Any] = [gxe.ExpectTableRowCountToBeBetween(min_value=1, description="not empty")]
+    out += [gxe.ExpectColumnToExist(column=c) for c in required]
+    out += [
+        gxe.ExpectColumnValuesToBeOfType(column=key, type_="str"),
+        gxe.ExpectColumnValuesToNotBeNull(column=key),
+        gxe.ExpectColumnValuesToBeUnique(column=key, description=f"one row per {key}"),
+    ]
+    return out
+
+
+def build_targets(
+    batch: Batch, reference: Batch | None, vp: ValidationParams, now: float
+) -> tuple[list[Target], list[str]]:
+    """All targets for `batch` (and notes on what was skipped and why)."""
+    import great_expectations.expectations as gxe
+
+    notes: list[str] = []
+    targets = [
+        Target(
+            "snapshot",
+            batch.files,
+            [
+                gxe.ExpectColumnValuesToBeInSet(column=c, value_set=[True])
+                for c in ("present", "readable", "checksum_matches_manifest", "rows_match_manifest")
+            ],
+            batch.files,
+        )
+    ]
+    notes += batch.problems
+
+    inter = batch.table("interactions")
+    items = batch.table("items")
+    users = batch.table("users")
+
+    if inter is not None:
+        exp: list[Any] = [gxe.ExpectTableRowCountToBeBetween(min_value=1, description="not empty")]
+        exp += [gxe.ExpectColumnToExist(column=c) for c in INTERACTION_TYPES]
+        exp += [
+            gxe.ExpectColumnValuesToBeOfType(column=c, type_=t)
+            for c, t in INTERACTION_TYPES.items()
+        ]
+        exp += [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in INTERACTION_TYPES]
+        exp += [
+            gxe.ExpectCompoundColumnsToBeUnique(
+                column_list=[schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP],
+                description="no duplicated (user, item, timestamp) rows",
+            ),
+            gxe.ExpectColumnValuesToBeBetween(column=schema.WEIGHT, min_value=0.0),
+            gxe.ExpectColumnValuesToBeBetween(
+                column=schema.TIMESTAMP,
+                min_value=int(vp.min_timestamp),
+                max_value=int(now) + int(vp.max_future_seconds),
+                description="unix seconds, not before min_timestamp, not in the future",
+            ),
+        ]
+        exp += _volume(gxe, "interactions", reference, vp.volume_tolerance)
+        targets.append(Target("interactions", inter, exp, inter))
+    if items is not None:
+        exp = _key_table(gxe, schema.ITEM_ID, schema.ITEM_REQUIRED)
+        exp += _volume(gxe, "items", reference, vp.volume_tolerance)
+        targets.append(Target("items", items, exp, items))
+    if users is not None:
+        exp = _key_table(gxe, schema.USER_ID, schema.USER_REQUIRED)
+        exp += _volume(gxe, "users", reference, vp.volume_tolerance)
+        targets.append(Target("users", users, exp, users))
+
+    refs = derived.references(inter, items, users)
+    if refs is not None:
+        targets.append(
+            Target(
+                "interactions_references",
+                refs,
+                [
+                    gxe.ExpectColumnValuesToBeInSet(
+                        column="item_exists",
+                        value_set=[True],
+                        description="every interaction's item exists in items",
+                    ),
+                    gxe.ExpectColumnValuesToBeInSet(
+                        column="user_exists",
+                        value_set=[True],
+                        description="every interaction's user exists in users",
+                    ),
+                ],
+                inter,
+            )
+        )
+    elif inter is not None:
+        notes.append("referential integrity not checked: a key column or table is missing")
+
+    if reference is None:
+        notes.append(NO_REFERENCE_NOTE)
+        return targets, notes
+
+    ref_inter = reference.table("interactions")
+    shares = derived.new_shares(
+        inter, ref_inter, reference.table("items"), reference.table("users")
+    )
+    if shares is not None:
+        targets.append(
+            Target(
+                "interactions_drift",
+                shares,
+                [
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column="new_item_share", min_value=0.0, max_value=vp.max_new_item_share
+                    ),
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column="new_user_share", min_value=0.0, max_value=vp.max_new_user_share
+                    ),
+                ],
+                shares,
+            )
+        )
+    quantiles = derived.per_user_quantiles(inter, ref_inter, list(vp.per_user_quantiles))
+    if quantiles is not None:
+        targets.append(
+            Target(
+                "interactions_per_user",
+                quantiles,
+                [
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column="fold_change",
+                        min_value=0.0,
+                        max_value=vp.per_user_quantile_tolerance,
+                        description="max(observed/reference, reference/observed) - 1 "
+                        "per quantile of interactions per user",
+                    )
+                ],
+                quantiles,
+            )
+        )
+    if shares is None or quantiles is None:
+        notes.append("drift not fully checked: user_id/item_id missing in batch or reference")
+    return targets, notes

@@ -1,0 +1,127 @@
+"""Bundle build/load on ml-100k with real (seeded, untrained) towers: contents,
+checksums, refusal of tampered files and of a manifest naming another model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shortlist.bundle import manifest as mf
+from shortlist.bundle.bundle import INDEX, build_bundle, load_bundle, local_copy
+from shortlist.errors import BundleError
+from shortlist.index.ann import exact_search, recall_at_k, search
+from tests.bundle.helpers import make_towers, small_params, write_ml100k_dataset
+
+
+@pytest.fixture(scope="module")
+def built(ml100k_path, tmp_path_factory):
+    from shortlist.config import load_params
+    from tests.conftest import REPO
+
+    tmp = tmp_path_factory.mktemp("bundle")
+    params = small_params(load_params(REPO / "params.yaml")).with_overrides(
+        {"bundle.staging_dir": str(tmp / "staging"), "bundle.cache_dir": str(tmp / "cache")}
+    )
+    data = write_ml100k_dataset(ml100k_path, tmp / "data")
+    model = make_towers(params, data, tmp / "model")
+    manifest = build_bundle(
+        params, model_dir=model, data_dir=data, dest=str(tmp / "b"), progress=False
+    )
+    return params, data, model, tmp / "b", manifest
+
+
+def copy_of(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_bundle_contents_and_contract(built):
+    params, data, model, where, manifest = built
+    bundle = load_bundle(str(where))
+    from shortlist.data.io import read_dataset
+
+    ds = read_dataset(data)
+    assert bundle.bundle_id == manifest.bundle_id
+    assert manifest.item_count == len(ds.items) == len(bundle.item_ids)  # cold items included
+    assert manifest.embedding_dim == 16 and manifest.dtype == "float32" and manifest.metric == "ip"
+    assert manifest.data_snapshot_id == ds.snapshot_id and manifest.data_snapshot_id
+    assert manifest.mlflow["mlflow_run_id"] == "run-0"
+    assert manifest.model_fingerprint == bundle.retriever.fingerprint
+    assert set(manifest.files) >= {"model/towers.safetensors", INDEX, "item_embeddings.npy"}
+    assert manifest.index_type == "flat" and not manifest.has_ranker and bundle.ranker is None
+    norms = np.linalg.norm(bundle.item_vectors, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-4)
+    fresh = bundle.retriever.embed_items(bundle.items.iloc[:50])
+    np.testing.assert_allclose(fresh, bundle.item_vectors[:50], atol=1e-5)
+    q = bundle.retriever.embed_users(["1"], [bundle.histories["1"]])
+    _, rows = search(bundle.index, q, 10)
+    _, exact = exact_search(bundle.item_vectors, q, 10)
+    assert recall_at_k(rows, exact, 10) == 1.0
+    assert len(bundle.histories) == ds.interactions["user_id"].nunique()
+    last = ds.interactions[ds.interactions.user_id == "1"].sort_values(["timestamp", "item_id"])
+    assert bundle.histories["1"][-1] == last["item_id"].iloc[-1]
+    assert bundle.popularity.shape == (manifest.item_count,) and bundle.popularity.max() == 1.0
+
+
+def test_tampered_index_is_refused(built, tmp_path):
+    where = copy_of(built[3], tmp_path / "b")
+    with open(where / INDEX, "r+b") as fh:
+        fh.seek(200)
+        byte = fh.read(1)
+        fh.seek(200)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="index.faiss .*tampered"):
+        load_bundle(str(where))
+
+
+def test_manifest_naming_another_model_is_refused(built, tmp_path):
+    where = copy_of(built[3], tmp_path / "b")
+    doc = json.loads((where / mf.MANIFEST).read_text())
+    doc["model_fingerprint"] = "0" * 64
+    (where / mf.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="names model 000000000000"):
+        load_bundle(str(where))
+
+
+def test_swapped_towers_are_refused(built, tmp_path):
+    """Towers from another run dropped in with a consistent checksum still do not match."""
+    params, data, _, src, _ = built
+    where = copy_of(src, tmp_path / "b")
+    other = make_towers(params, data, tmp_path / "other", seed=1)
+    shutil.copyfile(Path(other) / "towers.safetensors", where / "model/towers.safetensors")
+    shutil.copyfile(Path(other) / "towers.json", where / "model/towers.json")
+    doc = json.loads((where / mf.MANIFEST).read_text())
+    for name in ("model/towers.safetensors", "model/towers.json"):
+        doc["files"][name] = mf.sha256_file(where / name)
+    (where / mf.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="different models"):
+        load_bundle(str(where))
+
+
+def test_half_built_slot_is_refused(built, tmp_path):
+    where = copy_of(built[3], tmp_path / "b")
+    (where / mf.MANIFEST).unlink()
+    with pytest.raises(BundleError, match="incomplete"):
+        load_bundle(str(where))
+    with local_copy(str(where)) as local:
+        assert local == str(where)
+
+
+@pytest.mark.servers
+def test_s3_round_trip_and_tamper(built, s3, tmp_path):
+    params, data, model, _, _ = built
+    dest = f"s3://{s3.new_bucket('bundle')}/root/blue"
+    manifest = build_bundle(params, model_dir=model, data_dir=data, dest=dest, progress=False)
+    bundle = load_bundle(dest, cache_dir=str(tmp_path / "cache"))
+    assert bundle.bundle_id == manifest.bundle_id and len(bundle.item_ids) == manifest.item_count
+    with local_copy(dest) as local:
+        assert (Path(local) / mf.MANIFEST).exists()
+    from shortlist.storage import open_store
+
+    open_store(dest).write_bytes(INDEX, b"not an index")
+    with pytest.raises(BundleError, match="tampered"):
+        load_bundle(dest, cache_dir=str(tmp_path / "cache2"))

@@ -1,0 +1,77 @@
+"""Every file in dags/ parses without error, fast, and without heavy imports.
+
+Parsing happens in a fresh interpreter (as in Airflow's DAG processor) after Airflow
+itself is imported, so the measured time is what each DAG file adds to every parse.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.dags.airflow_helpers import DAGS, airflow_env
+
+MAX_PARSE_SECONDS = 2.0
+HEAVY = ("torch", "faiss", "mlflow", "great_expectations", "pandas", "sklearn", "pipelines")
+
+PROBE = r"""
+import json, sys, time
+import airflow.sdk
+from airflow.dag_processing.dagbag import DagBag
+heavy = {HEAVY!r}
+before = {{m for m in heavy if m in sys.modules}}
+bag = DagBag(dag_folder={dags!r})
+print(json.dumps({{
+    "errors": bag.import_errors,
+    "stats": {{s.file: s.duration.total_seconds() for s in bag.dagbag_stats}},
+    "dags": {{d.dag_id: {{"fileloc": d.fileloc, "tags": sorted(d.tags),
+              "tasks": [t.task_id for t in d.tasks]}} for d in bag.dags.values()}},
+    "heavy_added": sorted({{m for m in heavy if m in sys.modules}} - before),
+}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("airflow-parse")
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(HEAVY=HEAVY, dags=str(DAGS))],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def dag_files() -> list[str]:
+    ignored = {"_common.py"}  # helpers, listed in dags/.airflowignore
+    return sorted(p.name for p in DAGS.glob("*.py") if p.name not in ignored)
+
+
+def test_no_import_errors(parsed: dict) -> None:
+    assert parsed["errors"] == {}
+
+
+def test_every_dag_file_parses_quickly(parsed: dict) -> None:
+    files = dag_files()
+    assert "shortlist_data.py" in files
+    assert set(parsed["stats"]) == set(files), parsed["stats"]
+    slow = {f: s for f, s in parsed["stats"].items() if s >= MAX_PARSE_SECONDS}
+    assert slow == {}, f"DAG files slower than {MAX_PARSE_SECONDS} s to parse: {slow}"
+
+
+def test_dag_files_import_nothing_heavy(parsed: dict) -> None:
+    assert parsed["heavy_added"] == []
+
+
+def test_shortlist_data_shape(parsed: dict) -> None:
+    dag = parsed["dags"]["shortlist_data"]
+    assert Path(dag["fileloc"]).name == "shortlist_data.py"
+    assert set(dag["tasks"]) == {"ingest", "validate", "split"}
+    assert "shortlist" in dag["tags"]

@@ -1,0 +1,142 @@
+"""The one typed params object: params.yaml mirrors it, and every mistake names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shortlist.config import ConfigError, Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    out = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out |= _keys(value, path + ".") if isinstance(value, dict) else {path}
+    return out
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out |= _flat(value, path + ".") if isinstance(value, dict) else {path: value}
+    return out
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repo_params_yaml_loads_and_mirrors_the_schema() -> None:
+    loaded = load_params(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = Params().model_dump()
+    # every schema key is spelled out in params.yaml (and nothing else: extra keys fail)
+    assert _keys(raw) == _keys(defaults), _keys(raw) ^ _keys(defaults)
+    # and params.yaml states the schema's defaults, so code and file cannot disagree
+    differ = {
+        k: (v, _flat(defaults)[k])
+        for k, v in _flat(loaded.model_dump()).items()
+        if v != _flat(defaults)[k]
+    }
+    assert differ == {}
+
+
+def test_missing_file_means_defaults_only_when_not_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SHORTLIST_PARAMS", raising=False)
+    assert load_params() == Params()
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_env_variable_selects_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "towers:\n  epochs: 7\n")
+    monkeypatch.setenv("SHORTLIST_PARAMS", str(path))
+    assert load_params().towers.epochs == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("towerz:\n  epochs: 3\n", "towerz"),
+        ("towers:\n  epochz: 3\n", "towers.epochz"),
+        ("towers:\n  logq:\n    enabeld: true\n", "towers.logq.enabeld"),
+    ],
+)
+def test_unknown_key_in_file_names_it(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{key}: unknown key"):
+        load_params(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("towers:\n  epochs: many\n", "towers.epochs"),
+        ("towers:\n  compile: perhaps\n", "towers.compile"),
+        ("split:\n  validation_fraction: 1.5\n", "split.validation_fraction"),
+        ("data:\n  source: parquet-dump\n", "data.source"),
+        ("evaluation:\n  ks: [10, ten]\n", "evaluation.ks.1"),
+        ("towers: 3\n", "towers"),
+    ],
+)
+def test_wrong_type_or_range_names_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"invalid params: .*{key}:"):
+        load_params(write(tmp_path, text))
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mapping"):
+        load_params(write(tmp_path, "- a\n- b\n"))
+
+
+def test_set_overrides_are_typed() -> None:
+    base = Params()
+    p = base.with_overrides(
+        [
+            "towers.epochs=3",
+            "towers.compile=true",
+            "towers.learning_rate=1e-2",
+            "ranker.hidden_dims=[32, 16]",
+            "storage.s3_endpoint_url=http://127.0.0.1:9000",
+            "data.path=",
+            "towers.logq.alpha=0.5",
+        ]
+    )
+    assert p.towers.epochs == 3 and isinstance(p.towers.epochs, int)
+    assert p.towers.compile is True
+    assert p.towers.learning_rate == pytest.approx(0.01)
+    assert p.ranker.hidden_dims == [32, 16]
+    assert p.storage.s3_endpoint_url == "http://127.0.0.1:9000"
+    assert p.data.path == ""
+    assert p.towers.logq.alpha == 0.5
+    assert base.towers.epochs == Params().towers.epochs  # the original is untouched
+    assert load_params(None, {"towers.epochs": 2}).towers.epochs == 2  # dict form
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("towers.epochz=3", "unknown params key 'towers.epochz'"),
+        ("towerz.epochs=3", "unknown params key 'towerz'"),
+        ("towers.epochs.x=3", "unknown params key 'towers.epochs.x'"),
+        ("towers.epochs=abc", "towers.epochs:"),
+        ("towers.epochs=0", "towers.epochs:"),
+        ("towers.epochs", "is not key=value"),
+    ],
+)
+def test_bad_override_names_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        Params().with_overrides([override])
