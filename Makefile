@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 DATASET ?= ../shared/datasets/ml-100k
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install lock test lint format demo up down clean bench
+.PHONY: install lock test lint format demo repro up down clean
 
 $(BIN)/.installed: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ $(BIN)/.installed: requirements/lock.txt pyproject.toml
 
 install: $(BIN)/.installed ## create .venv from the lock
 
-lock: ## re-resolve requirements/requirements.in into the lock
-	uv pip compile requirements/requirements.in --python-version 3.11 $(FIND_LINKS) \
+lock: install ## re-resolve requirements/requirements.in into the lock
+	$(BIN)/uv pip compile requirements/requirements.in --python-version 3.11 $(FIND_LINKS) \
 	  --no-emit-find-links --no-header --no-annotate -o requirements/lock.txt
 
 test: install ## lint, then the whole test suite (starts its own MLflow and S3 servers)
@@ -39,5 +39,14 @@ format: install
 demo: install ## the main job end to end on the embedded defaults
 	$(BIN)/python -m shortlist.demo --dataset "$(DATASET)"
 
+repro: install ## dvc repro of dvc.yaml (set data.path in params.yaml first); stages call `shortlist`
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
 clean:
 	rm -rf .shortlist
+
+up: install ## start MLflow UI (:5000), Airflow standalone (:8080) and the API in the background
+	$(BIN)/python -m shortlist.stack up
+
+down: ## stop what `make up` started
+	$(BIN)/python -m shortlist.stack down

@@ -315,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         default="all",
         help="run one part only (parallel runs), then combine them with --merge",
     )
+    parser.add_argument(
+        "--seed-list", default="", help="explicit seeds, e.g. 43,44 (parallel runs)"
+    )
     parser.add_argument("--merge", action="store_true", help="combine raw/ section results")
     args = parser.parse_args(argv)
     if args.merge:
@@ -328,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     data = (train, test, fit_part, validation, items, users)
     catalog = np.unique(train["item_id"].astype(str))
     seeds = [params.project.seed + s for s in range(args.seeds)]
+    tag = args.section
+    if args.seed_list:
+        seeds = [int(x) for x in args.seed_list.split(",")]
+        tag = f"{args.section}.s{'-'.join(map(str, seeds))}"
     command = (
         "python benchmarks/retrieval_quality.py"
         + "".join(f" --set {o}" for o in args.overrides)
@@ -368,34 +375,57 @@ def main(argv: list[str] | None = None) -> int:
             result.setdefault("two_tower", {}).update(
                 run_two_tower(params, data, catalog, seeds, logq=logq)
             )
-            write(result, args.out, args.section)
+            write(result, args.out, tag)
     if "cold" in sections:
         print("cold items:")
         result["cold"] = run_cold(params, data, seeds, two_tower=not args.no_two_tower)
     if args.section == "all":
         result["complete"] = True
-    table = write(result, args.out, args.section)
+    table = write(result, args.out, tag)
     print()
     print(table)
     return 0
 
 
 def merge(out: Path) -> int:
-    """Combine the per-section results of parallel runs (raw/) into the final files."""
-    result: dict[str, Any] = {}
-    for section in SECTIONS:
-        part = json.loads((out / "raw" / f"retrieval_quality.{section}.json").read_text())
-        if not result:
-            result = part
-        for key in ("baselines", "cold"):
-            if key in part:
-                result[key] = part[key]
-        result.setdefault("two_tower", {}).update(part.get("two_tower", {}))
+    """Combine the results of parallel section runs (raw/*.json) into the final files:
+    baselines from their run, two-tower and cold runs pooled per label across seeds."""
+    parts = [
+        json.loads(p.read_text()) for p in sorted((out / "raw").glob("retrieval_quality.*.json"))
+    ]
+    if not parts:
+        raise SystemExit(f"nothing to merge in {out / 'raw'}")
+    result = {k: v for k, v in parts[0].items() if k not in ("two_tower", "cold", "baselines")}
+    tt_runs: dict[str, list[dict[str, Any]]] = {}
+    cold_runs: list[dict[str, Any]] = []
+    for part in parts:
+        if "baselines" in part:
+            result["baselines"] = part["baselines"]
+        for label, entry in part.get("two_tower", {}).items():
+            tt_runs.setdefault(label, []).extend(entry["runs"])
+        if "cold" in part:
+            result["cold"] = {**part["cold"], "models": {}}
+            cold_runs.extend(part["cold"].get("models", {}).get("two_tower", {}).get("runs", []))
         result["seconds"] = max(result["seconds"], part["seconds"])
-    result["complete"] = True
-    result["command"] = result["command"].split(" --section")[0]
+    result["two_tower"] = {}
+    for label in sorted(tt_runs, key=lambda x: ("no logQ" in x, x)):
+        rs = sorted(tt_runs[label], key=lambda r: r["seed"])
+        result["two_tower"][label] = {
+            "runs": rs,
+            **_mean_std([r["metrics"] for r in rs]),
+            "validation": _mean_std([r["validation"] for r in rs if r["validation"]]),
+        }
+    if cold_runs and "cold" in result:
+        cold_runs.sort(key=lambda r: r["seed"])
+        result["cold"]["models"]["two_tower"] = {
+            "runs": cold_runs,
+            **_mean_std([r["segments"]["cold_items"] for r in cold_runs]),
+            "in_catalog": _mean_std([r["segments"]["cold_items_in_catalog"] for r in cold_runs]),
+        }
+    result["complete"] = "baselines" in result and "cold" in result and bool(tt_runs)
+    result["command"] = result["command"].split(" --section")[0].split(" --seed-list")[0]
+    result["parallel_parts"] = len(parts)
     result["_t0"] = time.perf_counter() - result["seconds"]
-    result["cpu_seconds"] = None
     print(write(result, out, "all", keep_times=True))
     return 0
 

@@ -36,19 +36,15 @@ from _common import (  # noqa: E402
     in_project_dir,
     parse_time_params,
     run_params,
+    where,
 )
 
 log = logging.getLogger(__name__)
 
+# DAGs scheduled on these use the same URI strings (Airflow stores them normalised,
+# with a trailing slash: "shortlist://split/").
 VALIDATED_DATA = Asset("shortlist://validated-data")
 SPLIT_DATA = Asset("shortlist://split")
-
-
-def _where(root: Path, path: str) -> str:
-    """A params path as an absolute location (s3:// and absolute paths unchanged)."""
-    if path.startswith("s3://") or Path(path).is_absolute():
-        return path
-    return str(root / path)
 
 
 @dag(
@@ -71,7 +67,7 @@ def shortlist_data() -> None:
     @task(doc_md="Import `data.source` into `data.dir` (Parquet tables + snapshot.json).")
     def ingest() -> dict[str, Any]:
         params, root = run_params(get_current_context())
-        out_dir = _where(root, params.data.dir)
+        out_dir = where(root, params.data.dir)
         with in_project_dir(root):
             if params.data.source == "synth":
                 from pipelines import synth
@@ -126,7 +122,7 @@ def shortlist_data() -> None:
 
         context = get_current_context()
         params, root = run_params(context)
-        out_dir = _where(root, params.split.dir)
+        out_dir = where(root, params.split.dir)
         with in_project_dir(root):
             manifest = split_stage.run(params, data_dir=validated["data_dir"], out_dir=out_dir)
         log.info("split %s into %s: %s", validated["snapshot_id"], out_dir, manifest["counts"])

@@ -57,6 +57,13 @@ def run(
     seen_u = inter[schema.USER_ID].astype(str).to_numpy()
     seen_i = col_of.get_indexer(inter[schema.ITEM_ID].astype(str).to_numpy())
 
+    ranker = None
+    if stage != "retrieval":
+        from shortlist.ranking.ranker import Ranker
+
+        if Ranker.exists(str(model_dir)):
+            ranker = Ranker.load(str(model_dir))
+
     frames = []
     for start in range(0, len(user_ids), USER_BATCH):
         batch = user_ids[start : start + USER_BATCH]
@@ -67,6 +74,14 @@ def run(
         r = row_of.get_indexer(seen_u)
         ok = (r >= 0) & (seen_i >= 0)
         scores[r[ok], seen_i[ok]] = -np.inf
+        if ranker is not None:  # funnel: rerank the top-N candidates with the ranker
+            from shortlist.models.two_tower import histories_from
+            from shortlist.ranking.funnel import rerank_matrix
+
+            full = histories_from(inter, batch, len(inter) + 1)
+            scores = rerank_matrix(
+                ranker, batch, full, scores, item_ids, timestamps, params.ranker.candidates
+            )
         frames.append(_top_k(batch, scores, item_ids, k))
     out = pd.concat(frames, ignore_index=True) if frames else _top_k([], np.zeros((0, 0)), [], k)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,9 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     from shortlist.ranking.train import train_ranker
 
     if not (Path(model_dir) / "towers.json").exists():
-        raise ShortlistError(f"no two-tower model in {model_dir}: run `shortlist train-towers` first")
+        raise ShortlistError(
+            f"no two-tower model in {model_dir}: run `shortlist train-towers` first"
+        )
     split = load_split(split_dir)
     if split.validation.empty:
         raise ShortlistError(
@@ -58,4 +60,8 @@ if __name__ == "__main__":
     ap.add_argument("--model", required=True)
     ap.add_argument("--params")
     a = ap.parse_args()
-    print(json.dumps(run(load_params(a.params), split_dir=a.split, model_dir=a.model), indent=2, default=str))
+    print(
+        json.dumps(
+            run(load_params(a.params), split_dir=a.split, model_dir=a.model), indent=2, default=str
+        )
+    )

@@ -83,7 +83,7 @@ class LogQParams(_Section):
     enabled: bool = True
     hash_buckets: int = Field(1 << 20, gt=0)
     alpha: float = Field(0.01, gt=0, le=1)
-    inference_popularity_weight: float = 0.0
+    inference_popularity_weight: float = 0.3
 
 
 class TowerParams(_Section):
@@ -112,9 +112,12 @@ class TowerParams(_Section):
 class RankerParams(_Section):
     candidates: int = Field(200, gt=0)
     random_negatives: int = Field(5, ge=0)
+    # Hard negatives per training request, sampled from the retrieved candidates the user
+    # did not take (0: all of them). Early stopping always ranks all candidates.
+    hard_negatives: int = Field(50, ge=0)
     cross_layers: int = Field(2, ge=0)
     hidden_dims: list[int] = [128, 64]
-    batch_size: int = Field(512, gt=0)
+    batch_size: int = Field(1024, gt=0)
     epochs: int = Field(10, gt=0)
     learning_rate: float = Field(0.001, gt=0)
     early_stopping_patience: int = Field(2, ge=1)
@@ -169,7 +172,7 @@ class EvaluationParams(_Section):
 class IndexParams(_Section):
     type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = "auto"
     flat_max_items: int = Field(200_000, gt=0)
-    hnsw_max_items: int = Field(5_000_000, gt=0)  # auto: HNSW up to here, IVF-PQ beyond
+    hnsw_max_items: int = Field(500_000, gt=0)  # auto: HNSW up to here, IVF-PQ+refine beyond
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(40, gt=0)
     ef_search: int = Field(128, gt=0)

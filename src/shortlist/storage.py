@@ -156,7 +156,8 @@ class LocalStore:
             return 1
         if not path.exists():
             return 0
-        count = sum(1 for p in path.rglob("*") if p.is_file())
+        # counted as list() sees them: lock and temp files (dot files) are not keys
+        count = sum(1 for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
         shutil.rmtree(path)
         return count
 

@@ -32,9 +32,7 @@ def dag():  # noqa: ANN201
 def test_dag_definition(dag) -> None:  # noqa: ANN001
     params = load_params(REPO / "params.yaml")
     assert dag.dag_id == "shortlist_data"
-    assert (
-        str(dag.timetable.summary) == params.schedules.data or dag.schedule == params.schedules.data
-    )
+    assert dag.schedule == params.schedules.data  # from params.yaml, at parse time
     assert dag.doc_md and "validate" in dag.doc_md
     assert {"shortlist", "data"} <= set(dag.tags)
     assert not dag.catchup
@@ -45,8 +43,9 @@ def test_dag_definition(dag) -> None:  # noqa: ANN001
     for t in tasks.values():
         assert t.retries >= 2 and t.retry_delay.total_seconds() > 0
         assert t.doc_md
-    assert [a.uri for a in tasks["validate"].outlets] == ["shortlist://validated-data"]
-    assert [a.uri for a in tasks["split"].outlets] == ["shortlist://split"]
+    # Airflow normalises an authority-only URI with a trailing slash
+    assert [a.uri.rstrip("/") for a in tasks["validate"].outlets] == ["shortlist://validated-data"]
+    assert [a.uri.rstrip("/") for a in tasks["split"].outlets] == ["shortlist://split"]
 
 
 def test_dags_test_on_ml100k(airflow_home, params_file: Path, params, ml100k_path: Path) -> None:  # noqa: ANN001

@@ -159,12 +159,19 @@ def test_tampered_weights_are_refused(trained, tmp_path):
 
 def test_popularity_term_folds_into_one_extra_dimension(trained):
     model, _, (train, _, items, users) = trained
+    saved = model.meta.get("inference_popularity_weight")
     model.meta["inference_popularity_weight"] = 0.5
-    iv = model.item_vectors(items)
+    try:
+        iv = model.item_vectors(items)
+        ids = ["u0", "u1"]
+        qv = model.query_vectors(ids, model.histories_from(train, ids), users)
+        plain = model.embed_users(ids, model.histories_from(train, ids), users)
+        pop = model.log_popularity(items["item_id"])
+    finally:
+        model.meta["inference_popularity_weight"] = saved
     assert iv.shape == (40, 17)
-    ids = ["u0", "u1"]
-    qv = model.query_vectors(ids, model.histories_from(train, ids), users)
-    plain = model.embed_users(ids, model.histories_from(train, ids), users)
-    pop = model.log_popularity(items["item_id"])
+    # More popular items get a larger log popularity.
+    counts = train["item_id"].value_counts().reindex(items["item_id"]).fillna(0).to_numpy()
+    assert pop[np.argmax(counts)] > pop[np.argmin(counts)]
     expected = plain @ model.embed_items(items).T + 0.5 * model.temperature * pop[None, :]
     np.testing.assert_allclose(qv @ iv.T, expected, atol=1e-5)

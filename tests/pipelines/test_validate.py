@@ -237,24 +237,28 @@ def test_corrupted_copy_fails_and_is_quarantined_whole(
     assert (Path(report.docs_path).parent / "validation.json").exists()
 
 
-def test_cli_exit_codes(params, clean_ml100k: Path, tmp_path: Path, capsys):
+def test_cli_exit_codes(clean_ml100k: Path, tmp_path: Path, capsys, monkeypatch):
+    # Relative paths, as in params.yaml's defaults, resolved against the working directory.
+    monkeypatch.chdir(tmp_path)
     sets = []
     for key in ("reference_dir", "quarantine_dir", "docs_dir"):
-        sets += ["--set", f"validation.{key}={getattr(params.validation, key)}"]
-    good, bad = tmp_path / "good", tmp_path / "bad"
-    shutil.copytree(clean_ml100k, good)
-    shutil.copytree(clean_ml100k, bad)
-    rewrite_interactions(bad, _negative_weight(read(bad, schema.INTERACTIONS)))
+        sets += ["--set", f"validation.{key}=work/{key}"]
+    shutil.copytree(clean_ml100k, "good")
+    shutil.copytree(clean_ml100k, "bad")
+    rewrite_interactions("bad", _negative_weight(read(Path("bad"), schema.INTERACTIONS)))
     argv = ["--params", str(REPO / "params.yaml"), *sets]
 
-    assert main(["validate", str(good), *argv]) == 0
+    assert main(["validate", "good", *argv]) == 0
     out = capsys.readouterr().out
     assert "validation PASSED" in out and "no reference yet" in out
+    assert Path("work/reference_dir/snapshot.json").exists()
+    assert list(Path("work/docs_dir").glob("*/index.html"))
 
-    assert main(["validate", str(bad), *argv]) == 1
+    assert main(["validate", "bad", *argv]) == 1
     out = capsys.readouterr().out
     assert "validation FAILED" in out and "expect_column_values_to_be_between" in out
-    assert "quarantined (moved) to" in out and not bad.exists()
+    assert "quarantined (moved) to" in out and not Path("bad").exists()
+    assert len(list(Path("work/quarantine_dir").iterdir())) == 1
 
-    assert main(["validate", str(tmp_path / "missing"), *argv]) == 1
+    assert main(["validate", "missing", *argv]) == 1
     assert "no dataset" in capsys.readouterr().err

@@ -22,7 +22,10 @@ def tiny_data(n_users: int = 30, n_items: int = 40, n_events: int = 1500, seed: 
         {
             "item_id": [f"i{k}" for k in range(n_items)],
             "title": [f"Item {k}" for k in range(n_items)],
-            "genres": [[GENRES[k % 4]] + ([GENRES[(k + 1) % 4]] if k % 3 == 0 else []) for k in range(n_items)],
+            "genres": [
+                [GENRES[k % 4]] + ([GENRES[(k + 1) % 4]] if k % 3 == 0 else [])
+                for k in range(n_items)
+            ],
             "year": [np.nan if k == 5 else 1980.0 + k for k in range(n_items)],
         }
     )
@@ -54,7 +57,9 @@ class FakeRetriever:
         rng = np.random.default_rng(seed)
         self.item_ids = np.asarray([str(i) for i in item_ids])
         v = rng.normal(size=(len(item_ids), dim)).astype(np.float32)
-        self._vec = dict(zip(self.item_ids, v / np.linalg.norm(v, axis=1, keepdims=True), strict=True))
+        self._vec = dict(
+            zip(self.item_ids, v / np.linalg.norm(v, axis=1, keepdims=True), strict=True)
+        )
         self.dim = dim
 
     def embed_items(self, items: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:

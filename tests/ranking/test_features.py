@@ -99,7 +99,11 @@ def test_event_log_counts_strictly_before_t():
     )
     log = EventLog(inter, {"x": 0, "y": 1, "x2": 2})
     # x at 50, 100, 200: strictly before 200 -> 2; before 201 -> 3.
-    assert log.item_count_before(np.array([0, 0, 1]), np.array([200, 201, 200])).tolist() == [2, 3, 0]
+    assert log.item_count_before(np.array([0, 0, 1]), np.array([200, 201, 200])).tolist() == [
+        2,
+        3,
+        0,
+    ]
     assert log.item_first_seen(np.array([0, 1, 2]), 200).tolist()[:1] == [50]
     assert log.item_first_seen(np.array([1]), 200)[0] == np.iinfo(np.int64).max
     items, ts = log.user_history("a", 200)

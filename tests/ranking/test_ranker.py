@@ -73,12 +73,18 @@ def test_training_is_deterministic_saved_and_served_consistently(small_params, t
     inter, items, users = tiny_data()
     train, val, _ = _split(inter)
     retriever = FakeRetriever(items["item_id"])
-    r1, s1 = train_ranker(small_params, retriever, train, val, items, users, progress=False, mlflow_run=False)
-    r2, s2 = train_ranker(small_params, retriever, train, val, items, users, progress=False, mlflow_run=False)
+    r1, s1 = train_ranker(
+        small_params, retriever, train, val, items, users, progress=False, mlflow_run=False
+    )
+    r2, s2 = train_ranker(
+        small_params, retriever, train, val, items, users, progress=False, mlflow_run=False
+    )
     assert s1["fit_requests"] > 10 and s1["stop_requests"] > 3
     assert s1["fit_positives"] > 0 and s1["fit_rows"] > s1["fit_requests"] * 12
     assert [h["loss"] for h in s1["history"]] == [h["loss"] for h in s2["history"]]
-    for (k, a), (_, b) in zip(r1.model.state_dict().items(), r2.model.state_dict().items(), strict=True):
+    for (k, a), (_, b) in zip(
+        r1.model.state_dict().items(), r2.model.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), k
     assert s1["history"][-1]["loss"] < s1["history"][0]["loss"]
 
@@ -87,7 +93,10 @@ def test_training_is_deterministic_saved_and_served_consistently(small_params, t
     assert set(files) == {"ranker.safetensors", "ranker.json"}
     loaded = Ranker.load(str(tmp_path / "model"))
     hist, cands = ["i0", "i4", "i8"], ["i1", "i2", "i3", "i12", "unknown-item"]
-    ctx = {"timestamp": int(inter["timestamp"].max()) + DAY, "retrieval_scores": [0.9, 0.8, 0.1, 0.5, 0.0]}
+    ctx = {
+        "timestamp": int(inter["timestamp"].max()) + DAY,
+        "retrieval_scores": [0.9, 0.8, 0.1, 0.5, 0.0],
+    }
     a = r1.score("u1", hist, cands, ctx)
     b = loaded.score("u1", hist, cands, ctx)
     assert a.shape == (5,) and np.isfinite(a).all()
@@ -174,4 +183,11 @@ def test_request_metrics_counts_missed_positives():
     m = request_metrics(ex, np.array([0.0, 1.0, 0.5, 9.0], np.float32), [10])
     assert m["recall@10"] == pytest.approx(0.5)
     assert m["ndcg@10"] == pytest.approx(1.0 / (1.0 + 1.0 / np.log2(3)))
-    assert make_requests(pd.DataFrame(columns=["user_id", "item_id", "timestamp", "weight"]), pd.DataFrame(columns=["user_id", "item_id", "timestamp", "weight"]), {}) == []
+    assert (
+        make_requests(
+            pd.DataFrame(columns=["user_id", "item_id", "timestamp", "weight"]),
+            pd.DataFrame(columns=["user_id", "item_id", "timestamp", "weight"]),
+            {},
+        )
+        == []
+    )

@@ -121,8 +121,7 @@ class World:
     item_topic: np.ndarray  # (M,) int32
     item_popularity: np.ndarray  # (M,) float64: p(item) before affinity, sums to 1
     item_release: np.ndarray  # (M,) int64 unix seconds; start_timestamp unless cold
-    user_start: np.ndarray  # (U, d) float32 taste at the start of the period
-    user_end: np.ndarray  # (U, d) float32 taste the drift moves toward
+    user_pair: np.ndarray  # (U, 2, d) float32: taste at the start, taste drifted toward
     user_activity: np.ndarray  # (U,) float64: p(user), sums to 1
     user_join: np.ndarray  # (U,) int64 unix seconds
     genre_axes: np.ndarray  # (d, G) float32
@@ -135,12 +134,26 @@ class World:
     fallback_item: np.ndarray  # (K,) the most popular warm (never cold) item of each topic
     users_by_activity: np.ndarray  # (U,) user indices, most active first
 
+    @property
+    def user_start(self) -> np.ndarray:
+        """(U, d) taste at the start of the period."""
+        return self.user_pair[:, 0]
+
+    @property
+    def user_end(self) -> np.ndarray:
+        """(U, d) taste the drift moves toward."""
+        return self.user_pair[:, 1]
+
     def taste(self, users: np.ndarray, t: np.ndarray, spec: SynthSpec) -> np.ndarray:
         """Taste vectors of `users` at times `t` (linear drift start -> end)."""
-        frac = (t - spec.start_timestamp) * (1.0 / spec.period_seconds)
-        mix = np.clip(spec.drift * frac, 0.0, 1.0).astype(np.float32)[:, None]
-        begin = self.user_start[users]
-        return begin + mix * (self.user_end[users] - begin)
+        mix = (t - spec.start_timestamp).astype(np.float32)
+        mix *= np.float32(spec.drift / spec.period_seconds)
+        np.clip(mix, 0.0, 1.0, out=mix)
+        both = self.user_pair.take(users, axis=0)  # one gather of both vectors
+        out = both[:, 1] - both[:, 0]
+        out *= mix[:, None]
+        out += both[:, 0]
+        return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -229,8 +242,7 @@ def make_world(spec: SynthSpec) -> World:
         item_topic=item_topic,
         item_popularity=popularity,
         item_release=release,
-        user_start=user_start,
-        user_end=user_end,
+        user_pair=np.ascontiguousarray(np.stack([user_start, user_end], axis=1)),
         user_activity=activity,
         user_join=join,
         genre_axes=genre_axes,
@@ -262,7 +274,7 @@ def sample_interactions(
     np.exp(logits, out=logits)
     for j in range(1, len(logits)):  # row-wise running sum: far faster than cumsum(axis=0)
         logits[j] += logits[j - 1]
-    r = rng.random(n, dtype=np.float32) * logits[-1]
+    r = (1.0 - rng.random(n, dtype=np.float32)) * logits[-1]  # in (0, total]: never empty
     topic = np.minimum((logits < r).sum(axis=0), spec.topics - 1)
     del logits
 
@@ -271,7 +283,10 @@ def sample_interactions(
     c = spec.candidates
     local = _power_rank(rng.random((n, c)), world.topic_sizes[topic][:, None], spec.zipf_exponent)
     cand = world.by_topic[world.topic_offsets[topic][:, None] + local]
-    affinity = np.einsum("nd,ncd->nc", taste, world.item_factors[cand])
+    # `take` on the flat index is several times faster than fancy indexing with (n, c).
+    vectors = world.item_factors.take(cand.ravel(), axis=0).reshape(n, c, -1)
+    affinity = np.einsum("nd,ncd->nc", taste, vectors)
+    del vectors
     gumbel = rng.random((n, c), dtype=np.float32)
     np.log(gumbel + 1e-12, out=gumbel)
     np.negative(gumbel, out=gumbel)
@@ -463,24 +478,42 @@ def write_synth(
         checksums[name] = file_sha256(out / name)
         rows[name] = n
 
-    for name, table in ((schema.ITEMS, item_table(world, spec)), (schema.USERS, None)):
-        table = table if table is not None else user_table(world, spec)
+    def write_features(name: str, make: Any) -> tuple[str, Path, int]:
+        table = make(world, spec)
         tmp = out / f".{name}.tmp"
         pq.write_table(table, tmp, compression="zstd")
-        finish(name, tmp, table.num_rows)
+        return name, tmp, table.num_rows
 
+    # Item and user tables are built beside the first interaction chunks (own seeds:
+    # the bytes do not depend on the overlap).
+    from concurrent.futures import ThreadPoolExecutor
+
+    side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synth-features")
+    features = [
+        side.submit(write_features, schema.ITEMS, item_table),
+        side.submit(write_features, schema.USERS, user_table),
+    ]
     tmp = out / f".{schema.INTERACTIONS}.tmp"
     n_chunks = max(1, math.ceil(spec.interactions / spec.chunk_rows))
     written = 0
-    with pq.ParquetWriter(tmp, schema.INTERACTIONS_SCHEMA, compression="zstd") as writer:
-        for table in tqdm(
-            iter_interaction_tables(world, spec, spec.threads),
-            total=n_chunks,
-            desc="synth interactions",
-            unit="chunk",
-            disable=not progress or None,
-        ):
-            writer.write_table(table, row_group_size=spec.chunk_rows)
-            written += table.num_rows
+    try:
+        with pq.ParquetWriter(tmp, schema.INTERACTIONS_SCHEMA, compression="zstd") as writer:
+            for table in tqdm(
+                iter_interaction_tables(world, spec, spec.threads),
+                total=n_chunks,
+                desc="synth interactions",
+                unit="chunk",
+                disable=not progress or None,
+            ):
+                writer.write_table(table, row_group_size=spec.chunk_rows)
+                written += table.num_rows
+        for future in features:
+            finish(*future.result())
+    except BaseException:
+        side.shutdown(wait=True, cancel_futures=True)
+        for name in schema.TABLES:
+            (out / f".{name}.tmp").unlink(missing_ok=True)
+        raise
+    side.shutdown(wait=True)
     finish(schema.INTERACTIONS, tmp, written)
     return checksums, rows

@@ -44,7 +44,10 @@ class Retrieval:
         table = items.assign(**{schema.ITEM_ID: items[schema.ITEM_ID].astype(str)})
         table = table.drop_duplicates(schema.ITEM_ID).set_index(schema.ITEM_ID)
         table = table.reindex(self.catalog).reset_index()
-        self.item_emb = np.ascontiguousarray(retriever.embed_items(table), dtype=np.float32)
+        # The serving score: item_vectors/query_vectors carry the inference popularity
+        # term when the towers use one; plain embeddings otherwise.
+        embed = getattr(retriever, "item_vectors", None) or retriever.embed_items
+        self.item_emb = np.ascontiguousarray(embed(table), dtype=np.float32)
         self.index = ann.build_index(self.item_emb, params) if params is not None else None
         if self.index is None:
             import faiss
@@ -55,8 +58,9 @@ class Retrieval:
     def embed_queries(
         self, user_ids: Sequence[str], histories: Sequence[Sequence[str]], timestamps
     ) -> np.ndarray:
+        embed = getattr(self.retriever, "query_vectors", None) or self.retriever.embed_users
         return np.asarray(
-            self.retriever.embed_users(
+            embed(
                 [str(u) for u in user_ids],
                 [list(map(str, h)) for h in histories],
                 users=self.users,

@@ -151,7 +151,10 @@ def popularity_block(
         counts.append(c)
         shares.append(np.log((c + 1.0) / (float(vol) + n_items)))
     longest = counts[-1] / float(windows_days[-1])
-    trends = [np.log1p(c / float(w)) - np.log1p(longest) for c, w in zip(counts, windows_days)]
+    trends = [
+        np.log1p(c / float(w)) - np.log1p(longest)
+        for c, w in zip(counts, windows_days, strict=True)
+    ]
     cols += [np.log1p(c) for c in counts] + shares + [np.log1p(total)] + trends[:-1]
     first = log.item_first_seen(item_idx, asof)
     is_new = first == np.iinfo(np.int64).max
@@ -183,6 +186,9 @@ class Request:
     #: How many leading candidates came from retrieval (the rest are e.g. random negatives);
     #: ranks are taken among these. None: all of them.
     n_retrieved: int | None = None
+    #: Scores of the full retrieved list when `candidates` is a sample of it (training
+    #: with sampled hard negatives): ranks and gaps are taken against these.
+    reference_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -212,9 +218,11 @@ class FeatureSpace:
         self._ig_pad = np.vstack([self.item_genres, np.zeros((1, len(self.genres)), np.float32)])
         k = self.item_numeric.shape[1]
         self._inum_pad = np.vstack([self.item_numeric, np.full((1, k), np.nan, np.float32)])
-        self._item_numeric_mean = np.nan_to_num(np.nanmean(self.item_numeric, axis=0)) if (
-            self.item_numeric.size and np.isfinite(self.item_numeric).any()
-        ) else np.zeros(self.item_numeric.shape[1], np.float32)
+        self._item_numeric_mean = (
+            np.nan_to_num(np.nanmean(self.item_numeric, axis=0))
+            if (self.item_numeric.size and np.isfinite(self.item_numeric).any())
+            else np.zeros(self.item_numeric.shape[1], np.float32)
+        )
         self._n_user_static = sum(len(v) for v in self.user_categorical.values()) + 2 * len(
             self.user_numeric_names
         )
@@ -339,9 +347,7 @@ class FeatureSpace:
         return len(self.feature_names())
 
     # ---- transform ------------------------------------------------------------------
-    def transform(
-        self, req: Request, pop: np.ndarray | None
-    ) -> tuple[np.ndarray, int, np.ndarray]:
+    def transform(self, req: Request, pop: np.ndarray | None) -> tuple[np.ndarray, int, np.ndarray]:
         """(dense (n, D) float32 standardised if fitted, user index, item indices (n,)).
 
         `pop` is `popularity_block` for the candidates as of the request (ignored when the
@@ -351,7 +357,8 @@ class FeatureSpace:
         n = len(cand)
         s = np.asarray(req.scores, dtype=np.float32)
         nr = n if req.n_retrieved is None else req.n_retrieved
-        ref = np.sort(s[:nr])[::-1]
+        ref_src = s[:nr] if req.reference_scores is None else req.reference_scores
+        ref = np.sort(np.asarray(ref_src, np.float32))[::-1]
         rank = 1 + np.searchsorted(-ref, -s, side="left")
         top = ref[0] if len(ref) else 0.0
         blocks = [s[:, None], (s - top)[:, None], np.log1p(rank)[:, None].astype(np.float32)]
@@ -415,10 +422,7 @@ class FeatureSpace:
             hv = self.item_numeric[hpos, k]
             hv = hv[np.isfinite(hv)]
             cv = inum[:, k]
-            if len(hv):
-                gap = np.where(np.isfinite(cv), cv - hv.mean(), 0.0)
-            else:
-                gap = np.zeros(n)
+            gap = np.where(np.isfinite(cv), cv - hv.mean(), 0.0) if len(hv) else np.zeros(n)
             cols += [gap, np.abs(gap)]
         out = np.stack(cols, 1) if cols else np.zeros((n, 0))
         return np.concatenate([out, ig * share_all[None, :]], 1).astype(np.float32)

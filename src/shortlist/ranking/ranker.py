@@ -58,7 +58,9 @@ class Ranker:
         out = Path(model_dir)
         out.mkdir(parents=True, exist_ok=True)
         meta, arrays = self.space.state()
-        tensors = {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        tensors = {
+            f"model.{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()
+        }
         tensors.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         tensors["snapshot.popularity"] = np.ascontiguousarray(self.popularity[:-1])
         blob = save(tensors, metadata={"format": str(FORMAT)})
@@ -92,9 +94,17 @@ class Ranker:
         arrays = load(blob)
         space = FeatureSpace.from_state(doc["features"], arrays)
         model = DCNRanker.from_config(doc["model"])
-        state = {k[len("model.") :]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("model.")}
+        state = {
+            k[len("model.") :]: torch.from_numpy(v)
+            for k, v in arrays.items()
+            if k.startswith("model.")
+        }
         model.load_state_dict(state)
-        meta = {k: v for k, v in doc.items() if k not in {"format", "weights_sha256", "model", "features"}}
+        meta = {
+            k: v
+            for k, v in doc.items()
+            if k not in {"format", "weights_sha256", "model", "features"}
+        }
         ranker = cls(space, model, arrays["snapshot.popularity"], meta)
         ranker._model_dir = str(root)
         return ranker
@@ -156,10 +166,10 @@ class Ranker:
             from shortlist.models.two_tower import TwoTowerRetriever
 
             towers = TwoTowerRetriever.load(self._model_dir)
-            emb = towers.embed_items(towers.items)
+            emb = towers.item_vectors(towers.items)
             self._retrieval = (towers, dict(zip(towers.item_ids, emb, strict=True)))
         towers, emb = self._retrieval
-        q = towers.embed_users([str(user_id)], [list(history)], timestamps=[ts])[0]
+        q = towers.query_vectors([str(user_id)], [list(history)], timestamps=[ts])[0]
         zero = np.zeros_like(q)
         return np.array([emb.get(str(c), zero) @ q for c in candidates], dtype=np.float32)
 

@@ -88,7 +88,9 @@ def make_requests(
         pos=part[schema.ITEM_ID].astype(str).map(item_index),
     )
     seen_pos = (
-        seen.assign(u=seen[schema.USER_ID].astype(str), pos=seen[schema.ITEM_ID].astype(str).map(item_index))
+        seen.assign(
+            u=seen[schema.USER_ID].astype(str), pos=seen[schema.ITEM_ID].astype(str).map(item_index)
+        )
         .dropna(subset=["pos"])
         .groupby("u")["pos"]
         .apply(lambda s: np.unique(s.to_numpy(np.int64)))
@@ -118,6 +120,7 @@ def featurize(
     *,
     n_candidates: int,
     random_negatives: int = 0,
+    hard_negatives: int = 0,
     seed: int = 0,
     progress: bool = False,
 ) -> Examples:
@@ -134,13 +137,26 @@ def featurize(
         hp = np.array([index.get(str(i), -1) for i in h], dtype=np.int64)
         excl.append(np.union1d(r.exclude, hp[hp >= 0]))
     cands = retrieval.top_n(queries, n_candidates, excl)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("d", "u", "i", "rows", "y", "w", "s", "ret")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("d", "u", "i", "rows", "y", "w", "s", "ret")
+    }
     offsets = [0]
     n_rel = []
     it = zip(requests, hists, cands, excl, queries, strict=True)
     for req, hist, (rows, scores), ex, q in tqdm(
         it, total=len(requests), desc="ranker features", disable=not progress
     ):
+        if hard_negatives and len(rows) > hard_negatives:
+            # Training rows: every retrieved positive plus a sample of the retrieved
+            # negatives (order kept, so ranks stay those of the full candidate list).
+            is_pos = np.isin(rows, np.fromiter(req.positives, np.int64))
+            neg = np.flatnonzero(~is_pos)
+            pick = rng.choice(neg, size=min(hard_negatives, len(neg)), replace=False)
+            keep = np.sort(np.r_[np.flatnonzero(is_pos), pick])
+            full_scores = scores
+            rows, scores = rows[keep], scores[keep]
+        else:
+            full_scores = scores
         n_ret = len(rows)
         if random_negatives:
             taken = np.union1d(np.union1d(rows, ex), np.fromiter(req.positives, np.int64))
@@ -149,6 +165,7 @@ def featurize(
             rows = np.r_[rows, np.sort(neg)].astype(np.int64)
             scores = np.r_[scores, retrieval.score_rows(q, np.sort(neg))].astype(np.float32)
         fr = Request(req.user_id, req.timestamp, list(hist), rows, scores, n_retrieved=n_ret)
+        fr.reference_scores = full_scores
         pop = None
         if space.uses("popularity"):
             pop = popularity_block(log, rows, log.asof(req.timestamp), space.windows_days)
@@ -158,7 +175,16 @@ def featurize(
         w = np.where(y > 0, w, 1.0).astype(np.float32)
         for k, v in zip(
             ("d", "u", "i", "rows", "y", "w", "s", "ret"),
-            (dense, np.full(len(rows), uidx), iidx, rows, y, w, scores, np.arange(len(rows)) < n_ret),
+            (
+                dense,
+                np.full(len(rows), uidx),
+                iidx,
+                rows,
+                y,
+                w,
+                scores,
+                np.arange(len(rows)) < n_ret,
+            ),
             strict=True,
         ):
             parts[k].append(np.asarray(v))
@@ -166,7 +192,9 @@ def featurize(
         n_rel.append(len(set(req.positives) - set(ex.tolist())))
     cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     return Examples(
-        dense=cat["d"].reshape(len(cat["y"]), -1).astype(np.float32) if len(cat["y"]) else np.zeros((0, space.n_dense), np.float32),
+        dense=cat["d"].reshape(len(cat["y"]), -1).astype(np.float32)
+        if len(cat["y"])
+        else np.zeros((0, space.n_dense), np.float32),
         user_idx=cat["u"].astype(np.int64),
         item_idx=cat["i"].astype(np.int64),
         rows=cat["rows"].astype(np.int64),
@@ -294,7 +322,9 @@ class Adam:
     small enough that this loop is as fast.
     """
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+    def __init__(
+        self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+    ):
         import torch
 
         self.params = [p for p in params if p.requires_grad]
@@ -404,6 +434,7 @@ def train_ranker(
         _subset(reqs, ~hold),
         n_candidates=rp.candidates,
         random_negatives=rp.random_negatives,
+        hard_negatives=rp.hard_negatives,
         seed=seed,
         progress=progress,
     )
@@ -423,10 +454,17 @@ def train_ranker(
 
             mlflow.log_params({f"ranker.{k}": v for k, v in rp.model_dump().items()})
             mlflow.log_params(
-                {"seed": seed, "fit_rows": len(fit_ex.labels), "fit_requests": len(fit_ex),
-                 "stop_requests": len(stop_ex), "tower_fingerprint": getattr(retriever, "fingerprint", "")}
+                {
+                    "seed": seed,
+                    "fit_rows": len(fit_ex.labels),
+                    "fit_requests": len(fit_ex),
+                    "stop_requests": len(stop_ex),
+                    "tower_fingerprint": getattr(retriever, "fingerprint", ""),
+                }
             )
-            mlflow.log_metrics({f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()})
+            mlflow.log_metrics(
+                {f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()}
+            )
 
         def on_epoch(row: dict[str, Any]) -> None:
             if run is not None:
@@ -444,7 +482,9 @@ def train_ranker(
         if run is not None:
             import mlflow
 
-            mlflow.log_metrics({f"stop_ranker_{k.replace('@', '_at_')}": v for k, v in final.items()})
+            mlflow.log_metrics(
+                {f"stop_ranker_{k.replace('@', '_at_')}": v for k, v in final.items()}
+            )
             fig = _curves(history, baseline, rp.eval_k)
             mlflow.log_figure(fig, "ranker_curves.png")
             import matplotlib.pyplot as plt

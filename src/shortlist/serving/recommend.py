@@ -196,7 +196,7 @@ def recommend(
             "retrieval_scores": retrieval,  # the index's scores: the ranker need not recompute
         }
         ranked = np.asarray(
-            ranker.score(req.user_id, history, candidate_ids, context), dtype=np.float64
+            ranker.score(req.user_id or "", history, candidate_ids, context), dtype=np.float64
         )
         order = np.argsort(-ranked, kind="stable")
         rows, retrieval, scores = rows[order], retrieval[order], ranked[order]

@@ -4,7 +4,8 @@ One ephemeral GX context per run; each target gets a pandas dataframe asset, a s
 a validation definition and a checkpoint whose UpdateDataDocsAction renders into our
 own Data Docs site (`shortlist_site`) under the given directory. A column of the wrong
 type makes some expectations raise inside GX; those come back as failed checks with the
-error message, never as a crash of the run.
+error message, never as a crash of the run. Importing this module imports GX (through
+`docs`), so callers on a light path import it inside a function.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def run_targets(
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
 
-    docs_dir = Path(docs_dir)
+    docs_dir = Path(docs_dir).resolve()  # GX's filesystem store wants an absolute path
     ctx = _context(docs_dir)
     source = ctx.data_sources.add_pandas("shortlist")
     run_id = RunIdentifier(run_name=run_name)

@@ -1,0 +1,285 @@
+"""Funnel quality on ml-100k: does the ranker earn its place on top of retrieval?
+
+Protocol (the retrieval benchmark's): every rating is an implicit positive; per user with
+>= 5 interactions the last 20% by (timestamp, item_id) is test, the rest is train; full
+ranking over the items seen in train, each user's train items excluded. Inside train the
+last 10% per user is the validation part: the towers fit on the rest and stop early on it,
+the ranker fits on it (towers did not memorise it) and stops early on a held-out 20% of its
+users. Nothing is tuned on test.
+
+Per seed: train the towers, train the ranker (all feature groups, then once without each
+ablatable group), and evaluate on test with the eval harness:
+
+- retrieval-only: the towers' order of the top-N candidates (candidate recall@N = its
+  Recall@N: what the ranker can possibly recover);
+- funnel: the same candidates ordered by the ranker;
+- EASE and ALS baselines (tuned on validation, refit on train), once.
+
+Test requests happen at each user's first test timestamp; features come from train
+interactions strictly before it. Prints a table and writes
+benchmarks/results/funnel_quality.json.
+
+    .venv/bin/python benchmarks/funnel_quality.py [--seeds 0 1 2] [--no-ablation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+KS = (10, 20, 200)
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "recall@200")
+
+
+def protocol(interactions: pd.DataFrame):
+    from shortlist.eval.harness import holdout_last
+
+    train, test = holdout_last(interactions, 0.2, min_interactions=5)
+    fit_part, validation = holdout_last(train, 0.1, min_interactions=5)
+    return train, test, fit_part, validation
+
+
+def evaluate_funnel(params, towers, ranker, train, test, items, users, catalog) -> dict[str, Any]:
+    """Test metrics of retrieval-only order and of the ranker's order of the same candidates."""
+    from shortlist.data import schema
+    from shortlist.eval.harness import evaluate
+    from shortlist.ranking.candidates import Retrieval
+    from shortlist.ranking.features import EventLog
+    from shortlist.ranking.funnel import FixedScores, catalog_scores, requests_at, rerank
+
+    first = test.groupby(test[schema.USER_ID].astype(str))[schema.TIMESTAMP].min()
+    user_ids = list(first.index)
+    index = ranker.space.item_index()
+    reqs = requests_at(user_ids, first.to_numpy(), train, index)
+    log = EventLog(train, index)
+    retrieval = Retrieval(towers, items, catalog, users, params)
+    ex, ranked = rerank(ranker, retrieval, log, reqs, params.ranker.candidates)
+    n = ranker.space.n_items
+    out = {}
+    for name, row_scores in (("retrieval_only", ex.retrieval), ("funnel", ranked)):
+        rec = FixedScores(name, catalog, user_ids, catalog_scores(ex, row_scores, n))
+        res = evaluate(rec, train, test, items, ks=KS, catalog=catalog)
+        out[name] = {k: float(v) for k, v in res["segments"]["all"].items() if k in METRICS}
+        out[name]["segments"] = {
+            s: {k: float(v) for k, v in m.items() if k in ("recall@20", "ndcg@20", "users")}
+            for s, m in res["segments"].items()
+            if s in ("light_users", "heavy_users")
+        }
+    return out
+
+
+def run_seed(params, data, catalog, seed: int, ablation: bool, say) -> dict[str, Any]:
+    from shortlist.models.train import train_two_tower
+    from shortlist.ranking.features import ABLATABLE
+    from shortlist.ranking.train import train_ranker
+
+    train, test, fit_part, validation, items, users = data
+    t0 = time.perf_counter()
+    towers, _ = train_two_tower(
+        params, fit_part, validation, items, users, seed=seed, progress=False, mlflow_run=False
+    )
+    say(f"seed {seed}: towers in {time.perf_counter() - t0:.0f}s")
+    variants = {"all": list(ABLATABLE)}
+    if ablation:
+        variants.update({f"-{g}": [x for x in ABLATABLE if x != g] for g in ABLATABLE})
+    result: dict[str, Any] = {"seed": seed, "variants": {}}
+    for label, groups in variants.items():
+        t1 = time.perf_counter()
+        p = params.with_overrides({"ranker.feature_groups": groups})
+        ranker, summary = train_ranker(
+            p,
+            towers,
+            fit_part,
+            validation,
+            items,
+            users,
+            catalog=catalog,
+            seed=seed,
+            progress=False,
+            mlflow_run=False,
+        )
+        ev = evaluate_funnel(p, towers, ranker, train, test, items, users, catalog)
+        result["variants"][label] = {
+            "funnel": ev["funnel"],
+            "best_epoch": summary["best_epoch"],
+            "stop_ndcg@20": summary["stop_ranker"]["ndcg@20"],
+            "stop_retrieval_ndcg@20": summary["stop_retrieval_only"]["ndcg@20"],
+            "fit_rows": summary["fit_rows"],
+            "seconds": round(time.perf_counter() - t1, 1),
+        }
+        if label == "all":
+            result["retrieval_only"] = ev["retrieval_only"]
+        f, r = ev["funnel"], ev["retrieval_only"]
+        say(
+            f"  {label:12s} funnel NDCG@20 {f['ndcg@20']:.4f} R@20 {f['recall@20']:.4f} | "
+            f"retrieval NDCG@20 {r['ndcg@20']:.4f} R@20 {r['recall@20']:.4f} "
+            f"({time.perf_counter() - t1:.0f}s)"
+        )
+    return result
+
+
+def run_baselines(params, data, catalog, say) -> dict[str, Any]:
+    from shortlist.eval.baselines import make_baseline
+    from shortlist.eval.harness import evaluate
+
+    train, test, fit_part, validation, items, users = data
+    out = {}
+    for name in ("ease", "als"):
+        t0 = time.perf_counter()
+        model = make_baseline(name, params).fit(fit_part, validation, items, users)
+        res = evaluate(model, train, test, items, ks=KS, catalog=catalog)
+        out[name] = {k: float(v) for k, v in res["segments"]["all"].items() if k in METRICS}
+        out[name]["best_params"] = model.best_params
+        say(
+            f"  {name}: NDCG@20 {out[name]['ndcg@20']:.4f} R@20 {out[name]['recall@20']:.4f} "
+            f"({time.perf_counter() - t0:.0f}s)"
+        )
+    return out
+
+
+def _mean_std(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    return {
+        m: [float(np.mean([r[m] for r in rows])), float(np.std([r[m] for r in rows]))]
+        for m in METRICS
+    }
+
+
+def summarise(seeds: list[dict[str, Any]], baselines: dict[str, Any]) -> dict[str, Any]:
+    table: dict[str, Any] = {"retrieval_only": _mean_std([s["retrieval_only"] for s in seeds])}
+    for label in seeds[0]["variants"]:
+        name = "funnel" if label == "all" else f"funnel {label} (seeds {_seeds_with(seeds, label)})"
+        table[name] = _mean_std(
+            [s["variants"][label]["funnel"] for s in seeds if label in s["variants"]]
+        )
+    for name, m in baselines.items():
+        table[name] = {k: [m[k], 0.0] for k in METRICS}
+    f, r = table["funnel"], table["retrieval_only"]
+    gains = [
+        s["variants"]["all"]["funnel"]["ndcg@20"] / s["retrieval_only"]["ndcg@20"] - 1
+        for s in seeds
+    ]
+    return {
+        "table": table,
+        "ndcg@20_gain_over_retrieval": [float(np.mean(gains)), float(np.std(gains))],
+        "recall@20_delta": f["recall@20"][0] - r["recall@20"][0],
+        "target_met": bool(np.mean(gains) >= 0.05 and f["recall@20"][0] >= r["recall@20"][0]),
+    }
+
+
+def _seeds_with(seeds: list[dict[str, Any]], label: str) -> str:
+    return ",".join(str(s["seed"]) for s in seeds if label in s["variants"])
+
+
+def markdown(summary: dict[str, Any], n_seeds: int) -> str:
+    lines = [
+        f"| model (mean ± std, {n_seeds} seeds) | " + " | ".join(METRICS) + " |",
+        "|---|" + "---|" * len(METRICS),
+    ]
+    for name, m in summary["table"].items():
+        cells = [f"{m[k][0]:.4f} ± {m[k][1]:.4f}" if m[k][1] else f"{m[k][0]:.4f}" for k in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    g = summary["ndcg@20_gain_over_retrieval"]
+    lines.append("")
+    lines.append(
+        f"funnel NDCG@20 vs retrieval-only order: {100 * g[0]:+.1f}% ± {100 * g[1]:.1f}%; "
+        f"Recall@20 delta {summary['recall@20_delta']:+.4f}; target (+5%, recall not "
+        f"dropping) {'met' if summary['target_met'] else 'NOT met'}"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Funnel quality on ml-100k (3 seeds).")
+    ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument(
+        "--ablation-seeds", type=int, default=1, help="ablate feature groups on the first N seeds"
+    )
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "funnel_quality.json"))
+    ap.add_argument("--merge", nargs="+", help="combine result files of parallel runs into --out")
+    a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a, argv)
+
+    import torch
+
+    from shortlist.config import load_params
+    from shortlist.data.movielens import load_ml100k
+
+    params = load_params(REPO / "params.yaml", a.overrides)
+    torch.set_num_threads(params.ranker.threads)
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f}s] {msg}", flush=True)
+
+    interactions, items, users = load_ml100k(a.data)
+    train, test, fit_part, validation = protocol(interactions)
+    data = (train, test, fit_part, validation, items, users)
+    catalog = sorted(train["item_id"].astype(str).unique())
+    say(
+        f"ml-100k: train {len(train)} (fit {len(fit_part)} + validation {len(validation)}), "
+        f"test {len(test)}, catalog {len(catalog)} train items"
+    )
+    baselines = {} if a.no_baselines else run_baselines(params, data, catalog, say)
+    seeds = []
+    for k, s in enumerate(a.seeds):
+        ablate = not a.no_ablation and k < a.ablation_seeds
+        seeds.append(run_seed(params, data, catalog, s, ablate, say))
+        write(a, argv, params, seeds, baselines, t0)
+    say(f"wrote {write(a, argv, params, seeds, baselines, t0)}")
+    return 0
+
+
+def merge(a, argv) -> int:
+    """Combine the per-seed results (and baselines) of several runs into one file."""
+    from shortlist.config import load_params
+
+    docs = [json.loads(Path(f).read_text()) for f in a.merge]
+    seeds = sorted((s for d in docs for s in d["per_seed"]), key=lambda s: s["seed"])
+    seeds.sort(key=lambda s: -len(s["variants"]))  # the ablated seed first
+    baselines = next((d["baselines"] for d in docs if d["baselines"]), {})
+    a.seeds = [s["seed"] for s in seeds]
+    params = load_params(REPO / "params.yaml", a.overrides)
+    t0 = time.perf_counter() - sum(d["seconds"] for d in docs)
+    print(f"wrote {write(a, argv, params, seeds, baselines, t0)}")
+    return 0
+
+
+def write(a, argv, params, seeds, baselines, t0) -> str:
+    """Write (and print) the results so far: the JSON survives an interrupted run."""
+    summary = summarise(seeds, baselines)
+    table = markdown(summary, len(seeds))
+    print(table)
+    result = {
+        "benchmark": "funnel_quality",
+        "data": "MovieLens 100K (ml-100k), retrieval-issue protocol",
+        "command": "python benchmarks/funnel_quality.py " + " ".join(argv or sys.argv[1:]),
+        "seeds": a.seeds,
+        "candidates": params.ranker.candidates,
+        "summary": summary,
+        "markdown": table,
+        "per_seed": seeds,
+        "baselines": baselines,
+        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2, default=str))
+    return a.out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
