@@ -17,6 +17,9 @@ $(BIN)/.installed: requirements/lock.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade uv
 	$(BIN)/uv pip sync -q --python $(BIN)/python $(FIND_LINKS) requirements/lock.txt
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@# Byte-compile once: with PYTHONDONTWRITEBYTECODE set (as on some CI images) every
+	@# process would otherwise recompile Airflow, MLflow, GX and torch on each import.
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python3.11/site-packages > /dev/null || true
 	touch $@
 
 install: $(BIN)/.installed ## create .venv from the lock

@@ -250,11 +250,15 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         ds = results["datasets"][name]
-        for kind in SWEEPS:
+        for kind, color in zip(SWEEPS, ("C0", "C1", "C2", "C3"), strict=True):
             runs = [r for r in ds["runs"] if r["index"] == kind]
             if runs:
                 ax.plot(
-                    [r["batch_qps"] for r in runs], [r["recall@10"] for r in runs], "o-", label=kind
+                    [r["batch_qps"] for r in runs],
+                    [r["recall@10"] for r in runs],
+                    "o-",
+                    label=kind,
+                    color=color,
                 )
         ax.axhline(0.95, color="grey", ls="--", lw=0.8)
         ax.set_xscale("log")

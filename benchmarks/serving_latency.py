@@ -1,10 +1,13 @@
 """Serving latency: p50/p95/p99 and throughput of POST /recommend at 100k and 1M items.
 
-For each catalog size: a synthetic dataset with latent structure (shortlist's generator,
-d=64 towers trained for one epoch on it), a real bundle (`build_bundle`: full catalog
-re-embedding + FAISS index, flat up to `--flat-max` items, IVF-Flat above), ANN
-recall@10/@100 of that index against exact search for real user queries, then one
-`shortlist serve` process on 127.0.0.1 and a bounded closed-loop load generator:
+d=64 towers trained for one epoch on a small synthetic dataset (shortlist's generator,
+latent structure), with a ranker beside them (trained on a few hundred requests: its
+serving cost is measured here, not its quality). For each catalog size, a synthetic
+catalog of that many items (same generator; items the towers never saw are embedded by
+their content: genres, title words, year) and a real bundle (`build_bundle`: full catalog re-embedding +
+FAISS index, flat up to `--flat-max` items, IVF-Flat above), ANN recall@10/@100 of that
+index against exact search for real user queries, then one `shortlist serve` process on
+127.0.0.1 and a bounded closed-loop load generator:
 concurrency 1 for latency, then `--concurrency` clients for throughput. Each request
 retrieves the top `ranker.candidates` (200), ranks them (the bundle's ranker when it
 has one, else the retrieval score) and returns k=20.
@@ -89,7 +92,7 @@ def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
             keep = (
                 validation["user_id"]
                 .drop_duplicates()
-                .sample(min(300, validation["user_id"].nunique()), random_state=0)
+                .sample(min(200, validation["user_id"].nunique()), random_state=0)
             )
             validation = validation[validation["user_id"].isin(set(keep))]
             t0 = time.perf_counter()
@@ -155,7 +158,7 @@ def _serve(params, root: str, work: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def run_size(n_items: int, args, work: Path) -> dict:
+def run_size(n_items: int, args, work: Path, model_dir: str) -> dict:
     from pipelines import synth
     from shortlist.bundle.bundle import build_bundle
     from shortlist.bundle.slots import Slots
@@ -170,12 +173,10 @@ def run_size(n_items: int, args, work: Path) -> dict:
         users=args.users,
         items=n_items,
         interactions=args.interactions,
-        seed=0,
+        seed=1,
         out_dir=data_dir,
     )
     res["synth_seconds"] = round(time.perf_counter() - t0, 1)
-    model_dir = str(work / "model")
-    res["training"] = _train(params, data_dir, model_dir, args.ranker)
     slots = Slots(params.bundle.root)
     dest = slots.slot_location(slots.idle_slot())
     t0 = time.perf_counter()
@@ -245,13 +246,15 @@ def run_size(n_items: int, args, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--interactions", type=int, default=300_000)
+    ap.add_argument("--users", type=int, default=2_000)
+    ap.add_argument("--interactions", type=int, default=20_000, help="per catalog")
+    ap.add_argument("--train-items", type=int, default=5_000)
+    ap.add_argument("--train-interactions", type=int, default=30_000)
     ap.add_argument("--flat-max", type=int, default=200_000)
     ap.add_argument("--nlist", type=int, default=1024)
     ap.add_argument("--nprobe", type=int, default=48)
-    ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--seconds", type=float, default=45.0)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--recall-queries", type=int, default=1000)
@@ -265,17 +268,39 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "serving_latency",
         "command": f".venv/bin/python {cmd}".strip(),
         "endpoint": "POST /recommend (k=20, top-200 candidates, ranker when bundled)",
-        "data": f"synthetic (shortlist synth: {args.users} users, {args.interactions} interactions)",
+        "data": (
+            f"synthetic (shortlist synth): towers trained on {args.train_items} items / "
+            f"{args.train_interactions} interactions; each catalog: {args.users} users, "
+            f"{args.interactions} interactions"
+        ),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sizes": [],
     }
+    from pipelines import synth
+
     with tempfile.TemporaryDirectory(prefix="serving-bench-", dir=args.work) as tmp:
-        for n in args.sizes:
-            results["sizes"].append(run_size(n, args, Path(tmp) / f"n{n}"))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        base = Path(tmp)
+        params = _params(base, args.train_items, args)
+        t0 = time.perf_counter()
+        data_dir = str(base / "train-data")
+        synth.run(
+            params,
+            users=args.users,
+            items=args.train_items,
+            interactions=args.train_interactions,
+            seed=0,
+            out_dir=data_dir,
+        )
+        results["train_synth_seconds"] = round(time.perf_counter() - t0, 1)
+        model_dir = str(base / "model")
+        results["training"] = _train(params, data_dir, model_dir, args.ranker)
+        print(f"trained: {results['training']}", flush=True)
+        for n in sorted(args.sizes):
+            results["sizes"].append(run_size(n, args, base / f"n{n}", model_dir))
+            out.write_text(json.dumps(results, indent=2, default=str))  # after every size
     print(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")
     return 0

@@ -39,6 +39,8 @@ def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
     )
     metrics = {
         "validation": report["validation"],
+        "validation_with_popularity": report["validation_with_popularity"],
+        "inference_popularity_weight": params.towers.logq.inference_popularity_weight,
         "best_epoch": report["best_epoch"],
         "epochs_run": report["epochs_run"],
         "train_seconds": report["timings"]["train_seconds"],

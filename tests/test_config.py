@@ -47,7 +47,7 @@ def test_repo_params_yaml_loads_and_mirrors_the_schema() -> None:
         for k, v in _flat(loaded.model_dump()).items()
         if v != _flat(defaults)[k]
     }
-    assert differ == {}
+    assert differ == {}, f"params.yaml vs config.py defaults (update both): {differ}"
 
 
 def test_missing_file_means_defaults_only_when_not_named(

@@ -101,7 +101,7 @@ class TowerParams(_Section):
     epochs: int = Field(20, gt=0)
     learning_rate: float = Field(0.003, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    mixed_negatives: int = Field(0, ge=0)
+    mixed_negatives: int = Field(256, ge=0)
     early_stopping_patience: int = Field(3, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
@@ -172,7 +172,8 @@ class EvaluationParams(_Section):
 class IndexParams(_Section):
     type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = "auto"
     flat_max_items: int = Field(200_000, gt=0)
-    hnsw_max_items: int = Field(500_000, gt=0)  # auto: HNSW up to here, IVF-PQ+refine beyond
+    hnsw_max_items: int = Field(500_000, gt=0)  # auto: HNSW up to here (build minutes/M)
+    ivf_flat_max_items: int = Field(5_000_000, gt=0)  # then IVF-Flat; IVF-PQ+refine beyond
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(40, gt=0)
     ef_search: int = Field(128, gt=0)

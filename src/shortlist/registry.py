@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from shortlist.config import Params
+from shortlist.eval.harness import mlflow_key
 from shortlist.errors import PromotionRefused
 from shortlist.tracking import configure
 
@@ -120,7 +121,7 @@ def register_bundle(
         TAG_CANARY: str(bool(canary.get("passed"))).lower(),
         TAG_SNAPSHOT: str(manifest.get("data_snapshot_id", "")),
         TAG_SLOT: slot,
-        **{f"metric.{k}": f"{v:.4f}" for k, v in metrics.items()},
+        **{f"metric.{mlflow_key(k)}": f"{v:.4f}" for k, v in metrics.items()},
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
@@ -171,7 +172,7 @@ def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics
     ):
         mlflow.log_dict(blessing, "blessing.json")
         mlflow.log_dict(canary, "canary.json")
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()})
         if comparison_dir and Path(comparison_dir).exists():
             mlflow.log_artifacts(comparison_dir, artifact_path="comparison")
         info = mlflow.pyfunc.log_model(

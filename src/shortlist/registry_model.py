@@ -8,15 +8,13 @@ a reviewer scores from the registry is what production serves.
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow.pyfunc
 
 
 class BundlePyfunc(mlflow.pyfunc.PythonModel):
     """Input: a frame with user_id (and optional k). Output: one row per recommendation."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):
         from shortlist.bundle.bundle import load_bundle
         from shortlist.config import Params
         from shortlist.serving.recommend import prepare
@@ -25,7 +23,7 @@ class BundlePyfunc(mlflow.pyfunc.PythonModel):
         self._serving = prepare(load_bundle(location), location)
         self._params = Params()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input, params=None):
         import numpy as np
         import pandas as pd
 

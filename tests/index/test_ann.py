@@ -56,10 +56,11 @@ def test_search_params_change_quality(data):
 
 
 def test_auto_picks_by_size():
-    p = IndexParams(type="auto", flat_max_items=100, hnsw_max_items=1000)
+    p = IndexParams(type="auto", flat_max_items=100, hnsw_max_items=1000, ivf_flat_max_items=5000)
     assert ann.resolve_type(100, p) == "flat"
     assert ann.resolve_type(101, p) == "hnsw"
-    assert ann.resolve_type(1001, p) == "ivf_pq"
+    assert ann.resolve_type(1001, p) == "ivf_flat"
+    assert ann.resolve_type(5001, p) == "ivf_pq"
     assert ann.resolve_type(10, IndexParams(type="ivf_flat")) == "ivf_flat"
 
 

@@ -105,7 +105,7 @@ def test_no_failed_or_mixed_responses_across_promotion_and_rollback(world, live_
 
     proc, url = _start_server(params, root, tmp_path)
     try:
-        assert wait_ready(url, timeout=120)["bundle_id"] == a
+        assert wait_ready(url, timeout=600)["bundle_id"] == a
         run_load(url, make_request, max_requests=100, max_seconds=20)  # warm-up
         stop = threading.Event()
         box: dict = {}

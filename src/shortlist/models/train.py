@@ -312,19 +312,12 @@ def train_two_tower(
             rows = perm[s : s + bs]
             if len(rows) < 2:
                 continue
-            batch = _make_batch(examples, rows, tp, rng, n_items)
-            log_q = None
-            if tp.logq.enabled:
-                estimator.update(examples.item_idx[rows], step)
-                p = estimator.probability(batch["candidates"].numpy())
-                expected = len(rows) * p + tp.mixed_negatives / n_items
-                log_q = torch.from_numpy(np.log(expected).astype(np.float32))
+            losses.append(
+                train_step(
+                    net, optimizer, loss_fn, examples, rows, item_feats, estimator, step, tp, rng
+                )
+            )
             step += len(rows)
-            loss = loss_fn(net, batch, item_feats, log_q, tp.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
             bar.update(1)
         train_seconds = time.perf_counter() - t_epoch
         net.eval()
@@ -383,6 +376,7 @@ def train_two_tower(
     meta = {
         "snapshot_id": snapshot_id,
         "metrics": best_metrics,
+        "metrics_with_popularity": with_pop,
         "best_epoch": best["epoch"],
         "seed": seed,
         "item_log_popularity": dict(zip(state.item_vocab, log_pop.tolist(), strict=True)),
@@ -399,6 +393,34 @@ def train_two_tower(
         if out_dir is not None:
             model.save(out_dir)
     return model, report
+
+
+def train_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Any,
+    examples: Examples,
+    rows: np.ndarray,
+    item_feats: dict[str, torch.Tensor],
+    estimator: StreamingFrequencyEstimator,
+    step: int,
+    tp: TowerParams,
+    rng: np.random.Generator,
+) -> float:
+    """One optimisation step on examples[rows]; `step` is the stream position of rows[0]."""
+    n_items = len(item_feats["genres"]) - 1
+    batch = _make_batch(examples, rows, tp, rng, n_items)
+    log_q = None
+    if tp.logq.enabled:
+        estimator.update(examples.item_idx[rows], step)
+        p = estimator.probability(batch["candidates"].numpy())
+        expected = len(rows) * p + tp.mixed_negatives / n_items
+        log_q = torch.from_numpy(np.log(expected).astype(np.float32))
+    loss = loss_fn(net, batch, item_feats, log_q, tp.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
 
 
 def _make_batch(

@@ -141,7 +141,8 @@ class Ranker:
         with the towers in the ranker's model directory).
         """
         ctx = context or {}
-        ts = int(ctx.get("timestamp") or time.time())
+        raw_ts = ctx.get("timestamp")
+        ts = int(raw_ts) if raw_ts is not None and np.isfinite(raw_ts) else int(time.time())
         cand = self.space.item_positions(candidate_item_ids)
         scores = ctx.get("retrieval_scores")
         if scores is None:
