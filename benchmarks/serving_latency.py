@@ -263,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving_latency.json"))
     args = ap.parse_args(argv)
 
-    cmd = "benchmarks/serving_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    argv_ = list(argv if argv is not None else sys.argv[1:])
+    if "--work" in argv_:  # a scratch path of this machine: not part of the recipe
+        i = argv_.index("--work")
+        del argv_[i : i + 2]
+    cmd = "benchmarks/serving_latency.py " + " ".join(argv_)
     results = {
         "benchmark": "serving_latency",
         "command": f".venv/bin/python {cmd}".strip(),

@@ -2,13 +2,17 @@
 
     python -m shortlist.demo --dataset ../shared/datasets/ml-100k [--set key=value ...]
 
-Runs the stages in order, in this process, through the same `pipelines.*.run`
-functions the CLI, DVC and Airflow call: ingest (MovieLens 100K when --dataset holds
-it, else the synthetic generator) → validate → split. Everything is written under the
-params' work dir (.shortlist/ by default); at the end it prints where each output is.
+1. ingest: MovieLens 100K when --dataset holds it, else the synthetic generator;
+2. validate: the data contract, with its Data Docs;
+3. mlflow: an MLflow server on SQLite (127.0.0.1:5000, left running: `make down`);
+4. retrain: the real `shortlist_retrain` Airflow DAG, once, with `airflow dags test` in
+   a project-local AIRFLOW_HOME and promotion auto-approved: split → towers → ranker →
+   evaluate & bless → bundle into the idle slot → canary → register → promote;
+5. serve: the API over the promoted bundle, one sample recommendation.
 
-The demo is a list of steps (`STEPS`); later stages append theirs. A step gets the
-shared `Demo` state and returns the locations worth printing.
+Everything is written under the params' work dir (.shortlist/ by default); at the end it
+prints where to look. The demo is a list of steps (`STEPS`, or `--steps a,b`); a step
+gets the shared `Demo` state and returns the locations worth printing.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class Demo:
     dataset: Path
     outputs: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    mlflow_port: int = 5000
 
 
 @dataclass(frozen=True)
@@ -93,22 +98,138 @@ def _validate(demo: Demo) -> dict[str, str]:
     return out
 
 
-def _split(demo: Demo) -> dict[str, str]:
-    from pipelines import split
+def _mlflow(demo: Demo) -> dict[str, str]:
+    from shortlist import stack
+
+    urls = stack.up(
+        demo.params, {"mlflow": demo.mlflow_port, "airflow": 0, "api": 0}, only={"mlflow"}
+    )
+    return {"mlflow ui": urls["mlflow"]}
+
+
+def _retrain(demo: Demo) -> dict[str, str]:
+    """`airflow dags test shortlist_retrain`, auto-approved, against the demo's MLflow."""
+    import json
+    import os
+    import subprocess
+
+    import yaml
+
+    from shortlist.stack import BIN
 
     p = demo.params
-    manifest = split.run(p, data_dir=p.data.dir, out_dir=p.split.dir)
-    counts = manifest["counts"]
-    demo.notes.append(
-        "split: " + ", ".join(f"{k} {counts[k]}" for k in ("train", "validation", "test"))
+    work = Path(p.project.work_dir)
+    params_file = work / "demo-params.yaml"
+    params_file.write_text(yaml.safe_dump(p.model_dump(), sort_keys=False))
+    home = work / "airflow"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path.cwd() / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "SHORTLIST_PARAMS": str(params_file),
+        "MLFLOW_TRACKING_URI": demo.outputs["mlflow ui"],
+    }
+    log_path = work / "demo-retrain.log"
+    with open(log_path, "w") as log:
+        subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=env, stdout=log, stderr=log, check=True
+        )
+        conf = {"params_file": str(params_file), "overrides": ["promotion.auto_approve=true"]}
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        proc = subprocess.Popen(
+            [
+                str(BIN / "airflow"),
+                "dags",
+                "test",
+                "shortlist_retrain",
+                stamp,
+                "-c",
+                json.dumps(conf),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for line in proc.stdout:  # progress: one line per task state change
+            log.write(line)
+            if "Marking task as" in line or "task_id=" in line and "state=" in line:
+                print("   ", line.strip()[-160:], flush=True)
+        proc.wait()
+    if proc.returncode != 0:
+        raise ShortlistError(f"the retrain DAG failed; its log is {log_path}")
+    from pipelines import rollout
+
+    status = rollout.status(p)
+    live = status.get("live") or {}
+    if not live.get("bundle_id"):
+        raise ShortlistError(f"the retrain DAG ended without a live bundle; see {log_path}")
+    demo.notes.append(f"live bundle: {live['bundle_id']} in slot {live.get('slot')}")
+    return {"retrain log": str(log_path), "bundles": p.bundle.root, "airflow home": str(home)}
+
+
+def _serve(demo: Demo) -> dict[str, str]:
+    """Start the API on a free port, ask for one user's top 10, stop it."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from shortlist.serving.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(demo.params), host="127.0.0.1", port=port, log_level="warning")
     )
-    return {"split": p.split.dir}
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        answer = httpx.post(f"{url}/recommend", json={"user_id": "1", "k": 10}, timeout=30)
+        answer.raise_for_status()
+        body = answer.json()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    titles = _titles(demo)
+    print(f'POST /recommend {{"user_id": "1", "k": 10}} -> bundle {body["bundle_id"]}')
+    for item in body["items"]:
+        print(f"  {item['position']:>2}. {titles.get(item['item_id'], item['item_id'])}")
+    demo.notes.append(
+        f"sample: user 1 got {len(body['items'])} items from bundle {body['bundle_id']}"
+    )
+    return {"api (make up)": f"http://127.0.0.1:{demo.params.serving.port}/docs"}
+
+
+def _titles(demo: Demo) -> dict[str, str]:
+    import pandas as pd
+
+    items = pd.read_parquet(
+        Path(demo.params.data.dir) / "items.parquet", columns=["item_id", "title"]
+    )
+    return dict(zip(items["item_id"].astype(str), items["title"], strict=True))
 
 
 STEPS: list[Step] = [
     Step("ingest", "import the dataset into the contract's Parquet tables", _ingest),
     Step("validate", "data contract (Great Expectations) and Data Docs", _validate),
-    Step("split", "temporal train / validation / test split", _split),
+    Step("mlflow", "MLflow tracking server and registry on SQLite", _mlflow),
+    Step("retrain", "the shortlist_retrain Airflow DAG, auto-approved", _retrain),
+    Step("serve", "the serving API over the promoted bundle", _serve),
 ]
 
 
@@ -139,6 +260,17 @@ def _report(demo: Demo) -> str:
     width = max((len(k) for k in demo.outputs), default=0)
     lines = ["", "Shortlist demo finished.", *demo.notes, "", "Outputs:"]
     lines += [f"  {k:<{width}}  {v}" for k, v in demo.outputs.items()]
+    if "mlflow ui" in demo.outputs:
+        lines += [
+            "",
+            "Where to look:",
+            f"  MLflow UI       {demo.outputs['mlflow ui']}  (Models -> "
+            f"{demo.params.promotion.registered_model}: versions, tags, aliases; runs, plots)",
+            "  Canary report   shortlist status --json; canary.json in the live slot",
+            "  Airflow UI      make up  (then http://127.0.0.1:8080, DAGs shortlist_*)",
+            "  Serving API     make up  (then POST /recommend, GET /metrics)",
+            "  Stop servers    make down",
+        ]
     return "\n".join(lines)
 
 
@@ -153,11 +285,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--params", help="params file (default: $SHORTLIST_PARAMS or params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--steps", help=f"comma-separated subset of: {', '.join(s.name for s in STEPS)}"
+    )
+    parser.add_argument("--mlflow-port", type=int, default=5000)
     args = parser.parse_args(argv)
+    wanted = args.steps.split(",") if args.steps else [s.name for s in STEPS]
+    unknown = set(wanted) - {s.name for s in STEPS}
+    if unknown:
+        parser.error(f"unknown steps: {', '.join(sorted(unknown))}")
     try:
         params = load_params(args.params, args.overrides)
-        demo = Demo(params=absolute_paths(params, Path.cwd()), dataset=Path(args.dataset))
-        run(demo)
+        demo = Demo(
+            params=absolute_paths(params, Path.cwd()),
+            dataset=Path(args.dataset),
+            mlflow_port=args.mlflow_port,
+        )
+        run(demo, [s for s in STEPS if s.name in wanted])
     except (ConfigError, ShortlistError, FileNotFoundError) as exc:
         print(f"shortlist demo: {exc}", file=sys.stderr)
         return 1

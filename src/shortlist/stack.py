@@ -39,15 +39,26 @@ def services(ports: dict[str, int]) -> list[Service]:
     ]
 
 
-def _command(service: Service, work: Path) -> list[str]:
+def backend_store(params: Params) -> str:
+    """The MLflow server's store: the params' SQLite store, so CLI runs made without a
+    server (tracking straight into that file) show up in the UI too."""
+    uri = params.mlflow.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///") :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    return f"sqlite:///{Path(params.project.work_dir).resolve() / 'mlflow.db'}"
+
+
+def _command(service: Service, params: Params, work: Path) -> list[str]:
     if service.name == "mlflow":
         return [
             str(BIN / "mlflow"),
             "server",
             "--backend-store-uri",
-            f"sqlite:///{work / 'mlflow.db'}",
+            backend_store(params),
             "--artifacts-destination",
-            str(work / "mlartifacts"),
+            str(work.parent / "mlartifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -97,18 +108,25 @@ def _pid(pid_file: Path) -> int | None:
         return None
 
 
-def up(params: Params, ports: dict[str, int], wait_s: float = 180) -> None:
+def up(
+    params: Params, ports: dict[str, int], wait_s: float = 180, only: set[str] | None = None
+) -> dict[str, str]:
+    """Start the services (all, or `only` those named); returns their URLs."""
     work = Path(params.project.work_dir).resolve() / "stack"
     work.mkdir(parents=True, exist_ok=True)
     env = stack_env(work, ports)
+    urls = {}
     for svc in services(ports):
+        if only is not None and svc.name not in only:
+            continue
+        urls[svc.name] = f"http://127.0.0.1:{svc.port}"
         pid_file = work / f"{svc.name}.pid"
         if _pid(pid_file):
             print(f"{svc.name:8s} already running (pid {_pid(pid_file)})")
             continue
         log = open(work / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            _command(svc, work),
+            _command(svc, params, work),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -122,8 +140,10 @@ def up(params: Params, ports: dict[str, int], wait_s: float = 180) -> None:
             time.sleep(1)
         state = "up" if _healthy(svc.port, svc.health) else "starting (not healthy yet)"
         print(f"{svc.name:8s} {state}: http://127.0.0.1:{svc.port}  log {svc.name}.log")
-    password = work / "airflow" / "simple_auth_manager_passwords.json.generated"
-    print(f"Airflow admin password: {password}")
+    if "airflow" in urls:
+        password = work / "airflow" / "simple_auth_manager_passwords.json.generated"
+        print(f"Airflow admin password: {password}")
+    return urls
 
 
 def down(params: Params, ports: dict[str, int]) -> None:
