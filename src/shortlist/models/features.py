@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ TITLE_TOKENS = 8  # tokens kept per title (padded with 0)
 USER_NUMERIC_BUCKETS = 8  # quantile buckets for numeric user features such as age
 MAX_USER_CATEGORIES = 200  # a user column with more distinct values (zip code) is skipped
 _TOKEN = re.compile(r"[a-z0-9]+")
+_VECTOR_MIN = 1024  # item id lookups at least this long use a vectorised index
+_SMALL_LOOKUP = 64  # user tables/requests up to this size are matched with plain Python
 
 
 def stable_hash(values: Any) -> np.ndarray:
@@ -48,6 +51,14 @@ class FeatureState:
     def __post_init__(self) -> None:
         self._item_index = {i: k + 1 for k, i in enumerate(self.item_vocab)}
         self._user_index = {u: k + self.user_buckets for k, u in enumerate(self.user_vocab)}
+        # Lookup tables built once (plain attributes, not fields: never serialised).
+        self._item_pd_index: pd.Index | None = None  # built on the first large lookup
+        self._genre_index = {g: k for k, g in enumerate(self.genre_vocab)}
+        self._user_cat_index = {
+            col: {v: j + 1 for j, v in enumerate(vocab)}
+            for col, vocab in self.user_categorical.items()
+        }
+        self._user_edges = {col: np.asarray(e, dtype=float) for col, e in self.user_numeric.items()}
 
     # --- sizes -------------------------------------------------------------------------
     @property
@@ -134,9 +145,22 @@ class FeatureState:
 
     # --- encoders ----------------------------------------------------------------------
     def item_index(self, item_ids: Any) -> np.ndarray:
-        """Vocabulary index per item id; 0 for ids unseen at training (the OOV bucket)."""
-        get = self._item_index.get
-        return np.fromiter((get(str(i), 0) for i in item_ids), dtype=np.int64)
+        """Vocabulary index per item id; 0 for ids unseen at training (the OOV bucket).
+
+        Small inputs (a history) use the dict; large ones one vectorised hash-table lookup."""
+        if not hasattr(item_ids, "__len__"):
+            item_ids = list(item_ids)
+        if len(item_ids) < _VECTOR_MIN or len(self._item_index) != len(self.item_vocab):
+            get = self._item_index.get
+            return np.fromiter((get(str(i), 0) for i in item_ids), dtype=np.int64)
+        if self._item_pd_index is None:
+            self._item_pd_index = pd.Index(np.asarray(self.item_vocab, dtype=object))
+        if isinstance(item_ids, pd.Series | pd.Index):
+            keys = np.asarray(item_ids.astype(str), dtype=object)
+        else:
+            keys = np.asarray([str(i) for i in item_ids], dtype=object)
+        pos = self._item_pd_index.get_indexer(keys)
+        return np.where(pos >= 0, pos + 1, 0).astype(np.int64)
 
     def user_index(self, user_ids: Any) -> np.ndarray:
         """Vocabulary index per user id; unseen users hash into [0, user_buckets)."""
@@ -151,24 +175,16 @@ class FeatureState:
         return out
 
     def encode_items(self, items: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Item tower inputs: id index, genres multi-hot, hashed title tokens, numerics."""
+        """Item tower inputs: id index, genres multi-hot, hashed title tokens, numerics.
+
+        Vectorised: genres are decoded once per distinct value and title tokens hashed once
+        per distinct token (hashing is element-wise, so the result equals per-row hashing)."""
         n = len(items)
         genres = np.zeros((n, self.n_genres), dtype=np.float32)
         if "genres" in items and self.n_genres:
-            gidx = {g: k for k, g in enumerate(self.genre_vocab)}
-            for r, g in enumerate(items["genres"]):
-                for name in _as_list(g):
-                    k = gidx.get(name)
-                    if k is not None:
-                        genres[r, k] = 1.0
+            self._encode_genres(items["genres"], genres)
         titles = items["title"] if "title" in items else pd.Series([""] * n)
-        tokens = np.zeros((n, TITLE_TOKENS), dtype=np.int64)
-        for r, title in enumerate(titles):
-            toks = _TOKEN.findall(str(title).lower() if isinstance(title, str) else "")
-            toks = toks[:TITLE_TOKENS]
-            if toks:
-                h = stable_hash(toks) % np.uint64(self.title_hash_buckets)
-                tokens[r, : len(toks)] = h.astype(np.int64) + 1  # 0 is padding
+        tokens = self.title_tokens(titles)
         numerics = np.zeros((n, self.n_item_numeric), dtype=np.float32)
         for k, (col, (mean, std)) in enumerate(self.item_numeric.items()):
             if col in items:
@@ -186,26 +202,94 @@ class FeatureState:
         }
 
     def encode_users(self, user_ids: Any, users: pd.DataFrame | None) -> dict[str, np.ndarray]:
-        """Query tower user inputs: id index and categorical feature indices (0 = unknown)."""
+        """Query tower user inputs: id index and categorical feature indices (0 = unknown).
+
+        Rows of `users` are matched by user id (the first row of a duplicated id wins); only
+        the matched rows are read, so a per-request call costs no table-wide pandas work."""
         ids = [str(u) for u in user_ids]
         n = len(ids)
         cols = list(self.user_categorical) + list(self.user_numeric)
         feats = np.zeros((n, len(cols)), dtype=np.int64)
         if users is not None and len(cols) and len(users):
-            table = users.assign(**{schema.USER_ID: users[schema.USER_ID].astype(str)})
-            table = table.drop_duplicates(schema.USER_ID).set_index(schema.USER_ID)
-            rows = table.reindex(ids)
-            for k, (col, vocab) in enumerate(self.user_categorical.items()):
-                if col in rows:
-                    idx = {v: j + 1 for j, v in enumerate(vocab)}
-                    feats[:, k] = [idx.get(str(v), 0) if pd.notna(v) else 0 for v in rows[col]]
+            pos = _first_positions(users[schema.USER_ID], ids)
+            found = pos >= 0
+            take = pos[found]
+            for k, (col, idx) in enumerate(self._user_cat_index.items()):
+                if col in users:
+                    vals = users[col].iloc[take].tolist() if len(take) else []
+                    feats[found, k] = [idx.get(str(v), 0) if pd.notna(v) else 0 for v in vals]
             base = len(self.user_categorical)
-            for k, (col, edges) in enumerate(self.user_numeric.items()):
-                if col in rows:
-                    v = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float)
-                    b = np.searchsorted(np.asarray(edges), v, side="right") + 1
+            for k, (col, edges) in enumerate(self._user_edges.items()):
+                if col in users:
+                    v = np.full(n, np.nan)
+                    if len(take):
+                        v[found] = pd.to_numeric(users[col].iloc[take], errors="coerce").to_numpy(
+                            dtype=float, na_value=np.nan
+                        )
+                    b = np.searchsorted(edges, v, side="right") + 1
                     feats[:, base + k] = np.where(np.isfinite(v), b, 0)
         return {"user_idx": self.user_index(ids), "user_feats": feats}
+
+    # --- vectorised helpers ------------------------------------------------------------
+    def title_tokens(self, titles: Any) -> np.ndarray:
+        """(n, TITLE_TOKENS) int64 hashed title tokens + 1, 0-padded (0 also for non-strings)."""
+        n = len(titles)
+        tokens = np.zeros((n, TITLE_TOKENS), dtype=np.int64)
+        findall = _TOKEN.findall
+        per_row = [findall(t.lower())[:TITLE_TOKENS] if isinstance(t, str) else [] for t in titles]
+        lengths = np.fromiter(map(len, per_row), dtype=np.int64, count=n)
+        total = int(lengths.sum())
+        if not total:
+            return tokens
+        codes, uniques = pd.factorize(np.fromiter(chain.from_iterable(per_row), object, total))
+        hashed = (stable_hash(uniques) % np.uint64(self.title_hash_buckets)).astype(np.int64) + 1
+        rows = np.repeat(np.arange(n), lengths)
+        starts = np.cumsum(lengths) - lengths
+        cols = np.arange(total) - np.repeat(starts, lengths)
+        tokens[rows, cols] = hashed[codes]
+        return tokens
+
+    def _encode_genres(self, values: pd.Series, out: np.ndarray) -> None:
+        """Fill the (n, n_genres) multi-hot `out`, decoding each distinct value once."""
+        gidx = self._genre_index
+
+        def hot(value: Any) -> list[int]:
+            return [gidx[g] for g in _as_list(value) if g in gidx]
+
+        try:
+            codes, uniques = pd.factorize(values, use_na_sentinel=False)
+        except (TypeError, ValueError):  # unhashable values (lists, arrays): row by row
+            for r, g in enumerate(values):
+                out[r, hot(g)] = 1.0
+            return
+        table = np.zeros((len(uniques) + 1, out.shape[1]), dtype=np.float32)
+        for u, g in enumerate(uniques):
+            table[u, hot(g)] = 1.0
+        out[:] = table[codes]
+
+
+def _first_positions(column: pd.Series, ids: list[str]) -> np.ndarray:
+    """Row position of the first occurrence of each id in `column` (as strings); -1 if absent."""
+    if len(ids) <= _SMALL_LOOKUP or len(column) <= _SMALL_LOOKUP:
+        if len(column) <= _SMALL_LOOKUP:
+            first: dict[str, int] = {}
+            for j, u in enumerate(column.tolist()):
+                first.setdefault(str(u), j)
+            return np.fromiter((first.get(u, -1) for u in ids), np.int64, count=len(ids))
+        keys = column.astype(str).to_numpy(dtype=object)
+        out = np.full(len(ids), -1, dtype=np.int64)
+        for r, u in enumerate(ids):
+            hit = np.flatnonzero(keys == u)
+            if len(hit):
+                out[r] = hit[0]
+        return out
+    keys = pd.Index(column.astype(str).to_numpy(dtype=object))
+    if keys.is_unique:
+        return keys.get_indexer(np.asarray(ids, dtype=object)).astype(np.int64)
+    dedup = ~keys.duplicated(keep="first")
+    pos = np.flatnonzero(dedup)
+    got = keys[dedup].get_indexer(np.asarray(ids, dtype=object))
+    return np.where(got >= 0, pos[got], -1).astype(np.int64)
 
 
 def encode_context(timestamps: Any, n: int) -> np.ndarray:
