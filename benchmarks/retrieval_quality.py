@@ -237,8 +237,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [head, "|---|" + "---:|" * len(COLUMNS)]
     for label, tt in result.get("two_tower", {}).items():
         n = len(tt["runs"])
-        cells = [_cell(k, tt["mean"][k], tt["std"][k]) for k, _ in COLUMNS]
-        lines.append(f"| {label}, {n} seeds | " + " | ".join(cells) + " |")
+        cells = [_cell(k, tt["mean"][k], tt["std"][k] if n > 1 else None) for k, _ in COLUMNS]
+        lines.append(f"| {label}, {n} seed{'s' if n > 1 else ''} | " + " | ".join(cells) + " |")
     for name, b in result.get("baselines", {}).items():
         lines.append(
             f"| {name} | " + " | ".join(_cell(k, b["metrics"][k]) for k, _ in COLUMNS) + " |"

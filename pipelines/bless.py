@@ -1,14 +1,13 @@
 """Stage: evaluate the challenger against the live champion and the baselines, then bless.
 
-The champion is the model inside the live bundle (if any), evaluated by the same harness
-on the same split as the challenger, so the comparison is like for like. Writes
-blessing.json (BLESSED / NOT_BLESSED with every reason) beside the evaluation outputs.
+The champion is the model inside the live bundle (if any), evaluated by the evaluate
+stage's harness on the same split as the challenger, so the comparison is like for
+like; the evaluate stage writes blessing.json (BLESSED / NOT_BLESSED with every reason).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,23 +40,21 @@ def run(
 ) -> dict[str, Any]:
     """Returns {'blessing', 'challenger_metrics', 'champion_metrics', 'out_dir', 'table'}."""
     from pipelines import evaluate
-    from shortlist.blessing import bless
 
     with _live_model_dir(params, root) as champion_dir:
         result = evaluate.run(
-            params, model_dir=model_dir, split_dir=split_dir, out_dir=out_dir, champion_dir=champion_dir
+            params,
+            model_dir=model_dir,
+            split_dir=split_dir,
+            out_dir=out_dir,
+            champion_dir=champion_dir,
         )
     metrics = result["metrics"]
-    verdict = bless(
-        metrics["challenger"], metrics["baselines"], params.evaluation, metrics.get("champion")
-    )
-    out = Path(result["out_dir"])
-    (out / "blessing.json").write_text(json.dumps(verdict.to_dict(), indent=2) + "\n")
     return {
-        "blessing": verdict.to_dict(),
+        "blessing": result["blessing"],
         "challenger_metrics": metrics["challenger"],
-        "champion_metrics": metrics.get("champion"),
-        "out_dir": str(out),
+        "champion_metrics": metrics["champion"],
+        "out_dir": result["out_dir"],
         "table": result["table"],
     }
 

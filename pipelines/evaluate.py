@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shortlist.blessing import bless
 from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.data.split_io import Split, load_split
@@ -35,6 +36,7 @@ from shortlist.eval.report import (
 )
 
 METRICS = "metrics.json"
+BLESSING = "blessing.json"
 REPORT = "report.md"
 CURVE = "plots/recall_at_k.json"
 
@@ -53,9 +55,18 @@ def load_model(model_dir: str, params: Params, split: Split, seen: pd.DataFrame)
 
 
 def run(
-    params: Params, *, model_dir: str, split_dir: str, out_dir: str | None = None
+    params: Params,
+    *,
+    model_dir: str,
+    split_dir: str,
+    out_dir: str | None = None,
+    champion_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate MODEL_DIR and the baselines on SPLIT_DIR; returns {'table', 'metrics', ...}."""
+    """Evaluate MODEL_DIR, the champion (if given) and the baselines on SPLIT_DIR, and bless.
+
+    Returns {'table', 'metrics', 'blessing', 'out_dir'}; blessing.json (BLESSED or
+    NOT_BLESSED with every reason) is written beside metrics.json.
+    """
     ev = params.evaluation
     split = load_split(str(split_dir))
     part = "test" if len(split.test) else "validation"
@@ -81,6 +92,10 @@ def run(
 
     model = load_model(str(model_dir), params, split, seen)
     results = {model.name: evaluate(model, seen, target, split.items, **common)}
+    champion = None
+    if champion_dir is not None:
+        live = load_model(str(champion_dir), params, split, seen)
+        champion = _all_segment(evaluate(live, seen, target, split.items, **common))
     tuned: dict[str, dict[str, Any]] = {}
     for name in ev.baselines:
         base = make_baseline(name, params)
@@ -97,13 +112,27 @@ def run(
         "primary_metric": ev.primary_metric,
         "challenger": _all_segment(results[model.name]),
         "baselines": {n: _all_segment(r) for n, r in results.items() if n != model.name},
+        "champion": champion,
         "results": results,
         "baseline_tuning": tuned,
     }
+    verdict = bless(metrics["challenger"], metrics["baselines"], ev, champion).to_dict()
+    table += _blessing_markdown(verdict, champion)
     out = Path(out_dir) if out_dir else Path(model_dir) / "eval"
     _write(out, metrics, table, results)
+    (out / BLESSING).write_text(json.dumps(_clean(verdict), indent=2) + "\n")
     _log_mlflow(params, metrics, results, out)
-    return {"table": table, "metrics": metrics, "out_dir": str(out)}
+    return {"table": table, "metrics": metrics, "blessing": verdict, "out_dir": str(out)}
+
+
+def _blessing_markdown(verdict: dict[str, Any], champion: dict[str, float] | None) -> str:
+    metric = verdict["metric"]
+    lines = ["", f"**{verdict['verdict']}** on `{metric}`", ""]
+    if champion is not None:
+        lines.append(f"Champion {metric}: {champion.get(metric, float('nan')):.4f}")
+        lines.append("")
+    lines += [f"- {reason}" for reason in verdict["reasons"]]
+    return "\n".join(lines)
 
 
 def _all_segment(result: dict[str, Any]) -> dict[str, float]:

@@ -77,7 +77,9 @@ def _train_ranker(p: Params, a: argparse.Namespace) -> None:
 def _evaluate(p: Params, a: argparse.Namespace) -> None:
     from pipelines import evaluate
 
-    result = evaluate.run(p, model_dir=a.model, split_dir=a.split, out_dir=a.out)
+    result = evaluate.run(
+        p, model_dir=a.model, split_dir=a.split, out_dir=a.out, champion_dir=a.champion
+    )
     print(result["table"])
 
 
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model")
     c.add_argument("split")
     c.add_argument("--out", help="where metrics.json and report.md go (default: MODEL/eval)")
+    c.add_argument("--champion", help="the live model's directory, to bless against it too")
 
     c = add("export-recs", _export_recs, "write top-K recommendations for a list of users")
     c.add_argument("model")

@@ -106,6 +106,9 @@ class TowerParams(_Section):
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
     compile: bool = False
+    # After early stopping picks the epoch count, retrain from scratch (same seed) on
+    # train + validation for that many epochs, as the baselines refit after tuning.
+    refit_on_validation: bool = True
     logq: LogQParams = LogQParams()
 
 

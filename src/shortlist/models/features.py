@@ -214,16 +214,24 @@ class FeatureState:
             pos = _first_positions(users[schema.USER_ID], ids)
             found = pos >= 0
             take = pos[found]
+            small = len(users) <= _SMALL_LOOKUP  # plain Python beats pandas indexing here
             for k, (col, idx) in enumerate(self._user_cat_index.items()):
-                if col in users:
-                    vals = users[col].iloc[take].tolist() if len(take) else []
+                if col in users and len(take):
+                    if small:
+                        column = users[col].tolist()
+                        vals = [column[j] for j in take]
+                    else:
+                        vals = users[col].iloc[take].tolist()
                     feats[found, k] = [idx.get(str(v), 0) if pd.notna(v) else 0 for v in vals]
             base = len(self.user_categorical)
             for k, (col, edges) in enumerate(self._user_edges.items()):
                 if col in users:
                     v = np.full(n, np.nan)
-                    if len(take):
-                        v[found] = pd.to_numeric(users[col].iloc[take], errors="coerce").to_numpy(
+                    s = users[col]
+                    if len(take) and small and pd.api.types.is_numeric_dtype(s.dtype):
+                        v[found] = s.to_numpy(dtype=float, na_value=np.nan)[take]
+                    elif len(take):
+                        v[found] = pd.to_numeric(s.iloc[take], errors="coerce").to_numpy(
                             dtype=float, na_value=np.nan
                         )
                     b = np.searchsorted(edges, v, side="right") + 1
@@ -276,10 +284,11 @@ def _first_positions(column: pd.Series, ids: list[str]) -> np.ndarray:
             for j, u in enumerate(column.tolist()):
                 first.setdefault(str(u), j)
             return np.fromiter((first.get(u, -1) for u in ids), np.int64, count=len(ids))
-        keys = column.astype(str).to_numpy(dtype=object)
+        # A few ids in a large table: compare in place (string columns need no conversion).
+        keys = column if isinstance(column.dtype, pd.StringDtype) else column.astype(str)
         out = np.full(len(ids), -1, dtype=np.int64)
         for r, u in enumerate(ids):
-            hit = np.flatnonzero(keys == u)
+            hit = np.flatnonzero(keys.eq(u).to_numpy(dtype=bool, na_value=False))
             if len(hit):
                 out[r] = hit[0]
         return out

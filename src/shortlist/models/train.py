@@ -240,31 +240,37 @@ def _batch_loss(
     return nn.functional.cross_entropy(logits, torch.arange(b))
 
 
-def train_two_tower(
-    params: Params,
+@dataclass
+class _Fitted:
+    """One training run: the towers (at their best epoch) and what was measured."""
+
+    net: nn.Module
+    state: FeatureState
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int
+    train_examples: int
+    log_pop: np.ndarray
+    counts: np.ndarray
+    prepare_seconds: float
+    seconds: float
+
+
+def _fit(
+    tp: TowerParams,
     train: pd.DataFrame,
-    validation: pd.DataFrame,
     items: pd.DataFrame,
     users: pd.DataFrame | None,
-    *,
-    seed: int | None = None,
-    progress: bool = True,
-    mlflow_run: bool = True,
-    snapshot_id: str = "",
-    out_dir: str | None = None,
-) -> tuple[TwoTowerRetriever, dict[str, Any]]:
-    """Train on `train`, stop early on `validation`; returns (best model, report).
-
-    The report holds the per-epoch history (loss, validation metrics, seconds), the best
-    epoch, its validation metrics (with and without the inference popularity term),
-    timings and, when logged, the MLflow run id. With out_dir the model is saved there
-    (and logged as run artifacts).
-    """
+    seed: int,
+    epochs: int,
+    validation: pd.DataFrame | None,
+    progress: bool,
+    desc: str,
+) -> tuple[_Fitted, ValidationSet | None, pd.DataFrame]:
+    """Train from scratch (seeded) for at most `epochs`; with `validation`, evaluate every
+    epoch and stop early, keeping the best epoch's weights; without, keep the last."""
     from tqdm.auto import tqdm
 
-    tp = params.towers
-    seed = params.project.seed if seed is None else seed
-    torch.set_num_threads(tp.threads)
     _seed_everything(seed)
     rng = np.random.default_rng(seed)
     t_start = time.perf_counter()
@@ -277,7 +283,7 @@ def train_two_tower(
     examples = build_examples(train, state, users, tp.history_len)
     item_feats = _item_feature_tensors(state, items)
     catalog = vocab_catalog(state, items)
-    vset = ValidationSet(state, train, validation, tp.history_len)
+    vset = None if validation is None else ValidationSet(state, train, validation, tp.history_len)
     n_items = state.n_item_ids - 1
     counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
     log_pop = np.log((counts + 1.0) / (counts.sum() + n_items)).astype(np.float32)
@@ -301,9 +307,9 @@ def train_two_tower(
     bs = tp.batch_size
     steps_per_epoch = max(1, math.ceil(n / bs))
     step = estimator.steps_seen
-    bar = tqdm(total=tp.epochs * steps_per_epoch, desc="train towers", disable=not progress)
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, disable=not progress)
     stale = 0
-    for epoch in range(1, tp.epochs + 1):
+    for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
         net.train()
         perm = rng.permutation(n)
@@ -321,17 +327,21 @@ def train_two_tower(
             bar.update(1)
         train_seconds = time.perf_counter() - t_epoch
         net.eval()
-        t_eval = time.perf_counter()
-        metrics = evaluate_retriever(retriever, vset, catalog, users, ks)
-        row = {
+        row: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "train_seconds": train_seconds,
-            "eval_seconds": time.perf_counter() - t_eval,
         }
+        if vset is not None:
+            t_eval = time.perf_counter()
+            metrics = evaluate_retriever(retriever, vset, catalog, users, ks)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            row["eval_seconds"] = time.perf_counter() - t_eval
+            bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric_key: f"{metrics[metric_key]:.4f}"})
+        row["train_seconds"] = train_seconds
         history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric_key: f"{metrics[metric_key]:.4f}"})
+        if vset is None:
+            best["epoch"] = epoch
+            continue
         if metrics[metric_key] > best["metric"]:
             best = {
                 "epoch": epoch,
@@ -347,43 +357,116 @@ def train_two_tower(
     if best["weights"] is not None:
         net.load_state_dict(best["weights"])
     net.eval()
+    fitted = _Fitted(
+        net=net,
+        state=state,
+        config=config,
+        history=history,
+        best_epoch=best["epoch"],
+        train_examples=n,
+        log_pop=log_pop,
+        counts=counts,
+        prepare_seconds=t_prep,
+        seconds=time.perf_counter() - t_start,
+    )
+    return fitted, vset, catalog
+
+
+def train_two_tower(
+    params: Params,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+    *,
+    seed: int | None = None,
+    progress: bool = True,
+    mlflow_run: bool = True,
+    snapshot_id: str = "",
+    out_dir: str | None = None,
+) -> tuple[TwoTowerRetriever, dict[str, Any]]:
+    """Train on `train`, stop early on `validation`; returns (model, report).
+
+    With `towers.refit_on_validation` (and a non-empty validation part) the returned model
+    is then retrained from scratch, same seed, on train + validation for the best epoch
+    count, as the baselines refit after tuning; otherwise it is the best early-stopping
+    model. The report holds the early-stopping run's per-epoch history (loss, validation
+    metrics, seconds), best epoch and validation metrics (with and without the inference
+    popularity term; measured before any refit, as the refit model has seen validation),
+    the refit's own history, timings and, when logged, the MLflow run id. With out_dir
+    the model is saved there (and logged as run artifacts).
+    """
+    tp = params.towers
+    seed = params.project.seed if seed is None else seed
+    torch.set_num_threads(tp.threads)
+    t_start = time.perf_counter()
+
+    es, vset, catalog = _fit(
+        tp, train, items, users, seed, tp.epochs, validation, progress, "train towers"
+    )
+    assert vset is not None
+    ks = tuple(sorted({tp.eval_k, *VALIDATION_KS}))
+    history = es.history
+    best_metrics = {k[4:]: v for k, v in history[es.best_epoch - 1].items() if k.startswith("val_")}
+    w = tp.logq.inference_popularity_weight
+    with_pop = best_metrics
+    if w:
+        es_retriever = TwoTowerRetriever(es.net, es.state, es.config, items, fingerprint="-")
+        with_pop = evaluate_retriever(es_retriever, vset, catalog, users, ks, w, es.log_pop)
+
+    final = es
+    refit: dict[str, Any] | None = None
+    if tp.refit_on_validation and len(validation) and es.best_epoch > 0:
+        full = pd.concat([train, validation], ignore_index=True)
+        final, _, _ = _fit(
+            tp, full, items, users, seed, es.best_epoch, None, progress, "refit towers"
+        )
+        refit = {
+            "epochs": es.best_epoch,
+            "train_examples": final.train_examples,
+            "history": final.history,
+            "seconds": final.seconds,
+        }
     t_train = time.perf_counter() - t_start
 
-    best_metrics = {k[4:]: v for k, v in history[best["epoch"] - 1].items() if k.startswith("val_")}
-    w = tp.logq.inference_popularity_weight
-    with_pop = (
-        evaluate_retriever(retriever, vset, catalog, users, ks, w, log_pop) if w else best_metrics
-    )
+    all_epochs = history + (refit["history"] if refit else [])
     report: dict[str, Any] = {
         "history": history,
-        "best_epoch": best["epoch"],
+        "best_epoch": es.best_epoch,
         "epochs_run": len(history),
         "validation": best_metrics,
         "validation_with_popularity": with_pop,
         "validation_users": len(vset),
-        "train_examples": n,
-        "catalog_items": n_items,
+        "train_examples": es.train_examples,
+        "catalog_items": es.state.n_item_ids - 1,
         "seed": seed,
+        "refit": refit,
         "timings": {
-            "prepare_seconds": t_prep,
+            "prepare_seconds": es.prepare_seconds,
             "train_seconds": t_train,
+            "early_stopping_seconds": es.seconds,
+            "refit_seconds": refit["seconds"] if refit else 0.0,
             "seconds_per_epoch": float(np.mean([h["train_seconds"] for h in history])),
-            "examples_per_second": n
+            "examples_per_second": es.train_examples
             * len(history)
             / max(1e-9, sum(h["train_seconds"] for h in history)),
+            "epochs_total": len(all_epochs),
         },
     }
+    state, counts = final.state, final.counts
+    n_items = state.n_item_ids - 1
     meta = {
         "snapshot_id": snapshot_id,
         "metrics": best_metrics,
         "metrics_with_popularity": with_pop,
-        "best_epoch": best["epoch"],
+        "best_epoch": es.best_epoch,
+        "refit_on_validation": refit is not None,
         "seed": seed,
-        "item_log_popularity": dict(zip(state.item_vocab, log_pop.tolist(), strict=True)),
+        "item_log_popularity": dict(zip(state.item_vocab, final.log_pop.tolist(), strict=True)),
         "log_popularity_floor": float(np.log(1.0 / (counts.sum() + n_items))),
         "inference_popularity_weight": w,
     }
-    model = TwoTowerRetriever(net, state, config, items, meta=meta)
+    model = TwoTowerRetriever(final.net, state, final.config, items, meta=meta)
     if out_dir is not None:
         model.save(out_dir)
         write_history(report, out_dir)
