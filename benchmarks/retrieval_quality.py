@@ -3,7 +3,8 @@
 Protocol: every rating is an implicit positive; per user with >= 5 interactions the last
 floor(20%) by (timestamp, item_id) is test, the rest train; the last floor(10%) of each
 user's train is validation, used only to tune the baselines' grids and to stop the
-two-tower early (the baselines then refit on all of train). Full ranking over the items
+two-tower early (then every model refits on all of train; the towers retrain from scratch
+for the early-stopping epoch count when towers.refit_on_validation is on). Full ranking over the items
 seen in train, each user's train items excluded (shortlist.eval.harness).
 
 Cold items: 10% of the catalog's items (seeded) lose all their train interactions; the
@@ -143,6 +144,7 @@ def run_two_tower(params, data, catalog, seeds, logq: bool, progress=print) -> d
                     else {},
                     "best_epoch": report.get("best_epoch"),
                     "epochs_run": report.get("epochs_run"),
+                    "refit_epochs": (report.get("refit") or {}).get("epochs", 0),
                     "train_seconds": report.get("timings", {}).get("train_seconds"),
                     "fit_seconds": round(fit_s, 1),
                 }

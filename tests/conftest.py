@@ -42,6 +42,7 @@ def params(tmp_path: Path) -> Params:
             "towers.out_dir": str(work / "model"),
             "bundle.root": str(work / "bundles"),
             "bundle.staging_dir": str(work / "staging"),
+            "bundle.cache_dir": str(work / "bundle-cache"),
             "serving.impressions_dir": str(work / "impressions"),
             "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
         }

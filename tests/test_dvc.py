@@ -130,3 +130,49 @@ def test_repro_then_noop_then_split_only(dvc_repo: tuple[Path, dict[str, str]]) 
     assert (split_dir / "split.json").read_text() != before
     assert '"validation": 0.2' in (split_dir / "split.json").read_text()
     assert "up to date" in dvc(work, env, "status").lower()
+
+
+FAST_MODEL = {
+    "towers.epochs": 1,
+    "towers.embedding_dim": 16,
+    "towers.id_dim": 16,
+    "towers.hidden_dim": 32,
+    "towers.history_len": 10,
+    "towers.batch_size": 4096,
+    "towers.mixed_negatives": 0,
+    "towers.refit_on_validation": False,
+    "ranker.epochs": 1,
+    "evaluation.baselines": ["most_popular"],
+    "canary.users": 100,
+}
+
+
+def test_whole_pipeline_repro_stages_a_bundle_and_never_goes_live(
+    dvc_repo: tuple[Path, dict[str, str]],
+) -> None:
+    """ingest → … → bundle (+ canary) with a tiny model: a staged bundle, no pointer flip."""
+    import json
+
+    work, env = dvc_repo
+    set_params(work / "params.yaml", FAST_MODEL)
+    first = dvc(work, env, "repro")
+    assert ran(first) == {
+        "ingest",
+        "validate",
+        "split",
+        "train_towers",
+        "evaluate",
+        "train_ranker",
+        "bundle",
+    }, first
+    staged = work / ".shortlist" / "staging" / "dvc-root"
+    manifests = list(staged.glob("*/manifest.json"))
+    assert len(manifests) == 1, list(staged.rglob("*"))
+    canary = json.loads((work / ".shortlist" / "canary" / "canary.json").read_text())
+    assert canary["passed"] is True
+    assert not (staged / "live.json").exists(), "dvc repro must never flip a live pointer"
+    assert not (work / ".shortlist" / "bundles").exists(), "dvc repro wrote to the live root"
+
+    assert ran(dvc(work, env, "repro")) == set()
+    set_params(work / "params.yaml", {"canary.users": 50})
+    assert ran(dvc(work, env, "repro")) == {"bundle"}

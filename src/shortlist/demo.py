@@ -40,6 +40,7 @@ PATH_KEYS = (
     "towers.out_dir",
     "bundle.root",
     "bundle.staging_dir",
+    "bundle.cache_dir",
     "serving.impressions_dir",
 )
 

@@ -25,6 +25,7 @@ import yaml
 from pipelines import ingest
 from shortlist.bundle.slots import Slots
 from shortlist.config import load_params
+from shortlist.demo import absolute_paths
 from tests.dags.airflow_helpers import BIN, dags_test, migrate, output
 
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
@@ -38,11 +39,18 @@ class World:
     def __init__(self, tmp: Path, mlflow_url: str, ml100k: Path, base_params) -> None:
         self.tmp = tmp
         self.params_file = tmp / "params.yaml"
-        work = tmp / "work"
-        self.params = base_params.with_overrides(
+        self.params = absolute_paths(base_params, tmp).with_overrides(
             {
                 "data.path": str(ml100k),
-                "towers.epochs": 3,
+                # a small, fast model: these tests are about the workflow, not quality
+                "towers.epochs": 2,
+                "towers.embedding_dim": 32,
+                "towers.id_dim": 32,
+                "towers.hidden_dim": 64,
+                "towers.history_len": 20,
+                "towers.batch_size": 2048,
+                "towers.mixed_negatives": 0,
+                "towers.refit_on_validation": False,
                 "ranker.epochs": 1,
                 "evaluation.baselines": ["most_popular"],
                 "canary.users": 200,
@@ -50,7 +58,6 @@ class World:
                 "promotion.poll_seconds": 1,
                 "promotion.approval_timeout_seconds": 600,
                 "mlflow.tracking_uri": mlflow_url,
-                "project.work_dir": str(work),
             }
         )
         self.params_file.write_text(yaml.safe_dump(self.params.model_dump(), sort_keys=False))
@@ -84,15 +91,20 @@ class World:
             return None
 
     def start(self, dag_id: str, date: str, conf: dict) -> subprocess.Popen:
-        return subprocess.Popen(
-            [str(BIN / "airflow"), "dags", "test", dag_id, date, "-c", json.dumps(conf)],
-            env=self.env,
-            cwd=self.env["AIRFLOW_HOME"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        """`airflow dags test` in the background; its output goes to a file (a pipe nobody
+        reads while the test waits would fill up and block the run)."""
+        log = self.tmp / f"{dag_id}-{date[:10]}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                [str(BIN / "airflow"), "dags", "test", dag_id, date, "-c", json.dumps(conf)],
+                env=self.env,
+                cwd=self.env["AIRFLOW_HOME"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc.log = log
+        return proc
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +126,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str):  # 
         if value:
             return value
         if proc.poll() is not None:
-            pytest.fail(f"run ended before {what}:\n{proc.stdout.read()[-6000:]}")
+            pytest.fail(f"run ended before {what}:\n{proc.log.read_text()[-6000:]}")
         time.sleep(1)
     proc.kill()
     pytest.fail(f"timed out waiting for {what}")
@@ -130,8 +142,8 @@ def test_first_model_is_approved_in_mlflow_and_goes_live(world: World) -> None:
     assert "Approve by moving the `champion` alias" in challenger.description
     # A person approves in the UI: the UI moves the alias through this same API call.
     world.client().set_registered_model_alias(MODEL, "champion", challenger.version)
-    out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-6000:]
+    proc.wait(timeout=900)
+    assert proc.returncode == 0, proc.log.read_text()[-6000:]
     pointer = world.slots.read_pointer()
     assert pointer["bundle_id"] == tags["bundle_id"]
     approved = world.client().get_model_version(MODEL, challenger.version)

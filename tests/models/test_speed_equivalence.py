@@ -240,3 +240,35 @@ def test_ml100k_encoders_match_row_by_row(ml100k_path):
     np.testing.assert_allclose(
         model.embed_users(ids[:5], [["1", "2"]] * 5, users), user_ref, atol=1e-6
     )
+
+
+def test_encode_users_dtype_corner_cases():
+    """Integer ids, missing ids, and an integer column whose vocabulary was fitted as strings
+    (the row-by-row path read it as "3" when every id was found, "3.0" otherwise)."""
+    fit_users = pd.DataFrame(
+        {"user_id": ["1", "2", "3"], "band": ["1", "2", "3"], "age": [20.0, 30.0, 40.0]}
+    )
+    train = pd.DataFrame({"user_id": ["1", "2"], "item_id": ["a", "b"], "timestamp": [0, 1]})
+    items = pd.DataFrame({"item_id": ["a", "b"], "title": ["A", "B"]})
+    state = FeatureState.fit(train, items, fit_users, title_hash_buckets=8)
+    assert state.user_categorical == {"band": ["1", "2", "3"]}
+    frames = [
+        pd.DataFrame({"user_id": [1, 2, 3], "band": [3, 2, 1], "age": [25, 35, 99]}),
+        pd.DataFrame({"user_id": ["1", None, np.nan], "band": ["2", "3", None], "age": [1, 2, 3]}),
+        pd.DataFrame({"user_id": [1.0, 2.0], "band": ["1", "2"], "age": [True, False]}),
+    ]
+    for frame in frames:
+        for big in (False, True):
+            f = pd.concat([frame] * 30, ignore_index=True) if big else frame
+            for ids in (["1", "2"], ["1", "9"], ["nan", "None", "3"], ["2.0"]):
+                assert_same(state.encode_users(ids, f), legacy_encode_users(state, ids, f))
+
+
+def test_title_with_the_row_separator_falls_back_to_row_by_row():
+    items = awkward_items(200)
+    state = fitted(items, awkward_users())
+    items.loc[11, "title"] = "ab\x00cd ef GH"
+    assert_same(state.encode_items(items), legacy_encode_items(state, items))
+    one = items.iloc[[11]]
+    assert_same(state.encode_items(one), legacy_encode_items(state, one))
+    assert state.encode_items(items.iloc[:0])["title"].shape == (0, TITLE_TOKENS)

@@ -90,3 +90,63 @@ def test_one_epoch_on_ml100k_beats_most_popular(ml100k_split, params):
     assert report["validation"]["recall@200"] > report["validation"]["recall@20"]
     assert report["timings"]["train_seconds"] > 0
     assert len(model.item_ids) == len(s["items"])
+
+
+def _tiny(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = 600
+    df = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 30, n).astype(str),
+            "item_id": rng.integers(0, 80, n).astype(str),
+            "timestamp": rng.integers(0, 1000, n).astype("int64"),
+            "weight": np.ones(n, dtype="float32"),
+        }
+    ).drop_duplicates(["user_id", "item_id"])
+    df = df.sort_values("timestamp", kind="stable")
+    cut = df["timestamp"] >= 800
+    items = pd.DataFrame({"item_id": np.arange(90).astype(str), "title": "", "genres": [[]] * 90})
+    return df[~cut], df[cut], items
+
+
+def test_refit_retrains_on_train_plus_validation_deterministically(params):
+    from shortlist.models.train import train_two_tower
+
+    train, validation, items = _tiny()
+    p = params.with_overrides(
+        {
+            "towers.epochs": 3,
+            "towers.early_stopping_patience": 3,
+            "towers.threads": 1,
+            "towers.embedding_dim": 8,
+            "towers.hidden_dim": 16,
+            "towers.id_dim": 8,
+            "towers.batch_size": 64,
+            "towers.mixed_negatives": 8,
+            "towers.title_hash_buckets": 16,
+            "towers.logq.hash_buckets": 1024,
+        }
+    )
+    kw = {"seed": 7, "progress": False, "mlflow_run": False}
+    m1, r1 = train_two_tower(p, train, validation, items, None, **kw)
+    m2, r2 = train_two_tower(p, train, validation, items, None, **kw)
+    off, r_off = train_two_tower(
+        p.with_overrides({"towers.refit_on_validation": False}),
+        train,
+        validation,
+        items,
+        None,
+        **kw,
+    )
+    # the early-stopping run is the same whether or not a refit follows
+    assert r1["validation"] == r_off["validation"]
+    assert r1["best_epoch"] == r_off["best_epoch"] >= 1
+    refit = r1["refit"]
+    assert refit["epochs"] == r1["best_epoch"]
+    assert len(refit["history"]) == refit["epochs"]
+    assert refit["train_examples"] == len(train) + len(validation)
+    assert r_off["refit"] is None
+    # deterministic for a seed; the refit model differs from the early-stopping one
+    np.testing.assert_array_equal(m1.item_vectors(items), m2.item_vectors(items))
+    assert not np.allclose(m1.item_vectors(items), off.item_vectors(items))
+    assert m1.meta["refit_on_validation"] and not off.meta["refit_on_validation"]

@@ -23,6 +23,8 @@ TITLE_TOKENS = 8  # tokens kept per title (padded with 0)
 USER_NUMERIC_BUCKETS = 8  # quantile buckets for numeric user features such as age
 MAX_USER_CATEGORIES = 200  # a user column with more distinct values (zip code) is skipped
 _TOKEN = re.compile(r"[a-z0-9]+")
+_ROW_SEP = "\x00"  # joins titles for one regex pass; never part of a token
+_TOKEN_OR_SEP = re.compile(r"[a-z0-9]+|\x00")
 _VECTOR_MIN = 1024  # item id lookups at least this long use a vectorised index
 _SMALL_LOOKUP = 64  # user tables/requests up to this size are matched with plain Python
 
@@ -211,6 +213,12 @@ class FeatureState:
         cols = list(self.user_categorical) + list(self.user_numeric)
         feats = np.zeros((n, len(cols)), dtype=np.int64)
         if users is not None and len(cols) and len(users):
+            arrays = _small_frame_arrays(
+                users, list(self.user_categorical), list(self.user_numeric)
+            )
+            if arrays is not None:
+                self._encode_user_rows(ids, arrays, feats)
+                return {"user_idx": self.user_index(ids), "user_feats": feats}
             pos = _first_positions(users[schema.USER_ID], ids)
             found = pos >= 0
             take = pos[found]
@@ -222,6 +230,8 @@ class FeatureState:
                         vals = [column[j] for j in take]
                     else:
                         vals = users[col].iloc[take].tolist()
+                    if not found.all() and users[col].dtype.kind in "iu":
+                        vals = [float(v) for v in vals]  # as a reindex with missing rows does
                     feats[found, k] = [idx.get(str(v), 0) if pd.notna(v) else 0 for v in vals]
             base = len(self.user_categorical)
             for k, (col, edges) in enumerate(self._user_edges.items()):
@@ -238,13 +248,61 @@ class FeatureState:
                     feats[:, base + k] = np.where(np.isfinite(v), b, 0)
         return {"user_idx": self.user_index(ids), "user_feats": feats}
 
+    def _encode_user_rows(self, ids: list[str], arrays: dict[str, Any], feats: np.ndarray) -> None:
+        """encode_users for a small frame given as column arrays: no pandas per call."""
+        first: dict[str, int] = {}
+        for j, u in enumerate(arrays[schema.USER_ID]):
+            if isinstance(u, str) or not pd.isna(u):  # astype(str) keeps missing ids missing
+                first.setdefault(str(u), j)
+        pos = [first.get(u, -1) for u in ids]
+        for k, (col, idx) in enumerate(self._user_cat_index.items()):
+            values = arrays.get(col)
+            if values is None:
+                continue
+            for r, j in enumerate(pos):
+                if j >= 0:
+                    v = values[j]
+                    feats[r, k] = idx.get(str(v), 0) if pd.notna(v) else 0
+        base = len(self.user_categorical)
+        for k, (col, edges) in enumerate(self._user_edges.items()):
+            values = arrays.get(col)
+            if values is None:
+                continue
+            for r, j in enumerate(pos):
+                if j >= 0:
+                    v = float(values[j])
+                    if np.isfinite(v):
+                        feats[r, base + k] = int(np.searchsorted(edges, v, side="right")) + 1
+
     # --- vectorised helpers ------------------------------------------------------------
     def title_tokens(self, titles: Any) -> np.ndarray:
-        """(n, TITLE_TOKENS) int64 hashed title tokens + 1, 0-padded (0 also for non-strings)."""
+        """(n, TITLE_TOKENS) int64 hashed title tokens + 1, 0-padded (0 also for non-strings).
+
+        One regex pass over all lower-cased titles joined by a separator that is not part of
+        any token (rows split at it), then one hash per distinct token."""
         n = len(titles)
         tokens = np.zeros((n, TITLE_TOKENS), dtype=np.int64)
-        findall = _TOKEN.findall
-        per_row = [findall(t.lower())[:TITLE_TOKENS] if isinstance(t, str) else [] for t in titles]
+        if not n:
+            return tokens
+        lowered = [t.lower() if isinstance(t, str) else "" for t in titles]
+        joined = _ROW_SEP.join(lowered)
+        if joined.count(_ROW_SEP) != n - 1:  # a title holds the separator: row by row
+            return self._title_tokens_by_row(lowered, tokens)
+        codes, uniques = pd.factorize(np.asarray(_TOKEN_OR_SEP.findall(joined), dtype=object))
+        # (found in Python: numpy string comparison would drop the trailing NUL)
+        sep_code = next((k for k, u in enumerate(uniques) if u == _ROW_SEP), -1)
+        is_sep = codes == sep_code
+        row = np.cumsum(is_sep)[~is_sep]
+        codes = codes[~is_sep]
+        pos = np.arange(len(row)) - np.searchsorted(row, row, side="left")
+        keep = pos < TITLE_TOKENS
+        hashed = (stable_hash(uniques) % np.uint64(self.title_hash_buckets)).astype(np.int64) + 1
+        tokens[row[keep], pos[keep]] = hashed[codes[keep]]
+        return tokens
+
+    def _title_tokens_by_row(self, lowered: list[str], tokens: np.ndarray) -> np.ndarray:
+        n = len(lowered)
+        per_row = [_TOKEN.findall(t)[:TITLE_TOKENS] for t in lowered]
         lengths = np.fromiter(map(len, per_row), dtype=np.int64, count=n)
         total = int(lengths.sum())
         if not total:
@@ -276,13 +334,41 @@ class FeatureState:
         out[:] = table[codes]
 
 
+def _small_frame_arrays(
+    frame: pd.DataFrame, categorical: list[str], numeric: list[str]
+) -> dict[str, list[Any]] | None:
+    """The raw column values of a small frame (one request's user rows), or None when the
+    frame is large or a column's dtype could make plain element access differ from the
+    pandas path (then that path runs). Missing columns are left out."""
+    get = getattr(frame, "_get_column_array", None)
+    small = len(frame) <= _SMALL_LOOKUP and frame.columns.is_unique
+    if get is None or not small or schema.USER_ID not in frame.columns:
+        return None
+    out: dict[str, list[Any]] = {}
+    for name in [schema.USER_ID, *categorical, *numeric]:
+        if name not in frame.columns:
+            continue
+        arr = get(frame.columns.get_loc(name))
+        kind = arr.dtype.kind if isinstance(arr, np.ndarray) else ""
+        if name in numeric and kind in "iufb" and kind:
+            out[name] = arr.astype(float).tolist()
+        elif name not in numeric and (kind == "O" or (name == schema.USER_ID and kind in "iu")):
+            out[name] = arr.tolist()
+        elif name not in numeric and not kind and isinstance(arr.dtype, pd.StringDtype):
+            out[name] = list(arr)
+        else:
+            return None
+    return out
+
+
 def _first_positions(column: pd.Series, ids: list[str]) -> np.ndarray:
     """Row position of the first occurrence of each id in `column` (as strings); -1 if absent."""
     if len(ids) <= _SMALL_LOOKUP or len(column) <= _SMALL_LOOKUP:
         if len(column) <= _SMALL_LOOKUP:
             first: dict[str, int] = {}
             for j, u in enumerate(column.tolist()):
-                first.setdefault(str(u), j)
+                if isinstance(u, str) or not pd.isna(u):  # astype(str) keeps missing missing
+                    first.setdefault(str(u), j)
             return np.fromiter((first.get(u, -1) for u in ids), np.int64, count=len(ids))
         # A few ids in a large table: compare in place (string columns need no conversion).
         keys = column if isinstance(column.dtype, pd.StringDtype) else column.astype(str)

@@ -16,8 +16,10 @@ it is a reference swap, visible within one poll.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -154,6 +156,11 @@ class BundleHolder:
         self._thread.start()
 
     def _run(self) -> None:
+        # Loading a bundle (hashing, parsing, building lookups) must not take CPU from
+        # requests in flight: the watcher runs at a lower scheduling priority (Linux
+        # threads have their own nice value; elsewhere this is a no-op).
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.is_set():
             try:
                 self.refresh()
