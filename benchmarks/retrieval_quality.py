@@ -280,7 +280,8 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for name, m in cold["models"].items():
             cold_lines.append(
-                f"| {name}, {len(m['runs'])} seeds | {_cell('r', m['mean']['recall@20'], m['std']['recall@20'])}"
+                f"| {name}, {len(m['runs'])} seed{'s' if len(m['runs']) > 1 else ''}"
+                f" | {_cell('r', m['mean']['recall@20'], m['std']['recall@20'])}"
                 f" | {_cell('r', m['mean']['recall@200'], m['std']['recall@200'])} |"
             )
         rnd = cold["random"]

@@ -42,15 +42,13 @@ class World:
         self.params = absolute_paths(base_params, tmp).with_overrides(
             {
                 "data.path": str(ml100k),
-                # a small, fast model: these tests are about the workflow, not quality
-                "towers.epochs": 2,
-                "towers.embedding_dim": 32,
-                "towers.id_dim": 32,
-                "towers.hidden_dim": 64,
+                # few epochs, one thread: these tests are about the workflow, yet the
+                # model must still honestly beat MostPopular to be blessed
+                "towers.epochs": 3,
                 "towers.history_len": 20,
-                "towers.batch_size": 2048,
-                "towers.mixed_negatives": 0,
+                "towers.threads": 1,
                 "towers.refit_on_validation": False,
+                "ranker.threads": 1,
                 "ranker.epochs": 1,
                 "evaluation.baselines": ["most_popular"],
                 "canary.users": 200,
