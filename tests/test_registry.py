@@ -72,7 +72,9 @@ def test_unblessed_or_failed_canary_never_becomes_challenger_nor_promotable(
 def test_approval_waits_for_the_alias_and_times_out(reg_params, tmp_path) -> None:  # noqa: ANN001
     version = _register(reg_params, tmp_path, "b4")
     naps = []
-    assert not registry.await_approval(reg_params, version, timeout_s=0, poll_s=0, sleep=naps.append)
+    assert not registry.await_approval(
+        reg_params, version, timeout_s=0, poll_s=0, sleep=naps.append
+    )
     # what the MLflow UI does when a person moves the alias
     client = registry._client(reg_params)[1]
     client.set_registered_model_alias(reg_params.promotion.registered_model, "champion", version)

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from shortlist.config import Params
-from shortlist.eval.harness import mlflow_key
 from shortlist.errors import PromotionRefused
+from shortlist.eval.harness import mlflow_key
 from shortlist.tracking import configure
 
 CHALLENGER = "challenger"
@@ -168,7 +168,8 @@ def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics
 
     bundle_id = manifest["bundle_id"]
     with mlflow.start_run(
-        run_name=f"register-{bundle_id}", tags={"shortlist.stage": "register", TAG_BUNDLE: bundle_id}
+        run_name=f"register-{bundle_id}",
+        tags={"shortlist.stage": "register", TAG_BUNDLE: bundle_id},
     ):
         mlflow.log_dict(blessing, "blessing.json")
         mlflow.log_dict(canary, "canary.json")

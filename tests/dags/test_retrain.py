@@ -152,6 +152,9 @@ def test_first_model_is_approved_in_mlflow_and_goes_live(world: World) -> None:
     from shortlist.serving.app import create_app
 
     with TestClient(create_app(world.params, root=world.params.bundle.root)) as api:
+        deadline = time.monotonic() + 300  # the bundle loads in the background
+        while api.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert api.get("/version").json()["bundle_id"] == pointer["bundle_id"]
         answer = api.post("/recommend", json={"user_id": "1", "k": 5}).json()
         assert answer["bundle_id"] == pointer["bundle_id"] and len(answer["items"]) == 5
