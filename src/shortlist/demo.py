@@ -18,6 +18,7 @@ gets the shared `Demo` state and returns the locations worth printing.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -155,10 +156,11 @@ def _retrain(demo: Demo) -> dict[str, str]:
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for line in proc.stdout:  # progress: one line per task state change
+        for line in proc.stdout:  # progress: one line per finished task
             log.write(line)
-            if "Marking task as" in line or "task_id=" in line and "state=" in line:
-                print("   ", line.strip()[-160:], flush=True)
+            done = re.search(r"\[DAG TEST\] end task task_id=(\w+)", line)
+            if done:
+                print(f"    task {done.group(1)} finished", flush=True)
         proc.wait()
     if proc.returncode != 0:
         raise ShortlistError(f"the retrain DAG failed; its log is {log_path}")

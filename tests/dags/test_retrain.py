@@ -117,7 +117,7 @@ def world(tmp_path_factory, mlflow_server, ml100k_path):  # noqa: ANN001, ANN201
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str):  # noqa: ANN001
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str, every: float = 1.0):  # noqa: ANN001
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -125,7 +125,7 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen, what: str):  # 
             return value
         if proc.poll() is not None:
             pytest.fail(f"run ended before {what}:\n{proc.log.read_text()[-6000:]}")
-        time.sleep(1)
+        time.sleep(every)
     proc.kill()
     pytest.fail(f"timed out waiting for {what}")
 
@@ -210,7 +210,7 @@ def test_killed_build_then_rerun_and_approval_timeout(world: World) -> None:
     def building() -> bool:  # index files appear in the idle slot before its manifest
         return Path(idle).exists() and any(Path(idle).rglob("*.safetensors"))
 
-    _wait_for(building, 900, proc, "the index build")
+    _wait_for(building, 900, proc, "the index build", every=0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (Path(idle) / "manifest.json").exists(), "kill came too late to test anything"
