@@ -39,6 +39,18 @@ RUN_PARAMS_DOC = {
 }
 
 
+def run_params_spec() -> dict[str, Any]:
+    """The DAG-level `params` every Shortlist DAG takes (shown in the trigger form)."""
+    from airflow.sdk import Param
+
+    return {
+        "params_file": Param(
+            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
+        ),
+        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
+    }
+
+
 def default_params_file() -> Path:
     return Path(os.environ.get(PARAMS_ENV) or PROJECT_DIR / "params.yaml")
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk import get_current_context as ctx
 
 if str(Path(__file__).parent) not in sys.path:
@@ -25,11 +25,11 @@ if str(Path(__file__).parent) not in sys.path:
 
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
-    RUN_PARAMS_DOC,
     START_DATE,
     in_project_dir,
     parse_time_params,
     run_params,
+    run_params_spec,
     where,
 )
 
@@ -46,12 +46,7 @@ P = parse_time_params()
     default_args={**DEFAULT_ARGS, "retries": 0},  # a retry would double-count a breach
     tags=["shortlist", "monitoring"],
     doc_md=__doc__,
-    params={
-        "params_file": Param(
-            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
-        ),
-        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
-    },
+    params=run_params_spec(),
 )
 def shortlist_canary() -> None:
     @task(doc_md="Canary the live slot; roll back after repeated breaches and fail (alert).")

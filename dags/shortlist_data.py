@@ -24,18 +24,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, Param, dag, get_current_context, task
+from airflow.sdk import Asset, dag, get_current_context, task
 
 if str(Path(__file__).parent) not in sys.path:  # the DAGs folder is on sys.path in Airflow
     sys.path.append(str(Path(__file__).parent))
 
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
-    RUN_PARAMS_DOC,
     START_DATE,
     in_project_dir,
     parse_time_params,
     run_params,
+    run_params_spec,
     where,
 )
 
@@ -56,12 +56,7 @@ SPLIT_DATA = Asset("shortlist://split")
     default_args=DEFAULT_ARGS,
     tags=["shortlist", "data"],
     doc_md=__doc__,
-    params={
-        "params_file": Param(
-            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
-        ),
-        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
-    },
+    params=run_params_spec(),
 )
 def shortlist_data() -> None:
     @task(doc_md="Import `data.source` into `data.dir` (Parquet tables + snapshot.json).")

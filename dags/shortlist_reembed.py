@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import dag, task
 from airflow.sdk import get_current_context as ctx
 
 if str(Path(__file__).parent) not in sys.path:
@@ -26,12 +26,12 @@ if str(Path(__file__).parent) not in sys.path:
 
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
-    RUN_PARAMS_DOC,
     START_DATE,
     in_project_dir,
     parse_time_params,
     run_key,
     run_params,
+    run_params_spec,
     where,
 )
 
@@ -48,12 +48,7 @@ P = parse_time_params()
     default_args=DEFAULT_ARGS,
     tags=["shortlist", "index", "promotion"],
     doc_md=__doc__,
-    params={
-        "params_file": Param(
-            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
-        ),
-        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
-    },
+    params=run_params_spec(),
 )
 def shortlist_reembed() -> None:
     @task.short_circuit(doc_md="Skip the run when nothing is live yet.")

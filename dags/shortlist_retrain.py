@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 from airflow.sdk import get_current_context as ctx
 
 if str(Path(__file__).parent) not in sys.path:
@@ -36,12 +36,12 @@ if str(Path(__file__).parent) not in sys.path:
 
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
-    RUN_PARAMS_DOC,
     START_DATE,
     in_project_dir,
     parse_time_params,
     run_key,
     run_params,
+    run_params_spec,
     where,
 )
 
@@ -67,12 +67,7 @@ def _run_dir(params, root: Path) -> Path:
     default_args=DEFAULT_ARGS,
     tags=["shortlist", "training", "promotion"],
     doc_md=__doc__,
-    params={
-        "params_file": Param(
-            None, type=["null", "string"], description=RUN_PARAMS_DOC["params_file"]
-        ),
-        "overrides": Param([], type="array", description=RUN_PARAMS_DOC["overrides"]),
-    },
+    params=run_params_spec(),
 )
 def shortlist_retrain() -> None:
     @task(retries=0, doc_md="Data contract on `data.dir`; a bad batch stops the run here.")
