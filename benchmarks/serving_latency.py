@@ -51,8 +51,8 @@ def _params(work: Path, n_items: int, args):
             "towers.threads": 2,
             "ranker.candidates": 200,
             "index.type": "ivf_flat" if big else "flat",
-            "index.nlist": args.nlist,
-            "index.nprobe": args.nprobe,
+            **({"index.nlist": args.nlist} if args.nlist else {}),
+            **({"index.nprobe": args.nprobe} if args.nprobe else {}),
             "bundle.root": str(work / "bundles"),
             "bundle.staging_dir": str(work / "staging"),
             "bundle.cache_dir": str(work / "bundle-cache"),
@@ -121,7 +121,7 @@ def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
 
 def _recall(location: str, n_queries: int) -> dict:
     from shortlist.bundle.bundle import load_bundle
-    from shortlist.index.ann import exact_search, recall_at_k, search
+    from shortlist.index.ann import measure_recall
     from shortlist.serving.recommend import prepare
 
     bundle = load_bundle(location)
@@ -133,12 +133,10 @@ def _recall(location: str, n_queries: int) -> dict:
     q = np.vstack(
         [sb.encoder.embed(users[i], bundle.histories[users[i]], now) for i in pick]
     ).astype(np.float32)
-    _, ann = search(bundle.index, q, 100)
-    _, exact = exact_search(np.asarray(bundle.item_vectors), q, 100)
+    m = measure_recall(bundle.index, bundle.item_vectors, q, (10, 100))
     return {
         "queries": len(q),
-        "recall@10": round(recall_at_k(ann, exact, 10), 4),
-        "recall@100": round(recall_at_k(ann, exact, 100), 4),
+        **{key: round(v, 4) for key, v in m.items() if key.startswith(("recall", "strict"))},
         "index_type": bundle.manifest.index_type,
         "index_params": bundle.manifest.index_params,
         "ranker_in_bundle": bundle.ranker is not None,
@@ -251,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-items", type=int, default=5_000)
     ap.add_argument("--train-interactions", type=int, default=30_000)
     ap.add_argument("--flat-max", type=int, default=200_000)
-    ap.add_argument("--nlist", type=int, default=1024)
-    ap.add_argument("--nprobe", type=int, default=48)
+    ap.add_argument("--nlist", type=int, default=None, help="default: params.yaml")
+    ap.add_argument("--nprobe", type=int, default=None, help="default: params.yaml")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--warmup", type=int, default=200)

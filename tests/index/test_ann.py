@@ -80,3 +80,29 @@ def test_recall_at_k_counts_overlap():
     assert ann.recall_at_k(np.array([[0, 1, 9, 8]]), exact, 4) == 0.5
     assert ann.recall_at_k(np.array([[3, 2, 1, 0]]), exact, 4) == 1.0
     assert ann.pq_subquantizers(64, 16) == 16 and ann.pq_subquantizers(48, 20) == 16
+
+
+def test_recall_counts_tied_items_as_hits():
+    # Item 4 duplicates item 1: an index returning 4 instead of 1 loses no quality.
+    items = np.array([[1, 0], [0.8, 0.6], [0.6, 0.8], [0, 1], [0.8, 0.6]], dtype=np.float32)
+    query = np.array([[1, 0]], dtype=np.float32)
+    exact_scores, exact = ann.exact_search(items, query, 2)
+    swapped = np.array([[0, 4 if exact[0, 1] == 1 else 1]])
+    assert ann.recall_at_k(swapped, exact, 2) == 0.5
+    found = ann.exact_scores_of(items, query, swapped)
+    kw = {"ann_scores": found, "exact_scores": exact_scores}
+    assert ann.recall_at_k(swapped, exact, 2, **kw) == 1.0
+    worse = np.array([[0, 2]])  # a genuinely worse item is still a miss
+    kw = {"ann_scores": ann.exact_scores_of(items, query, worse), "exact_scores": exact_scores}
+    assert ann.recall_at_k(worse, exact, 2, **kw) == 0.5
+
+
+def test_measure_recall_reports_tie_aware_and_strict():
+    rng = np.random.default_rng(1)
+    items = rng.normal(size=(300, 8)).astype(np.float32)
+    items[150:] = items[:150]  # every vector twice: strict overlap may fall, ties may not
+    queries = rng.normal(size=(20, 8)).astype(np.float32)
+    index = ann.build_index(items, IndexParams(type="hnsw"))
+    m = ann.measure_recall(index, items, queries, (10, 100))
+    assert m["recall@10"] >= m["strict_recall@10"]
+    assert m["recall@10"] > 0.95 and m["queries_per_second"] > 0
