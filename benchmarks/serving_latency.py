@@ -12,6 +12,13 @@ concurrency 1 for latency, then `--concurrency` clients for throughput. Each req
 retrieves the top `ranker.candidates` (200), ranks them (the bundle's ranker when it
 has one, else the retrieval score) and returns k=20.
 
+Then the swap under load at that catalog size: a second bundle (towers trained with
+another seed) is built into the idle slot and, while 2 clients keep sending requests,
+promoted and rolled back (`shortlist.serving.swapload`, the swap test's scenario):
+failed requests, responses mixing bundles (every item checked against the bundle the
+response names, every personalised score recomputed with that bundle's user tower),
+p99 in steady state vs during the swaps, and how fast the rollback is visible.
+
     .venv/bin/python benchmarks/serving_latency.py            # 100k and 1M (~10-15 min)
     .venv/bin/python benchmarks/serving_latency.py --sizes 20000 --requests 500   # smoke
 
@@ -156,6 +163,36 @@ def _serve(params, root: str, work: Path) -> tuple[subprocess.Popen, str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def swap_phase(params, args, url: str, slots, data_dir: str, model_b: str, users) -> dict:
+    """Build bundle B into the idle slot, promote and roll back under load, verify."""
+    from shortlist.bundle.bundle import build_bundle, load_bundle
+    from shortlist.serving.swapload import swap_under_load, verify_responses
+
+    live = slots.slot_location("live")
+    t0 = time.perf_counter()
+    build_bundle(params, model_dir=model_b, data_dir=data_dir, dest=slots.slot_location("idle"))
+    built = round(time.perf_counter() - t0, 1)
+
+    def make_request(n: int):
+        if n % 10 == 9:  # a share of new users: the popularity prior path
+            return "POST", "/recommend", {"user_id": f"new-{n}", "k": 20}
+        return "POST", "/recommend", {"user_id": users[n % len(users)], "k": 20}
+
+    run = swap_under_load(
+        url, slots, make_request, phase_seconds=args.swap_phase_seconds, concurrency=2
+    )
+    out = {"bundle_b_build_seconds": built, **run.summary()}
+    checked, problems = 0, []
+    for location in (live, slots.slot_location("idle")):
+        bundle = load_bundle(location)
+        n, found = verify_responses(bundle, run.bodies(bundle.bundle_id))
+        checked, problems = checked + n, problems + found
+        del bundle
+    out.update(score_checked=checked, mixed=len(problems), mixed_examples=problems[:3])
+    out["p99_within_2x"] = bool(out["p99_ratio"] is not None and out["p99_ratio"] <= 2.0)
+    return out
+
+
 def run_size(n_items: int, args, work: Path, model_dir: str) -> dict:
     from pipelines import synth
     from shortlist.bundle.bundle import build_bundle
@@ -224,6 +261,17 @@ def run_size(n_items: int, args, work: Path, model_dir: str) -> dict:
         )
         load2 = os.getloadavg()[0]
         check = run_load(url, make_request, max_requests=3, max_seconds=10)
+        if args.swap:
+            res["swap"] = swap_phase(
+                params,
+                args,
+                url,
+                slots,
+                data_dir,
+                str(Path(model_dir).with_name("model-b")),
+                users,
+            )
+            print(f"[{n_items}] swap {res['swap']}", flush=True)
     finally:
         proc.terminate()
         proc.wait(60)
@@ -257,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--recall-queries", type=int, default=1000)
     ap.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--swap-phase-seconds", type=float, default=5.0)
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving_latency.json"))
     args = ap.parse_args(argv)
@@ -299,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         results["train_synth_seconds"] = round(time.perf_counter() - t0, 1)
         model_dir = str(base / "model")
         results["training"] = _train(params, data_dir, model_dir, args.ranker)
+        if args.swap:  # bundle B's towers: another seed, so its scores differ from A's
+            params_b = params.with_overrides({"project.seed": params.project.seed + 1})
+            results["training_b"] = _train(params_b, data_dir, str(base / "model-b"), args.ranker)
         print(f"trained: {results['training']}", flush=True)
         for n in sorted(args.sizes):
             results["sizes"].append(run_size(n, args, base / f"n{n}", model_dir))

@@ -40,6 +40,12 @@ VARIANTS: dict[str, dict] = {
     "history_20": {"towers.history_len": 20},
     "id_dropout_0.3": {"towers.id_dropout": 0.3},
     "batch_512": {"towers.batch_size": 512},
+    "dim_128": {"towers.embedding_dim": 128, "towers.id_dim": 128},
+    "hidden_256": {"towers.hidden_dim": 256},
+    "temperature_0.07": {"towers.temperature": 0.07},
+    "history_100": {"towers.history_len": 100},
+    "patience_6": {"towers.early_stopping_patience": 6},
+    "mixed_negatives_1024": {"towers.mixed_negatives": 1024},
 }
 
 
@@ -65,7 +71,8 @@ def main() -> None:
     split = temporal_split(
         inter, mode="per_user", validation_fraction=0.1, test_fraction=0.2, min_user_interactions=5
     )
-    base = load_params(REPO / "params.yaml")
+    # Early stopping only: a refit on train + validation would be scored on data it saw.
+    base = load_params(REPO / "params.yaml").with_overrides({"towers.refit_on_validation": False})
     if a.threads:
         base = base.with_overrides({"towers.threads": a.threads})
     out = Path(a.out)
