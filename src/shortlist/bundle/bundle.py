@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shortlist.bundle import gentle
 from shortlist.bundle.manifest import (
     MANIFEST,
     Manifest,
@@ -355,12 +356,13 @@ def load_bundle(location: str, *, cache_dir: str | None = None) -> LoadedBundle:
             f"bundle {bid}: index holds {index.ntotal} x {index.d}, manifest says {want}"
         )
     set_search_params(index, manifest.index_params)
-    item_ids = pd.read_parquet(root / ITEM_IDS)[schema.ITEM_ID].astype(str).to_numpy()
+    # Tables are converted a slice at a time: serving loads bundles beside live requests.
+    item_ids = gentle.string_column(root / ITEM_IDS, schema.ITEM_ID)
     if len(item_ids) != manifest.item_count:
         raise BundleError(f"bundle {bid}: id map has {len(item_ids)} rows, want {want[0]}")
-    items = pd.read_parquet(root / ITEMS)
-    users = pd.read_parquet(root / USERS)
-    table = pd.read_parquet(root / HISTORIES)
+    items = gentle.read_parquet(root / ITEMS)
+    users = gentle.read_parquet(root / USERS)
+    table = gentle.read_parquet(root / HISTORIES)
     histories = {
         str(u): [str(i) for i in h]
         for u, h in zip(table["user_id"], table["item_ids"], strict=True)

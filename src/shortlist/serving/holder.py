@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shortlist.config import Params
-from shortlist.serving.recommend import ServingBundle, prepare
+from shortlist.serving.recommend import ServingBundle, prepare, warm_up
 from shortlist.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class BundleHolder:
         t0 = time.perf_counter()
         bundle = load_bundle(location)
         sb = prepare(bundle, location)
+        warm_up(sb, self.params)
         sb.canary = read_canary(location, sb.bundle_id)
         log.info(
             "loaded bundle %s from %s in %.2fs (%d items)",

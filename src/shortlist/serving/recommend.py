@@ -22,12 +22,14 @@ probability that the serving policy puts this item at this position, given the r
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from shortlist.config import Params
+from shortlist.data import schema
 from shortlist.serving.schemas import RecommendRequest
 
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
@@ -40,7 +42,7 @@ class ServingBundle:
     bundle: Any  # shortlist.bundle.bundle.LoadedBundle
     bundle_id: str
     location: str
-    row_of: dict[str, int]
+    row_of: Mapping[str, int]  # item id -> index row
     genres: np.ndarray | None  # per index row: sequence of genre strings, or None
     popular_rows: np.ndarray  # index rows by popularity prior, most popular first
     encoder: Any = None  # QueryEncoder over this bundle's retriever and users
@@ -53,14 +55,24 @@ class ServingBundle:
 
 
 def prepare(bundle: Any, location: str) -> ServingBundle:
-    """Precompute the id map, per-row genres and the popularity order of a bundle."""
-    item_ids = np.asarray(bundle.item_ids).astype(str)
-    row_of = dict(zip(item_ids.tolist(), range(len(item_ids)), strict=True))
+    """Precompute the id map, per-row genres and the popularity order of a bundle.
+
+    Runs in the serving process's loader thread beside live requests, so work over the
+    whole catalog goes through `shortlist.bundle.gentle` (a slice at a time)."""
+    from shortlist.bundle import gentle
+
+    item_ids = np.asarray(bundle.item_ids)
+    if item_ids.dtype != object or (len(item_ids) and not isinstance(item_ids[0], str)):
+        item_ids = item_ids.astype(str).astype(object)
+    row_of = gentle.PositionMap(item_ids)
     genres = None
     items = getattr(bundle, "items", None)
     if items is not None and "genres" in getattr(items, "columns", ()):
-        aligned = items.drop_duplicates("item_id").set_index("item_id")["genres"]
-        genres = aligned.reindex(item_ids).to_numpy(dtype=object)
+        if gentle.same_sequence(items[schema.ITEM_ID].array, item_ids):
+            genres = items["genres"].to_numpy(dtype=object)  # row-aligned, as bundles are
+        else:
+            aligned = items.drop_duplicates(schema.ITEM_ID).set_index(schema.ITEM_ID)["genres"]
+            genres = aligned.reindex(item_ids).to_numpy(dtype=object)
     popularity = getattr(bundle, "popularity", None)
     if popularity is None or len(popularity) != len(item_ids):
         popular_rows = np.arange(len(item_ids))
@@ -81,6 +93,18 @@ def prepare(bundle: Any, location: str) -> ServingBundle:
         genres=genres,
         popular_rows=popular_rows,
     )
+
+
+def warm_up(sb: ServingBundle, params: Params) -> None:
+    """Serve one known user and one anonymous request from a freshly loaded bundle before
+    it goes live: the first forward passes allocate, and a bundle that cannot answer is
+    refused while the old one still serves (errors propagate to the loader)."""
+    from shortlist.serving.schemas import RecommendRequest
+
+    rng = np.random.default_rng(0)
+    known = next(iter(sb.bundle.histories), None)
+    for user in ([known] if known is not None else []) + ["warm-up-unknown-user"]:
+        recommend(sb, RecommendRequest(user_id=user, k=10, exclude_seen=True), params, rng)
 
 
 @dataclass
