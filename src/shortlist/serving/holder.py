@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shortlist.bundle import gentle
 from shortlist.config import Params
 from shortlist.serving.recommend import ServingBundle, prepare, warm_up
 from shortlist.storage import open_store
@@ -114,9 +115,11 @@ class BundleHolder:
         from shortlist.bundle.bundle import load_bundle
 
         t0 = time.perf_counter()
-        bundle = load_bundle(location)
-        sb = prepare(bundle, location)
-        warm_up(sb, self.params)
+        # Requests in flight get the GIL back fast and meet no full GC pass meanwhile.
+        with gentle.short_switch_interval(), gentle.no_full_collections():
+            bundle = load_bundle(location)
+            sb = prepare(bundle, location)
+            warm_up(sb, self.params)
         sb.canary = read_canary(location, sb.bundle_id)
         log.info(
             "loaded bundle %s from %s in %.2fs (%d items)",
