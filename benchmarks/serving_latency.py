@@ -151,6 +151,17 @@ def _recall(location: str, n_queries: int) -> dict:
     }
 
 
+def cpu_probe() -> float:
+    """Seconds for a fixed pure-Python loop (10M additions): how fast this machine's CPU
+    is right now. On shared hosts it varies by 2x over a day; compare latencies between
+    runs only together with this number."""
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(10_000_000):
+        total += i
+    return round(time.perf_counter() - t0, 3)
+
+
 def _serve(params, root: str, work: Path) -> tuple[subprocess.Popen, str]:
     pfile = work / "serve-params.yaml"
     pfile.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
@@ -325,7 +336,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.train_interactions} interactions; each catalog: {args.users} users, "
             f"{args.interactions} interactions"
         ),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "cpu_probe_seconds_at_start": cpu_probe(),
+        },
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sizes": [],
     }
@@ -355,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trained: {results['training']}", flush=True)
         for n in sorted(args.sizes):
             results["sizes"].append(run_size(n, args, base / f"n{n}", model_dir))
+            results["sizes"][-1]["cpu_probe_seconds_after"] = cpu_probe()
             out.write_text(json.dumps(results, indent=2, default=str))  # after every size
     print(json.dumps(results, indent=2, default=str))
     print(f"wrote {out}")
