@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.funnel_quality import evaluate_funnel, summarise
+from benchmarks.funnel_quality import DEFAULT, evaluate_funnel, summarise
 from shortlist.ranking.funnel import rerank_matrix
 from shortlist.ranking.train import train_ranker
 from tests.ranking.fakes import FakeRetriever, tiny_data
@@ -36,8 +36,11 @@ def test_funnel_evaluation_and_matrix_rerank(params):
     # Same candidates, so the same Recall@N; every metric is a proper fraction.
     assert r["recall@200"] == f["recall@200"]
     assert all(0.0 <= v <= 1.0 for v in (*r.values(), *f.values()) if isinstance(v, float))
-    s = summarise([{"seed": 0, "retrieval_only": r, "variants": {"all": {"funnel": f}}}], {})
+    variant = {"funnel": f, "feature_groups": ["crosses"], "stop_ndcg@20": 0.2}
+    variant["stop_retrieval_ndcg@20"] = 0.1
+    s = summarise([{"seed": 0, "retrieval_only": r, "variants": {DEFAULT: variant}}], {})
     assert s["table"]["funnel"]["ndcg@20"][0] == f["ndcg@20"]
+    assert s["ablation"][DEFAULT]["validation_ndcg@20"] == 0.2
 
     # The serving-path matrix rerank keeps exactly the top-N finite items per row.
     scores = np.random.default_rng(0).normal(size=(2, len(catalog))).astype(np.float32)
