@@ -35,3 +35,17 @@ def test_position_map_is_a_dict_of_positions(monkeypatch):
     assert dict(m) == {k: i for i, k in enumerate(keys)}
     assert len(m) == 123 and "item-7" in m and m["item-122"] == 122
     assert "nope" not in m and m.get("nope", -1) == -1
+
+
+def test_load_guards_restore_the_interpreter():
+    import gc
+    import sys
+
+    interval, frozen = sys.getswitchinterval(), gc.get_freeze_count()
+    with gentle.short_switch_interval(), gentle.no_full_collections():
+        assert sys.getswitchinterval() < interval
+        assert not gc.isenabled()
+        built = [[k] for k in range(1000)]  # tracked objects made during the load
+    assert sys.getswitchinterval() == interval and gc.isenabled()
+    assert gc.get_freeze_count() >= frozen + len(built)
+    gc.unfreeze()  # leave the test process as it was

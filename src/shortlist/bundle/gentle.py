@@ -68,11 +68,11 @@ def pause() -> None:
     time.sleep(0)
 
 
-def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+def read_parquet(path: str | Path) -> pd.DataFrame:
     """`pd.read_parquet`, converted to pandas a slice at a time."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=list(columns) if columns is not None else None)
+    table = pq.read_table(path)
     if table.num_rows <= CHUNK:
         return table.to_pandas()
     parts = []

@@ -281,6 +281,8 @@ def recall_at_k(
     if len(exact) == 0:
         return float("nan")
     tie_aware = ann_scores is not None and exact_scores is not None
+    if tie_aware:
+        ann_s, exact_s = np.asarray(ann_scores)[:, :k], np.asarray(exact_scores)[:, :k]
     hits = []
     for q, (a, e) in enumerate(zip(ann, exact, strict=True)):
         valid = e >= 0
@@ -290,8 +292,7 @@ def recall_at_k(
         found = a >= 0
         hit = np.isin(a, list(truth)) & found
         if tie_aware:
-            kth = np.asarray(exact_scores)[q, :k][valid].min()
-            hit |= found & (np.asarray(ann_scores)[q, :k] >= kth - tol)
+            hit |= found & (ann_s[q] >= exact_s[q][valid].min() - tol)
         hits.append(min(int(hit.sum()), len(truth)) / len(truth))
     return float(np.mean(hits)) if hits else float("nan")
 

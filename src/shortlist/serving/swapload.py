@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,6 @@ class SwapRun:
     t_rollback: float
     t_rollback_done: float  # the pointer write returned
     t_rollback_seen: float  # first response from the old bundle again
-    notes: list[str] = field(default_factory=list)
 
     def bodies(self, bundle_id: str) -> list[dict[str, Any]]:
         return [
