@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from serving_latency import cpu_probe
+
     from shortlist.ranking.ranker import Ranker
 
     tmp = None
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
         "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
         "load_average_1m": os.getloadavg()[0],
+        # Seconds for a fixed pure-Python loop: compare latencies only between runs whose
+        # probes are close (this host's CPU speed varies by 2x over a day).
+        "cpu_probe_seconds": cpu_probe(),
         "with_tower_scores": {
             "p50_ms": float(np.percentile(towers_ms, 50)),
             "p99_ms": float(np.percentile(towers_ms, 99)),
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(with tower scores recomputed: p50 {result['with_tower_scores']['p50_ms']:.2f} ms, "
         f"p99 {result['with_tower_scores']['p99_ms']:.2f} ms) over {len(ms)} requests; "
         f"thread CPU p50 {result['cpu_p50_ms']:.2f} ms, p99 {result['cpu_p99_ms']:.2f} ms; "
-        f"load average {result['load_average_1m']:.1f} on {os.cpu_count()} cores"
+        f"load average {result['load_average_1m']:.1f} on {os.cpu_count()} cores; "
+        f"CPU probe {result['cpu_probe_seconds']} s"
     )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

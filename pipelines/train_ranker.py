@@ -4,7 +4,9 @@ Reads the split (train, validation, items, users) and the two-tower model alread
 MODEL_DIR, fits the ranker on validation-period requests over the towers' top-N candidates
 (`shortlist.ranking.train`: the towers were fitted on train, so their scores there are
 memorised), and writes ranker.safetensors + ranker.json + ranker_metrics.json into
-MODEL_DIR. `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow call `run`.
+MODEL_DIR. When the towers in MODEL_DIR were refitted on train + validation, their
+scores on validation are memorised too, so the ranker trains against the early-stopping
+model saved beside them (MODEL_DIR/early_stopped) and serves beside the refitted one. `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow call `run`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ METRICS = "ranker_metrics.json"
 def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     """Train, save beside the towers, return the training summary (also in ranker_metrics.json)."""
     from shortlist.data.split_io import load_split
+    from shortlist.models.train import EARLY_STOPPED
     from shortlist.models.two_tower import TwoTowerRetriever
     from shortlist.ranking.train import train_ranker
 
@@ -35,10 +38,13 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
             "the ranker trains on the validation part (towers memorise train): "
             "split.validation_fraction must be > 0"
         )
-    towers = TwoTowerRetriever.load(model_dir)
+    early = Path(model_dir) / EARLY_STOPPED
+    trained_against = early if (early / "towers.json").exists() else Path(model_dir)
+    towers = TwoTowerRetriever.load(str(trained_against))
     ranker, summary = train_ranker(
         params, towers, split.train, split.validation, split.items, split.users
     )
+    summary["trained_against_towers"] = EARLY_STOPPED if trained_against == early else "."
     checksums = ranker.save(model_dir)
     out = {
         "model_dir": str(model_dir),

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from shortlist.models.features import FeatureState
-from shortlist.models.train import build_examples, history_before
+from shortlist.models.train import build_examples, history_before, history_leave_one_out
 
 
 def test_history_before_excludes_target_ties_and_other_users():
@@ -26,6 +26,46 @@ def test_history_before_excludes_target_ties_and_other_users():
         ]
     )
     np.testing.assert_array_equal(hist, expected)
+
+
+def test_history_leave_one_out_holds_the_other_train_items_most_recent_last():
+    # rows sorted by (user, timestamp, item); user 1 has two items, user 2 one.
+    users = np.array([0, 0, 0, 0, 0, 1, 1, 2])
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8])
+    hist = history_leave_one_out(users, items, n=3)
+    expected = np.array(
+        [
+            [3, 4, 5],  # targets outside the last 3: the user's last 3 items
+            [3, 4, 5],
+            [2, 4, 5],  # a target among the last 3 is replaced by the one before
+            [2, 3, 5],
+            [2, 3, 4],
+            [0, 0, 7],  # short users are left-padded with 0, never see other users
+            [0, 0, 6],
+            [0, 0, 0],  # a single item: empty history
+        ]
+    )
+    np.testing.assert_array_equal(hist, expected)
+    for row, target in enumerate(items):
+        assert target not in hist[row]
+
+
+def test_build_examples_leave_one_out_uses_the_whole_train_history():
+    train = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "a", "b"],
+            "item_id": ["x", "y", "z", "x"],
+            "timestamp": np.array([3, 1, 2, 5], dtype="int64"),
+        }
+    )
+    items = pd.DataFrame({"item_id": ["x", "y", "z"], "title": "", "genres": [[]] * 3})
+    state = FeatureState.fit(train, items, None, title_hash_buckets=16)
+    ex = build_examples(train, state, None, history_len=4, history_mode="leave_one_out")
+    vocab = np.array(["<oov>", *state.item_vocab])
+    got = [[vocab[k] for k in h if k > 0] for h in ex.history]
+    # user a in time order: y (1), z (2), x (3); the last row is user b's only item
+    assert [vocab[t] for t in ex.item_idx] == ["y", "z", "x", "x"]
+    assert got == [["z", "x"], ["y", "x"], ["y", "z"], []]
 
 
 def test_build_examples_never_leaks_the_target_or_the_future():
@@ -109,8 +149,9 @@ def _tiny(seed: int = 0):
     return df[~cut], df[cut], items
 
 
-def test_refit_retrains_on_train_plus_validation_deterministically(params):
-    from shortlist.models.train import train_two_tower
+def test_refit_retrains_on_train_plus_validation_deterministically(params, tmp_path):
+    from shortlist.models.train import EARLY_STOPPED, train_two_tower
+    from shortlist.models.two_tower import TwoTowerRetriever
 
     train, validation, items = _tiny()
     p = params.with_overrides(
@@ -129,15 +170,23 @@ def test_refit_retrains_on_train_plus_validation_deterministically(params):
     )
     kw = {"seed": 7, "progress": False, "mlflow_run": False}
     m1, r1 = train_two_tower(p, train, validation, items, None, **kw)
-    m2, r2 = train_two_tower(p, train, validation, items, None, **kw)
+    out = tmp_path / "model"
+    m2, r2 = train_two_tower(p, train, validation, items, None, out_dir=str(out), **kw)
+    early = TwoTowerRetriever.load(str(out / EARLY_STOPPED))
     off, r_off = train_two_tower(
         p.with_overrides({"towers.refit_on_validation": False}),
         train,
         validation,
         items,
         None,
+        out_dir=str(out),
         **kw,
     )
+    # The early-stopping model is saved beside the refit one (the ranker trains on it),
+    # and removed when a later run into the same directory has no refit.
+    np.testing.assert_array_equal(early.item_vectors(items), off.item_vectors(items))
+    assert not early.meta["refit_on_validation"]
+    assert not (out / EARLY_STOPPED).exists()
     # the early-stopping run is the same whether or not a refit follows
     assert r1["validation"] == r_off["validation"]
     assert r1["best_epoch"] == r_off["best_epoch"] >= 1
@@ -150,3 +199,39 @@ def test_refit_retrains_on_train_plus_validation_deterministically(params):
     np.testing.assert_array_equal(m1.item_vectors(items), m2.item_vectors(items))
     assert not np.allclose(m1.item_vectors(items), off.item_vectors(items))
     assert m1.meta["refit_on_validation"] and not off.meta["refit_on_validation"]
+
+
+def test_truncate_histories_keeps_a_nonempty_most_recent_suffix():
+    from shortlist.models.train import truncate_histories
+
+    hist = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]] * 50)
+    assert truncate_histories(hist, 0.0, np.random.default_rng(0)) is hist
+    cut = truncate_histories(hist, 1.0, np.random.default_rng(0))
+    for before, after in zip(hist, cut, strict=True):
+        kept = after[after > 0]
+        filled = before[before > 0]
+        assert len(kept) >= min(1, len(filled))
+        # a suffix of the original, still left-padded
+        np.testing.assert_array_equal(kept, filled[len(filled) - len(kept) :])
+        assert (after[: len(after) - len(kept)] == 0).all()
+    assert (cut > 0).sum() < (hist > 0).sum()
+
+
+def test_select_histories_skips_a_random_gap_of_the_most_recent_items():
+    from shortlist.models.train import select_histories
+
+    users = np.zeros(8, dtype=np.int64)
+    items = np.arange(1, 9)
+    wide = history_before(users, np.arange(8), items, n=3 + 2)  # history_len 3, gap up to 2
+    assert select_histories(wide, 3, 0, np.random.default_rng(0)) is wide
+    rows = np.repeat(np.arange(8), 40)
+    got = select_histories(wide[rows], 3, 2, np.random.default_rng(0))
+    seen_gaps = set()
+    for r, hist in zip(rows, got, strict=True):
+        before = items[:r]  # the causal history of row r, oldest first
+        kept = hist[hist > 0]
+        gap = next(g for g in range(3) if np.array_equal(kept, before[: max(0, r - g)][-3:]))
+        seen_gaps.add(gap if r >= 3 else None)
+        assert items[r] not in hist  # never the target, never the future
+        assert (hist[: 3 - len(kept)] == 0).all()
+    assert {0, 1, 2} <= seen_gaps

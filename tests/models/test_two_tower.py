@@ -175,3 +175,34 @@ def test_popularity_term_folds_into_one_extra_dimension(trained):
     assert pop[np.argmax(counts)] > pop[np.argmin(counts)]
     expected = plain @ model.embed_items(items).T + 0.5 * model.temperature * pop[None, :]
     np.testing.assert_allclose(qv @ iv.T, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"towers.history_mode": "leave_one_out", "towers.history_truncation": 0.5},
+        {
+            "towers.history_gap": 2,
+            "towers.recent_items": 2,
+            "towers.content_loss_weight": 0.5,
+            "towers.ema_decay": 0.9,
+        },
+    ],
+)
+def test_training_knobs_train_save_and_load(tiny_params, tmp_path, overrides):
+    from shortlist.models.train import train_two_tower
+
+    train, validation, items, users = tiny_data()
+    p = tiny_params.with_overrides(overrides)
+    kw = {"seed": 3, "progress": False, "mlflow_run": False}
+    model, report = train_two_tower(p, train, validation, items, users, **kw)
+    again, _ = train_two_tower(p, train, validation, items, users, **kw)
+    np.testing.assert_array_equal(model.item_vectors(items), again.item_vectors(items))
+    assert report["best_epoch"] >= 1 and np.isfinite(report["history"][0]["loss"])
+    model.save(str(tmp_path))
+    loaded = TwoTowerRetriever.load(str(tmp_path))
+    ids = ["u0", "u1"]
+    hist = model.histories_from(train, ids)
+    np.testing.assert_allclose(
+        loaded.embed_users(ids, hist, users), model.embed_users(ids, hist, users), atol=1e-6
+    )

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from shortlist.ranking.candidates import Retrieval
+from shortlist.ranking.cooccurrence import ItemNeighbours
 from shortlist.ranking.features import GROUPS, EventLog, FeatureSpace, Request
 from shortlist.ranking.train import LabeledRequest, featurize
 from tests.ranking.fakes import DAY, T0, FakeRetriever, tiny_data
@@ -22,6 +23,10 @@ from tests.ranking.fakes import DAY, T0, FakeRetriever, tiny_data
 def world():
     inter, items, users = tiny_data()
     space = FeatureSpace.fit(items, users, inter["user_id"].unique(), windows_days=[1, 7, 30])
+    # The co-occurrence table is a snapshot fitted before every request of the test.
+    space.neighbours = ItemNeighbours.fit(
+        inter[inter["timestamp"] < T0 + 20 * DAY], space.item_index(), neighbours=5, shrink=1.0
+    )
     retrieval = Retrieval(FakeRetriever(items["item_id"]), items, items["item_id"], users)
     return inter, items, users, space, retrieval
 
@@ -86,6 +91,7 @@ def test_leakage_test_detects_a_disabled_guard(world):
     assert "pop_log_count_all" in names
     assert "user_log_history_len" in names
     assert "genre_affinity_all" in names
+    assert "cooc_log_score" in names
 
 
 def test_event_log_counts_strictly_before_t():

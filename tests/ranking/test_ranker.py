@@ -9,7 +9,7 @@ import torch
 
 from shortlist.ranking.candidates import Retrieval
 from shortlist.ranking.features import EventLog
-from shortlist.ranking.model import DCNRanker, weighted_logistic_loss
+from shortlist.ranking.model import DCNEnsemble, DCNRanker, weighted_logistic_loss
 from shortlist.ranking.ranker import Ranker
 from shortlist.ranking.train import (
     LabeledRequest,
@@ -42,6 +42,9 @@ def small_params(params):
             "ranker.threads": 1,
             "ranker.holdout_fraction": 0.3,
             "ranker.learning_rate": 0.01,
+            "ranker.feature_groups": ["crosses", "cooccurrence", "popularity", "ids"],
+            "ranker.cooccurrence_neighbours": 5,
+            "ranker.ensemble": 2,
         }
     )
 
@@ -92,6 +95,11 @@ def test_training_is_deterministic_saved_and_served_consistently(small_params, t
     files = r1.save(str(tmp_path / "model"))
     assert set(files) == {"ranker.safetensors", "ranker.json"}
     loaded = Ranker.load(str(tmp_path / "model"))
+    # Two members, each stopped on its own users, averaged into one model.
+    assert [m["seed"] for m in s1["ensemble"]] == [s1["seed"], s1["seed"] + 1]
+    assert isinstance(loaded.model, DCNEnsemble) and len(loaded.model.members) == 2
+    assert loaded.space.neighbours is not None and len(loaded.space.neighbours.indices)
+    np.testing.assert_array_equal(loaded.space.neighbours.sims, r1.space.neighbours.sims)
     hist, cands = ["i0", "i4", "i8"], ["i1", "i2", "i3", "i12", "unknown-item"]
     ctx = {
         "timestamp": int(inter["timestamp"].max()) + DAY,
@@ -125,7 +133,9 @@ def test_tampered_weights_are_refused(small_params, tmp_path):
     inter, items, users = tiny_data(n_users=12, n_items=16, n_events=300)
     train, val, _ = _split(inter)
     ranker, _ = train_ranker(
-        small_params.with_overrides({"ranker.epochs": 1, "ranker.feature_groups": []}),
+        small_params.with_overrides(
+            {"ranker.epochs": 1, "ranker.feature_groups": [], "ranker.ensemble": 1}
+        ),
         FakeRetriever(items["item_id"]),
         train,
         val,
@@ -191,3 +201,25 @@ def test_request_metrics_counts_missed_positives():
         )
         == []
     )
+
+
+@pytest.mark.parametrize("use_ids", [True, False])
+def test_ensemble_is_the_members_mean_logit(use_ids):
+    torch.manual_seed(0)
+    members = [
+        DCNRanker(6, 3, 5, id_dim=4, cross_layers=2, hidden_dims=[8, 4], use_ids=use_ids)
+        for _ in range(3)
+    ]
+    for m in members:  # non-trivial cross weights
+        for layer in m.cross:
+            torch.nn.init.normal_(layer.linear.weight, std=0.3)
+    ens = DCNEnsemble(members).eval()
+    d, u, i = torch.randn(7, 6), torch.arange(7) % 4, torch.arange(7) % 6
+    with torch.inference_mode():
+        expected = torch.stack([m.eval()(d, u, i) for m in members]).mean(0)
+        torch.testing.assert_close(ens(d, u, i), expected, rtol=1e-5, atol=1e-6)
+        # Loading new weights drops the packed copy.
+        again = DCNEnsemble.from_config(ens.config).eval()
+        again(d, u, i)
+        again.load_state_dict(ens.state_dict())
+        torch.testing.assert_close(again(d, u, i), expected, rtol=1e-5, atol=1e-6)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,9 @@ from shortlist.models.logq import StreamingFrequencyEstimator
 from shortlist.models.two_tower import TwoTowerRetriever, build_net, histories_from
 
 VALIDATION_KS = (20, 200)
+#: Subdirectory of a model dir holding the early-stopping model when the saved one was
+#: refitted on validation (the ranker trains against it, see pipelines/train_ranker.py).
+EARLY_STOPPED = "early_stopped"
 
 
 @dataclass
@@ -38,7 +43,7 @@ class Examples:
 
     user_idx: np.ndarray  # (n,)
     user_feats: np.ndarray  # (n, f)
-    history: np.ndarray  # (n, L) vocabulary indices, most recent last, 0 = padding
+    history: np.ndarray  # (n, L + gap) vocabulary indices, most recent last, 0 = padding
     context: np.ndarray  # (n, 2)
     item_idx: np.ndarray  # (n,)
 
@@ -53,6 +58,7 @@ def model_config(tp: TowerParams) -> dict[str, Any]:
         "hidden_dim": tp.hidden_dim,
         "id_dim": tp.id_dim,
         "history_len": tp.history_len,
+        "recent_items": tp.recent_items,
         "temperature": tp.temperature,
         "title_hash_buckets": tp.title_hash_buckets,
         "user_buckets": tp.user_buckets,
@@ -82,10 +88,49 @@ def history_before(
     return hist.astype(np.int64)
 
 
+def history_leave_one_out(user_codes: np.ndarray, item_idx: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n) histories for rows sorted by (user, timestamp, item): row r gets the last n
+    items of its user's rows other than r itself, most recent last, left-padded with 0.
+
+    This matches the evaluation task (all of a user's train items -> their later items)
+    instead of next-item prediction, where early examples see nearly empty histories.
+    The target is never in its own history. Vectorised: the window is the user's last
+    n + 1 rows with one column dropped (r's own if r is in it, else the oldest).
+    """
+    rows = len(item_idx)
+    if rows == 0:
+        return np.zeros((0, n), dtype=np.int64)
+    idx = np.arange(rows)
+    new_user = np.r_[True, user_codes[1:] != user_codes[:-1]]
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    last_user = np.r_[user_codes[1:] != user_codes[:-1], True]
+    user_end = np.minimum.accumulate(np.where(last_user, idx + 1, rows)[::-1])[::-1]
+    first = user_end - n - 1  # first row of the (n + 1)-row window
+    drop = np.maximum(idx - first, 0)  # the window column to leave out
+    cols = np.arange(n)[None, :]
+    window = first[:, None] + cols + (cols >= drop[:, None])
+    valid = window >= user_start[:, None]
+    hist = np.where(valid, item_idx[np.clip(window, 0, rows - 1)], 0)
+    return hist.astype(np.int64)
+
+
 def build_examples(
-    train: pd.DataFrame, state: FeatureState, users: pd.DataFrame | None, history_len: int
+    train: pd.DataFrame,
+    state: FeatureState,
+    users: pd.DataFrame | None,
+    history_len: int,
+    history_mode: str = "causal",
+    history_gap: int = 0,
 ) -> Examples:
-    """One example per train interaction, histories without the target or anything later."""
+    """One example per train interaction. history_mode "causal": the history holds only
+    items strictly before the target's time; "leave_one_out": the user's last history_len
+    train items other than the target (see history_leave_one_out).
+
+    With history_gap > 0 (causal only) each history is history_len + history_gap wide, so
+    that a batch can end it up to history_gap items before the target (select_histories).
+    """
+    if history_gap and history_mode != "causal":
+        raise ValueError("history_gap applies to the causal history_mode only")
     u = train[schema.USER_ID].astype(str).to_numpy()
     i = train[schema.ITEM_ID].astype(str).to_numpy()
     t = train[schema.TIMESTAMP].to_numpy(dtype=np.int64)
@@ -93,7 +138,12 @@ def build_examples(
     u, i, t = u[order], i[order], t[order]
     item_idx = state.item_index(i)
     user_codes = pd.factorize(u)[0]
-    hist = history_before(user_codes, t, item_idx, history_len)
+    if history_mode == "leave_one_out":
+        hist = history_leave_one_out(user_codes, item_idx, history_len)
+    elif history_mode == "causal":
+        hist = history_before(user_codes, t, item_idx, history_len + history_gap)
+    else:
+        raise ValueError(f"unknown history_mode {history_mode!r}")
     uniq, inverse = np.unique(u, return_inverse=True)
     enc = state.encode_users(uniq, users)
     return Examples(
@@ -220,24 +270,60 @@ def _batch_loss(
     item_feats: dict[str, torch.Tensor],
     log_q: torch.Tensor | None,
     temperature: float,
+    content_weight: float = 0.0,
 ) -> torch.Tensor:
+    """Sampled softmax over the batch's candidates; with content_weight > 0, plus that
+    times the same softmax with every candidate embedded from content only (id = the OOV
+    bucket), which trains the item tower for items it has never seen (cold items)."""
     pos = batch["item_idx"]
     cand = batch["candidates"]  # positives of the batch, then uniform negatives
     cand_in = batch["candidates_in"]  # with id dropout applied
     q = net.query_forward(
         batch["user_idx"], batch["user_feats"], batch["history"], batch["context"]
     )
-    v = net.item_forward(
-        cand_in, item_feats["genres"][cand], item_feats["title"][cand], item_feats["numerics"][cand]
-    )
-    logits = q @ v.T / temperature
-    if log_q is not None:
-        logits = logits - log_q[None, :]
+    content = (item_feats["genres"][cand], item_feats["title"][cand], item_feats["numerics"][cand])
     b = len(pos)
     hits = pos[:, None] == cand[None, :]
     hits[:, :b] &= ~torch.eye(b, dtype=torch.bool)
-    logits = logits.masked_fill(hits, float("-inf"))
-    return nn.functional.cross_entropy(logits, torch.arange(b))
+    target = torch.arange(b)
+
+    def softmax_loss(v: torch.Tensor) -> torch.Tensor:
+        logits = q @ v.T / temperature
+        if log_q is not None:
+            logits = logits - log_q[None, :]
+        return nn.functional.cross_entropy(logits.masked_fill(hits, float("-inf")), target)
+
+    loss = softmax_loss(net.item_forward(cand_in, *content))
+    if content_weight:
+        loss = loss + content_weight * softmax_loss(
+            net.item_forward(torch.zeros_like(cand), *content)
+        )
+    return loss
+
+
+class WeightAverage:
+    """An exponential moving average of a network's parameters (Polyak averaging).
+
+    After each optimisation step the copy moves towards the trained weights by
+    1 - decay (decay warmed up as (1 + k) / (10 + k) over the first steps, so the random
+    initialisation fades fast). On a small data set the averaged weights are less noisy
+    from step to step than the last ones, so the early-stopping epoch is picked on less
+    noise and the kept model generalises better.
+    """
+
+    def __init__(self, net: nn.Module, decay: float) -> None:
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.net.parameters(), net.parameters(), strict=True):
+            avg.lerp_(cur, 1.0 - d)
 
 
 @dataclass
@@ -280,7 +366,7 @@ def _fit(
     )
     config = model_config(tp)
     net = build_net(state, config, items)
-    examples = build_examples(train, state, users, tp.history_len)
+    examples = build_examples(train, state, users, tp.history_len, tp.history_mode, tp.history_gap)
     item_feats = _item_feature_tensors(state, items)
     catalog = vocab_catalog(state, items)
     vset = None if validation is None else ValidationSet(state, train, validation, tp.history_len)
@@ -297,7 +383,9 @@ def _fit(
         net.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay
     )
     loss_fn = torch.compile(_batch_loss, dynamic=True) if tp.compile else _batch_loss
-    retriever = TwoTowerRetriever(net, state, config, items, fingerprint="-")
+    ema = WeightAverage(net, tp.ema_decay) if tp.ema_decay else None
+    eval_net = ema.net if ema is not None else net  # the weights evaluated and kept
+    retriever = TwoTowerRetriever(eval_net, state, config, items, fingerprint="-")
 
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"epoch": 0, "metric": -1.0, "weights": None}
@@ -324,6 +412,8 @@ def _fit(
                 )
             )
             step += len(rows)
+            if ema is not None:
+                ema.update(net)
             bar.update(1)
         train_seconds = time.perf_counter() - t_epoch
         net.eval()
@@ -346,7 +436,7 @@ def _fit(
             best = {
                 "epoch": epoch,
                 "metric": metrics[metric_key],
-                "weights": copy.deepcopy(net.state_dict()),
+                "weights": copy.deepcopy(eval_net.state_dict()),
             }
             stale = 0
         else:
@@ -356,6 +446,8 @@ def _fit(
     bar.close()
     if best["weights"] is not None:
         net.load_state_dict(best["weights"])
+    elif ema is not None:
+        net.load_state_dict(ema.net.state_dict())
     net.eval()
     fitted = _Fitted(
         net=net,
@@ -453,23 +545,36 @@ def train_two_tower(
             "epochs_total": len(all_epochs),
         },
     }
-    state, counts = final.state, final.counts
-    n_items = state.n_item_ids - 1
-    meta = {
-        "snapshot_id": snapshot_id,
-        "metrics": best_metrics,
-        "metrics_with_popularity": with_pop,
-        "best_epoch": es.best_epoch,
-        "refit_on_validation": refit is not None,
-        "seed": seed,
-        "item_log_popularity": dict(zip(state.item_vocab, final.log_pop.tolist(), strict=True)),
-        "log_popularity_floor": float(np.log(1.0 / (counts.sum() + n_items))),
-        "inference_popularity_weight": w,
-    }
-    model = TwoTowerRetriever(final.net, state, final.config, items, meta=meta)
+
+    def model_of(fitted: _Fitted, refit_on_validation: bool) -> TwoTowerRetriever:
+        state, counts = fitted.state, fitted.counts
+        n_items = state.n_item_ids - 1
+        meta = {
+            "snapshot_id": snapshot_id,
+            "metrics": best_metrics,
+            "metrics_with_popularity": with_pop,
+            "best_epoch": es.best_epoch,
+            "refit_on_validation": refit_on_validation,
+            "seed": seed,
+            "item_log_popularity": dict(
+                zip(state.item_vocab, fitted.log_pop.tolist(), strict=True)
+            ),
+            "log_popularity_floor": float(np.log(1.0 / (counts.sum() + n_items))),
+            "inference_popularity_weight": w,
+        }
+        return TwoTowerRetriever(fitted.net, state, fitted.config, items, meta=meta)
+
+    model = model_of(final, refit is not None)
     if out_dir is not None:
         model.save(out_dir)
         write_history(report, out_dir)
+        early = Path(out_dir) / EARLY_STOPPED
+        if refit is not None:
+            # The ranker trains on validation requests, which the refit model has seen:
+            # it takes its candidates and scores from this model instead.
+            model_of(es, False).save(str(early))
+        elif early.exists():  # a stale one from an earlier run must not be trained against
+            shutil.rmtree(early)
     if mlflow_run:
         report["mlflow_run_id"] = _log_to_mlflow(params, report, snapshot_id, out_dir)
         model.meta["mlflow_run_id"] = report["mlflow_run_id"]
@@ -499,7 +604,7 @@ def train_step(
         p = estimator.probability(batch["candidates"].numpy())
         expected = len(rows) * p + tp.mixed_negatives / n_items
         log_q = torch.from_numpy(np.log(expected).astype(np.float32))
-    loss = loss_fn(net, batch, item_feats, log_q, tp.temperature)
+    loss = loss_fn(net, batch, item_feats, log_q, tp.temperature, tp.content_loss_weight)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -519,15 +624,53 @@ def _make_batch(
     user_idx = np.where(drop_user, rng.integers(0, tp.user_buckets, size=len(rows)), user_idx)
     context = ex.context[rows]
     context = np.where(rng.random((len(rows), 1)) < tp.context_dropout, 0, context)
+    history = select_histories(ex.history[rows], tp.history_len, tp.history_gap, rng)
+    history = truncate_histories(history, tp.history_truncation, rng)
     return {
         "item_idx": torch.from_numpy(pos),
         "candidates": torch.from_numpy(cand),
         "candidates_in": torch.from_numpy(cand_in),
         "user_idx": torch.from_numpy(user_idx),
         "user_feats": torch.from_numpy(ex.user_feats[rows]),
-        "history": torch.from_numpy(ex.history[rows]),
+        "history": torch.from_numpy(history),
         "context": torch.from_numpy(context),
     }
+
+
+def select_histories(
+    wide: np.ndarray, history_len: int, max_gap: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The history_len-wide histories of a batch from (rows, history_len + max_gap) causal
+    ones: per row, a gap uniform in 0..max_gap of the most recent items is skipped.
+
+    The target is then one of the next max_gap + 1 items after the history's end, as in
+    evaluation, where the whole next slice of a user's items is to be retrieved (not only
+    the very next one). max_gap 0 returns the input unchanged.
+    """
+    if not max_gap:
+        return wide
+    gap = rng.integers(0, max_gap + 1, size=len(wide))
+    cols = (max_gap - gap)[:, None] + np.arange(history_len)[None, :]
+    return np.take_along_axis(wide, cols, axis=1)
+
+
+def truncate_histories(
+    history: np.ndarray, probability: float, rng: np.random.Generator
+) -> np.ndarray:
+    """With `probability` per row, keep only a uniformly random number (1..filled) of the
+    most recent items of the (left-padded, most recent last) history; the rest become 0.
+
+    An augmentation so that a model trained on full histories also serves users who
+    have only a few items. probability 0 returns the input unchanged (no copy).
+    """
+    if not probability or not len(history):
+        return history
+    n = history.shape[1]
+    filled = (history > 0).sum(1)
+    keep = np.floor(rng.random(len(history)) * filled).astype(np.int64) + 1
+    cut = (rng.random(len(history)) < probability) & (filled > 0)
+    keep = np.where(cut, keep, n)
+    return np.where(np.arange(n)[None, :] >= n - keep[:, None], history, 0)
 
 
 # --- reporting ------------------------------------------------------------------------

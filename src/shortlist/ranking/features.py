@@ -26,13 +26,21 @@ import numpy as np
 import pandas as pd
 
 from shortlist.data import schema
+from shortlist.ranking.cooccurrence import (
+    COOCCURRENCE_NAMES,
+    ItemNeighbours,
+    cooccurrence_features,
+)
 
 DAY = 86_400
 #: Feature groups. `retrieval`, `item` and `user` are always on; the others can be ablated.
-GROUPS = ("retrieval", "item", "user", "crosses", "popularity", "context", "ids")
-ABLATABLE = ("crosses", "popularity", "context", "ids")
+GROUPS = ("retrieval", "item", "user", "crosses", "cooccurrence", "popularity", "context", "ids")
+ABLATABLE = ("crosses", "cooccurrence", "popularity", "context", "ids")
 #: Most recent history items used for the "recent taste" cross features.
 RECENT_ITEMS = 10
+#: Most recent history items the co-occurrence features look at (the serving bundle's
+#: default history length, so training and serving see the same window).
+COOCCURRENCE_HISTORY = 200
 _MAX_CATEGORIES = 64
 
 
@@ -208,6 +216,9 @@ class FeatureSpace:
     groups: list[str]
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    #: Item-item neighbours for the `cooccurrence` group (a snapshot, see cooccurrence.py);
+    #: None reads as a table without neighbours.
+    neighbours: ItemNeighbours | None = None
     _item_pos: dict[str, int] = field(default_factory=dict, repr=False)
     _user_pos: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -335,6 +346,8 @@ class FeatureSpace:
             for c in self.item_numeric_names:
                 out += [(f"{c}_gap_to_user_mean", "crosses"), (f"{c}_abs_gap", "crosses")]
             out += [(f"user_share*genre={g}", "crosses") for g in self.genres]
+        if self.uses("cooccurrence"):
+            out += [(n, "cooccurrence") for n in COOCCURRENCE_NAMES]
         if self.uses("popularity"):
             out += [(n, "popularity") for n in popularity_names(self.windows_days)]
         if self.uses("context"):
@@ -379,6 +392,13 @@ class FeatureSpace:
         blocks.append(np.broadcast_to(urow, (n, len(urow))))
         if self.uses("crosses"):
             blocks.append(self._crosses(hpos, cand, ig, inum))
+        if self.uses("cooccurrence"):
+            table = self.neighbours or ItemNeighbours.empty(self.n_items)
+            blocks.append(
+                cooccurrence_features(
+                    table, hpos[-COOCCURRENCE_HISTORY:], cand, recent=RECENT_ITEMS, n_ranked=nr
+                )
+            )
         if self.uses("popularity"):
             blocks.append(pop.astype(np.float32))
         if self.uses("context"):
@@ -457,6 +477,8 @@ class FeatureSpace:
         }
         if self.mean is not None:
             arrays["fs.mean"], arrays["fs.std"] = self.mean, self.std
+        if self.neighbours is not None:
+            arrays.update(self.neighbours.arrays("fs.neighbours"))
         return meta, arrays
 
     @classmethod
@@ -476,6 +498,9 @@ class FeatureSpace:
             groups=list(meta["groups"]),
             mean=arrays.get("fs.mean"),
             std=arrays.get("fs.std"),
+            neighbours=ItemNeighbours.from_arrays(arrays, "fs.neighbours")
+            if "fs.neighbours.indptr" in arrays
+            else None,
         )
 
 

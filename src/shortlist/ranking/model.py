@@ -88,6 +88,98 @@ class DCNRanker(nn.Module):
         return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)
 
 
+class DCNEnsemble(nn.Module):
+    """The mean logit of several DCNRankers sharing one feature space.
+
+    Each member is trained with its own seed and its own early-stopping users
+    (`shortlist.ranking.train.train_ranker`): the ranker learns from a few hundred
+    requests, so a single network's order depends noticeably on its initialisation and on
+    which users stopped it; averaging members removes that variance (bagging).
+    """
+
+    def __init__(self, members: list[DCNRanker]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.config: dict[str, Any] = {**members[0].config, "members": len(members)}
+        self._packed: dict[str, Any] | None = None
+
+    def train(self, mode: bool = True) -> DCNEnsemble:
+        self._packed = None
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._packed = None
+        return super().load_state_dict(*args, **kwargs)
+
+    def _pack(self) -> dict[str, Any]:
+        """The members' weights stacked per layer (member axis first), for `forward`."""
+
+        def stack(get) -> torch.Tensor:
+            return torch.stack([get(m).detach() for m in self.members])
+
+        deep = [i for i, layer in enumerate(self.members[0].deep) if isinstance(layer, nn.Linear)]
+        return {
+            "user": stack(lambda m: m.user_emb.weight) if self.members[0].use_ids else None,
+            "item": stack(lambda m: m.item_emb.weight) if self.members[0].use_ids else None,
+            "cross": [
+                (
+                    stack(lambda m, k=k: m.cross[k].linear.weight.T),
+                    stack(lambda m, k=k: m.cross[k].linear.bias[None, :]),
+                )
+                for k in range(len(self.members[0].cross))
+            ],
+            "deep": [
+                (
+                    stack(lambda m, i=i: m.deep[i].weight.T),
+                    stack(lambda m, i=i: m.deep[i].bias[None, :]),
+                )
+                for i in deep
+            ],
+            "head": (
+                stack(lambda m: m.head.weight.T),
+                stack(lambda m: m.head.bias[None, :]),
+            ),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DCNEnsemble:
+        c = dict(config)
+        n = int(c.pop("members"))
+        return cls([DCNRanker.from_config(c) for _ in range(n)])
+
+    def forward(
+        self, dense: torch.Tensor, user_idx: torch.Tensor, item_idx: torch.Tensor
+    ) -> torch.Tensor:
+        if self.training:
+            return torch.stack([m(dense, user_idx, item_idx) for m in self.members]).mean(0)
+        # Inference: every layer of all members in one batched matmul. The members are
+        # small, so one at a time is dominated by per-call overhead, not arithmetic.
+        if self._packed is None:
+            self._packed = self._pack()
+        p = self._packed
+        n_members = len(self.members)
+        x0 = dense.expand(n_members, *dense.shape)
+        if p["user"] is not None:
+            x0 = torch.cat([x0, p["user"][:, user_idx], p["item"][:, item_idx]], dim=2)
+        x = x0
+        for w, b in p["cross"]:
+            x = x0 * torch.baddbmm(b, x, w) + x
+        h = x0
+        for w, b in p["deep"]:
+            h = torch.relu(torch.baddbmm(b, h, w))
+        w, b = p["head"]
+        return torch.baddbmm(b, torch.cat([x, h], dim=2), w).mean(0).squeeze(1)
+
+
+def model_from_config(config: dict[str, Any]) -> nn.Module:
+    """The network a saved ranker config describes (a single DCN or an ensemble)."""
+    if "members" in config:
+        return DCNEnsemble.from_config(config)
+    return DCNRanker.from_config(config)
+
+
 def weighted_logistic_loss(
     logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:

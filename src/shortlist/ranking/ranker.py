@@ -33,7 +33,8 @@ FORMAT = 1
 
 
 class Ranker:
-    """A DCN ranker with its feature state; scores candidates for one request."""
+    """A DCN ranker (or an ensemble of them) with its feature state; scores the
+    candidates of one request."""
 
     def __init__(
         self,
@@ -82,7 +83,7 @@ class Ranker:
         import torch
         from safetensors.numpy import load
 
-        from shortlist.ranking.model import DCNRanker
+        from shortlist.ranking.model import model_from_config
 
         root = Path(model_dir)
         doc = json.loads((root / CONFIG).read_text())
@@ -93,7 +94,7 @@ class Ranker:
             raise ValueError(f"{root / WEIGHTS} does not match the checksum in {CONFIG}")
         arrays = load(blob)
         space = FeatureSpace.from_state(doc["features"], arrays)
-        model = DCNRanker.from_config(doc["model"])
+        model = model_from_config(doc["model"])
         state = {
             k[len("model.") :]: torch.from_numpy(v)
             for k, v in arrays.items()

@@ -6,7 +6,9 @@ instead: one request per validation user at the time of their first validation e
 features as of that time (the `EventLog` over train + validation hides everything at or
 after it), positives = the user's validation items. A held-out share of those users
 (`ranker.holdout_fraction`) is used only for early stopping on NDCG@eval_k, ranked over
-the retrieved candidates exactly as serving ranks them.
+the retrieved candidates exactly as serving ranks them. With `ranker.ensemble` > 1 the
+ranker is the mean of that many networks, each with its own seed and its own held-out
+users (bagging); every request is featurised once and shared by the members.
 
 Rows: the top-N candidates of the request (hard negatives: retrieved, not taken) plus
 `ranker.random_negatives` uniformly drawn catalog items. Positives are weighted by
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.ranking.candidates import Retrieval
+from shortlist.ranking.cooccurrence import ItemNeighbours
 from shortlist.ranking.features import (
     ABLATABLE,
     EventLog,
@@ -371,6 +374,43 @@ def predict(model: Any, ex: Examples, batch: int = 65_536) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def _neighbours(interactions: pd.DataFrame, space: FeatureSpace, rp) -> ItemNeighbours:
+    return ItemNeighbours.fit(
+        interactions,
+        space.item_index(),
+        neighbours=rp.cooccurrence_neighbours,
+        shrink=rp.cooccurrence_shrink,
+    )
+
+
+def _select(ex: Examples, keep: np.ndarray) -> Examples:
+    """The requests of `ex` where `keep` is True, in order."""
+    idx = np.flatnonzero(keep)
+    lengths = np.diff(ex.offsets)[idx]
+    rows = (
+        np.concatenate([np.arange(ex.offsets[r], ex.offsets[r + 1]) for r in idx])
+        if len(idx)
+        else np.zeros(0, np.int64)
+    )
+    return Examples(
+        dense=ex.dense[rows],
+        user_idx=ex.user_idx[rows],
+        item_idx=ex.item_idx[rows],
+        rows=ex.rows[rows],
+        labels=ex.labels[rows],
+        weights=ex.weights[rows],
+        retrieval=ex.retrieval[rows],
+        retrieved=ex.retrieved[rows],
+        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        n_relevant=ex.n_relevant[idx],
+        user_ids=[ex.user_ids[r] for r in idx],
+    )
+
+
+def _mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def _holdout(user_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """Deterministic user-level holdout mask (hash of seed and user id)."""
     h = [
@@ -378,10 +418,6 @@ def _holdout(user_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
         for u in user_ids
     ]
     return np.asarray(h) < fraction
-
-
-def _subset(reqs: Sequence[LabeledRequest], mask: np.ndarray) -> list[LabeledRequest]:
-    return [r for r, m in zip(reqs, mask, strict=True) if m]
 
 
 def train_ranker(
@@ -404,6 +440,7 @@ def train_ranker(
     """
     import torch
 
+    from shortlist.ranking.model import DCNEnsemble
     from shortlist.ranking.ranker import Ranker
 
     rp = params.ranker
@@ -422,32 +459,35 @@ def train_ranker(
         item_ids=cat,
     )
     log = EventLog(seen_all, space.item_index())
+    if space.uses("cooccurrence"):
+        # Fitted on the towers' part only: never on the labels the ranker learns from.
+        space.neighbours = _neighbours(train, space, rp)
     retrieval = Retrieval(retriever, items, cat, users, params)
     reqs = make_requests(
         validation, train, space.item_index(), engagement=rp.positive_weight == "engagement"
     )
-    hold = _holdout([r.user_id for r in reqs], rp.holdout_fraction, seed)
-    fit_ex = featurize(
+    # Every request twice: as training rows (sampled negatives) and as serving ranks them
+    # (all candidates, for early stopping). Members then pick their own users from these.
+    train_rows = featurize(
         space,
         log,
         retrieval,
-        _subset(reqs, ~hold),
+        reqs,
         n_candidates=rp.candidates,
         random_negatives=rp.random_negatives,
         hard_negatives=rp.hard_negatives,
         seed=seed,
         progress=progress,
     )
-    stop_ex = featurize(
-        space, log, retrieval, _subset(reqs, hold), n_candidates=rp.candidates, seed=seed
-    )
-    space.fit_standardisation(fit_ex.dense)
-    _standardise(space, fit_ex)
-    _standardise(space, stop_ex)
+    serve_rows = featurize(space, log, retrieval, reqs, n_candidates=rp.candidates, seed=seed)
+    space.fit_standardisation(train_rows.dense)
+    _standardise(space, train_rows)
+    _standardise(space, serve_rows)
     ks = sorted({10, rp.eval_k})
-    baseline = request_metrics(stop_ex, stop_ex.retrieval, ks)
+    user_ids = [r.user_id for r in reqs]
 
     run_ctx = _mlflow(params, mlflow_run)
+    members, reports = [], []
     with run_ctx as run:
         if run is not None:
             import mlflow
@@ -456,51 +496,80 @@ def train_ranker(
             mlflow.log_params(
                 {
                     "seed": seed,
-                    "fit_rows": len(fit_ex.labels),
-                    "fit_requests": len(fit_ex),
-                    "stop_requests": len(stop_ex),
+                    "requests": len(reqs),
                     "tower_fingerprint": getattr(retriever, "fingerprint", ""),
                 }
             )
-            mlflow.log_metrics(
-                {f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()}
+        for k in range(rp.ensemble):
+            # Member k: its own seed and its own early-stopping users (bagging).
+            hold = _holdout(user_ids, rp.holdout_fraction, seed + k)
+            fit_ex, stop_ex = _select(train_rows, ~hold), _select(serve_rows, hold)
+            prefix = "" if k == 0 else f"member_{k}."
+
+            def on_epoch(row: dict[str, Any], prefix: str = prefix) -> None:
+                if run is not None:
+                    import mlflow
+
+                    mlflow.log_metrics(
+                        {
+                            prefix + key.replace("@", "_at_"): v
+                            for key, v in row.items()
+                            if key != "epoch"
+                        },
+                        step=row["epoch"],
+                    )
+
+            model, history = fit_network(
+                space, fit_ex, stop_ex, rp, seed=seed + k, progress=progress, on_epoch=on_epoch
             )
-
-        def on_epoch(row: dict[str, Any]) -> None:
-            if run is not None:
-                import mlflow
-
-                mlflow.log_metrics(
-                    {k.replace("@", "_at_"): v for k, v in row.items() if k != "epoch"},
-                    step=row["epoch"],
-                )
-
-        model, history = fit_network(
-            space, fit_ex, stop_ex, rp, seed=seed, progress=progress, on_epoch=on_epoch
-        )
-        final = request_metrics(stop_ex, predict(model, stop_ex), ks)
+            members.append(model)
+            reports.append(
+                {
+                    "seed": seed + k,
+                    "stop_ranker": request_metrics(stop_ex, predict(model, stop_ex), ks),
+                    "stop_retrieval_only": request_metrics(stop_ex, stop_ex.retrieval, ks),
+                    "best_epoch": int(np.argmax([h[f"ndcg@{rp.eval_k}"] for h in history]) + 1),
+                    "fit_requests": len(fit_ex),
+                    "fit_rows": int(len(fit_ex.labels)),
+                    "fit_positives": int(fit_ex.labels.sum()),
+                    "stop_requests": len(stop_ex),
+                    "history": history,
+                }
+            )
+        # Each member is scored on its own stop users; the means compare like with like.
+        final = _mean_metrics([r["stop_ranker"] for r in reports])
+        baseline = _mean_metrics([r["stop_retrieval_only"] for r in reports])
         if run is not None:
             import mlflow
 
             mlflow.log_metrics(
                 {f"stop_ranker_{k.replace('@', '_at_')}": v for k, v in final.items()}
             )
-            fig = _curves(history, baseline, rp.eval_k)
+            mlflow.log_metrics(
+                {f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()}
+            )
+            fig = _curves(reports[0]["history"], reports[0]["stop_retrieval_only"], rp.eval_k)
             mlflow.log_figure(fig, "ranker_curves.png")
             import matplotlib.pyplot as plt
 
             plt.close(fig)
+    model = members[0] if len(members) == 1 else DCNEnsemble(members)
 
     popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
+    if space.uses("cooccurrence"):
+        # Serving snapshot as of the end of the log, as for popularity.
+        space.neighbours = _neighbours(seen_all, space, rp)
+    first = reports[0]
     summary = {
         "stop_ranker": final,
         "stop_retrieval_only": baseline,
-        "history": history,
-        "best_epoch": int(np.argmax([h[f"ndcg@{rp.eval_k}"] for h in history]) + 1),
-        "fit_requests": len(fit_ex),
-        "fit_rows": int(len(fit_ex.labels)),
-        "fit_positives": int(fit_ex.labels.sum()),
-        "stop_requests": len(stop_ex),
+        "history": first["history"],
+        "best_epoch": first["best_epoch"],
+        "fit_requests": first["fit_requests"],
+        "fit_rows": first["fit_rows"],
+        "fit_positives": first["fit_positives"],
+        "stop_requests": first["stop_requests"],
+        "ensemble": [{k: v for k, v in r.items() if k != "history"} for r in reports],
         "feature_groups": groups,
         "n_dense": space.n_dense,
         "seconds": time.perf_counter() - t0,
