@@ -137,10 +137,13 @@ class RankerParams(_Section):
     # Hard negatives per training request, sampled from the retrieved candidates the user
     # did not take (0: all of them). Early stopping always ranks all candidates.
     hard_negatives: int = Field(50, ge=0)
-    # Small members: an ensemble of 5 with one cross layer and a (64, 32) MLP matched
-    # 5 members of (2, (128, 64)) on validation at about half the serving cost.
-    cross_layers: int = Field(1, ge=0)
-    hidden_dims: list[int] = [64, 32]
+    # With an ensemble, 5 members of one rank-16 cross layer and a (64, 32) MLP matched
+    # 5 members of 2 full-rank layers and (128, 64) on validation.
+    cross_layers: int = Field(2, ge=0)
+    # Rank of each cross layer's weight (0 = full rank: n_features^2 multiply-adds per
+    # candidate; DCN-v2's low-rank form costs 2 * n_features * rank).
+    cross_rank: int = Field(0, ge=0)
+    hidden_dims: list[int] = [128, 64]
     batch_size: int = Field(1024, gt=0)
     epochs: int = Field(10, gt=0)
     learning_rate: float = Field(0.001, gt=0)
@@ -163,8 +166,8 @@ class RankerParams(_Section):
     ]
     # Networks averaged into the ranker, each with its own seed and early-stopping users
     # (bagging: the ranker learns from a few hundred requests, so one network's order
-    # varies with its initialisation and stop set).
-    ensemble: int = Field(5, ge=1)
+    # varies with its initialisation and stop set). Off by default: see params.yaml.
+    ensemble: int = Field(1, ge=1)
     # Item-item neighbours of the `cooccurrence` group: top-k by shrunk cosine similarity.
     cooccurrence_neighbours: int = Field(100, gt=0)
     cooccurrence_shrink: float = Field(10.0, ge=0)

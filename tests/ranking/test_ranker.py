@@ -203,11 +203,13 @@ def test_request_metrics_counts_missed_positives():
     )
 
 
-@pytest.mark.parametrize("use_ids", [True, False])
-def test_ensemble_is_the_members_mean_logit(use_ids):
+@pytest.mark.parametrize(("use_ids", "rank"), [(True, 0), (False, 0), (True, 3)])
+def test_ensemble_is_the_members_mean_logit(use_ids, rank):
     torch.manual_seed(0)
     members = [
-        DCNRanker(6, 3, 5, id_dim=4, cross_layers=2, hidden_dims=[8, 4], use_ids=use_ids)
+        DCNRanker(
+            6, 3, 5, id_dim=4, cross_layers=2, hidden_dims=[8, 4], use_ids=use_ids, cross_rank=rank
+        )
         for _ in range(3)
     ]
     for m in members:  # non-trivial cross weights

@@ -17,14 +17,18 @@ from torch import nn
 
 
 class CrossLayer(nn.Module):
-    def __init__(self, dim: int) -> None:
+    """x0 * (W x + b) + x; with `rank` > 0, W = U V^T of that rank (DCN-v2's low-rank
+    form: 2 * dim * rank multiply-adds per row instead of dim^2)."""
+
+    def __init__(self, dim: int, rank: int = 0) -> None:
         super().__init__()
-        self.linear = nn.Linear(dim, dim)
+        self.down = nn.Linear(dim, rank, bias=False) if rank else None
+        self.linear = nn.Linear(rank or dim, dim)
         nn.init.normal_(self.linear.weight, std=0.01)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return x0 * self.linear(x) + x
+        return x0 * self.linear(x if self.down is None else self.down(x)) + x
 
 
 class DCNRanker(nn.Module):
@@ -41,6 +45,7 @@ class DCNRanker(nn.Module):
         hidden_dims: list[int] | tuple[int, ...] = (128, 64),
         dropout: float = 0.1,
         use_ids: bool = True,
+        cross_rank: int = 0,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
@@ -52,6 +57,7 @@ class DCNRanker(nn.Module):
             "hidden_dims": list(hidden_dims),
             "dropout": dropout,
             "use_ids": use_ids,
+            "cross_rank": cross_rank,
         }
         self.use_ids = use_ids
         d0 = n_dense
@@ -62,7 +68,7 @@ class DCNRanker(nn.Module):
             nn.init.normal_(self.user_emb.weight, std=0.01)
             nn.init.normal_(self.item_emb.weight, std=0.01)
             d0 += 2 * id_dim
-        self.cross = nn.ModuleList(CrossLayer(d0) for _ in range(cross_layers))
+        self.cross = nn.ModuleList(CrossLayer(d0, cross_rank) for _ in range(cross_layers))
         layers: list[nn.Module] = []
         prev = d0
         for h in hidden_dims:
@@ -125,6 +131,9 @@ class DCNEnsemble(nn.Module):
             "item": stack(lambda m: m.item_emb.weight) if self.members[0].use_ids else None,
             "cross": [
                 (
+                    stack(lambda m, k=k: m.cross[k].down.weight.T)
+                    if self.members[0].cross[k].down is not None
+                    else None,
                     stack(lambda m, k=k: m.cross[k].linear.weight.T),
                     stack(lambda m, k=k: m.cross[k].linear.bias[None, :]),
                 )
@@ -164,8 +173,8 @@ class DCNEnsemble(nn.Module):
         if p["user"] is not None:
             x0 = torch.cat([x0, p["user"][:, user_idx], p["item"][:, item_idx]], dim=2)
         x = x0
-        for w, b in p["cross"]:
-            x = x0 * torch.baddbmm(b, x, w) + x
+        for down, w, b in p["cross"]:
+            x = x0 * torch.baddbmm(b, x if down is None else torch.bmm(x, down), w) + x
         h = x0
         for w, b in p["deep"]:
             h = torch.relu(torch.baddbmm(b, h, w))

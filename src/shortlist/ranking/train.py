@@ -273,6 +273,7 @@ def fit_network(
         hidden_dims=rp.hidden_dims,
         dropout=rp.dropout,
         use_ids=space.uses("ids"),
+        cross_rank=rp.cross_rank,
     )
     opt = Adam(list(model.parameters()), lr=rp.learning_rate, weight_decay=rp.weight_decay)
     tensors = [
