@@ -136,16 +136,21 @@ def _offline_recommendations(
         }
     )
     rebuilt = retriever.histories_from(frame, ids)
-    queries = retriever.embed_users(ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times)
-    vectors = retriever.embed_items(bundle.items, batch_size=params.index.embed_batch_size)
+    # The serving score (with the inference popularity term when the model has one),
+    # searched exactly: candidates and the ranker's retrieval-score feature as the index
+    # gives them to the live path, minus the approximation.
+    serve_q = retriever.query_vectors(
+        ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times
+    )
+    serve_v = retriever.item_vectors(bundle.items, batch_size=params.index.embed_batch_size)
     n = min(len(bundle.item_ids), max(params.ranker.candidates, k))
     row_of = {item: r for r, item in enumerate(bundle.item_ids.tolist())}
     seen = [{row_of[i] for i in h if i in row_of} for h in histories]
     width = min(len(bundle.item_ids), n + max((len(s) for s in seen), default=0))
-    scores, rows = exact_search(vectors, queries, width)
+    scores, rows = exact_search(serve_v, serve_q, width)
     out = []
-    for uid, hist, ts, user_seen, srow, rrow in zip(
-        ids, histories, times, seen, scores, rows, strict=True
+    for uid, hist, ts, user_seen, srow, rrow, q in zip(
+        ids, histories, times, seen, scores, rows, serve_q, strict=True
     ):
         keep = [(r, s) for r, s in zip(rrow, srow, strict=True) if r >= 0 and r not in user_seen][
             :n
@@ -153,7 +158,8 @@ def _offline_recommendations(
         cand = np.array([r for r, _ in keep], dtype=np.int64)
         cand_scores = np.array([s for _, s in keep], dtype=np.float64)
         if bundle.ranker is not None and len(cand):
-            ranked = bundle.ranker.score(uid, hist, bundle.item_ids[cand], {"timestamp": ts})
+            ctx = {"timestamp": ts, "retrieval_scores": (serve_v[cand] @ q).astype(np.float32)}
+            ranked = bundle.ranker.score(uid, hist, bundle.item_ids[cand], ctx)
             cand = cand[np.argsort(-np.asarray(ranked, dtype=np.float64), kind="stable")]
         else:
             cand = cand[np.argsort(-cand_scores, kind="stable")]
