@@ -65,6 +65,14 @@ def model_config(tp: TowerParams) -> dict[str, Any]:
     }
 
 
+def _user_segments(user_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row index, row starts a new user, first row of the row's user) for rows sorted by
+    user: the shared bookkeeping of the vectorised history builders."""
+    idx = np.arange(len(user_codes))
+    new_user = np.r_[True, user_codes[1:] != user_codes[:-1]]
+    return idx, new_user, np.maximum.accumulate(np.where(new_user, idx, 0))
+
+
 def history_before(
     user_codes: np.ndarray, timestamps: np.ndarray, item_idx: np.ndarray, n: int
 ) -> np.ndarray:
@@ -77,9 +85,7 @@ def history_before(
     rows = len(item_idx)
     if rows == 0:
         return np.zeros((0, n), dtype=np.int64)
-    idx = np.arange(rows)
-    new_user = np.r_[True, user_codes[1:] != user_codes[:-1]]
-    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    idx, new_user, user_start = _user_segments(user_codes)
     new_time = new_user | np.r_[True, timestamps[1:] != timestamps[:-1]]
     group_start = np.maximum.accumulate(np.where(new_time, idx, 0))  # first row of the tie
     window = group_start[:, None] - n + np.arange(n)[None, :]
@@ -100,9 +106,7 @@ def history_leave_one_out(user_codes: np.ndarray, item_idx: np.ndarray, n: int) 
     rows = len(item_idx)
     if rows == 0:
         return np.zeros((0, n), dtype=np.int64)
-    idx = np.arange(rows)
-    new_user = np.r_[True, user_codes[1:] != user_codes[:-1]]
-    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    idx, _, user_start = _user_segments(user_codes)
     last_user = np.r_[user_codes[1:] != user_codes[:-1], True]
     user_end = np.minimum.accumulate(np.where(last_user, idx + 1, rows)[::-1])[::-1]
     first = user_end - n - 1  # first row of the (n + 1)-row window
