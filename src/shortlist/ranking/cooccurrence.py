@@ -90,21 +90,29 @@ class ItemNeighbours:
             indptr, np.concatenate(idx).astype(np.int32), np.concatenate(vals).astype(np.float32)
         )
 
-    def rows_of(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(neighbour positions, similarities, index into `positions`) of the given rows,
-        concatenated; positions outside the table contribute nothing."""
+    def _spans(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first entry, number of entries) of each row; 0 entries outside the table."""
         positions = np.asarray(positions, dtype=np.int64)
         valid = (positions >= 0) & (positions < self.n_items)
         safe = np.where(valid, positions, 0)
         starts = self.indptr[safe]
-        lengths = np.where(valid, self.indptr[safe + 1] - starts, 0)
+        return starts, np.where(valid, self.indptr[safe + 1] - starts, 0)
+
+    def n_entries(self, positions: np.ndarray) -> int:
+        """How many entries `entries_of(positions)` returns."""
+        return int(self._spans(positions)[1].sum())
+
+    def entries_of(self, positions: np.ndarray) -> np.ndarray:
+        """Flat indices into `indices` / `sims` of the given rows' entries, concatenated in
+        the order of `positions`; positions outside the table contribute nothing."""
+        starts, lengths = self._spans(positions)
         total = int(lengths.sum())
         if total == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64)
-        owner = np.repeat(np.arange(len(positions)), lengths)
+            return np.zeros(0, np.int64)
+        # Entry j of row r sits at starts[r] + j: one repeat of each row's offset from its
+        # place in the output plus a running index (no per-entry owner array needed).
         first = np.cumsum(lengths) - lengths
-        flat = starts[owner] + (np.arange(total) - first[owner])
-        return self.indices[flat].astype(np.int64), self.sims[flat], owner
+        return np.repeat(starts - first, lengths) + np.arange(total)
 
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
         return {
@@ -177,25 +185,27 @@ def cooccurrence_features(
     cand = np.asarray(candidates, dtype=np.int64)
     n = len(cand)
     out = np.zeros((n, len(COOCCURRENCE_NAMES)), np.float32)
-    history = np.asarray(history, dtype=np.int64)
-    nb, sim, owner = table.rows_of(history)
     if n == 0:
         return out
+    history = np.asarray(history, dtype=np.int64)
+    flat = table.entries_of(history)
     nr = n if n_ranked is None else n_ranked
-    if len(nb):
+    if len(flat):
         # Which neighbour entries are candidates: one gather through a per-thread
         # position -> candidate row table (a binary search per entry costs ~10x more).
         slots = _slot_table(table.n_items)
         known = np.flatnonzero((cand >= 0) & (cand < table.n_items))
         slots[cand[known]] = known
         try:
-            row = slots[nb]
+            row = slots[table.indices[flat]]
         finally:
             slots[cand[known]] = -1
-        hit = row >= 0
-        row = row[hit]
-        s, o = sim[hit].astype(np.float64), owner[hit]
-        is_recent = o >= len(history) - recent
+        at = np.flatnonzero(row >= 0)
+        row = row[at]
+        s = table.sims[flat[at]].astype(np.float64)
+        # Entries come in history order, so the `recent` latest items' entries are the tail.
+        recent_rows = history[-recent:] if recent > 0 else history[:0]
+        is_recent = at >= len(flat) - table.n_entries(recent_rows)
         score = np.bincount(row, weights=s, minlength=n)
         score_recent = np.bincount(row[is_recent], weights=s[is_recent], minlength=n)
         best = np.zeros(n)

@@ -314,7 +314,14 @@ class FeatureSpace:
 
     def item_positions(self, ids: Sequence[str]) -> np.ndarray:
         """Catalog positions of item ids; -1 for ids outside the catalog."""
-        return np.array([self._item_pos.get(str(i), -1) for i in ids], dtype=np.int64)
+        get = self._item_pos.get
+        ids = ids if isinstance(ids, list | tuple | np.ndarray) else list(ids)
+        pos = np.array([get(i, -1) for i in ids], dtype=np.int64)
+        # Ids are strings on every serving path; others (ints) miss and are looked up as
+        # strings here, so the common case skips a str() per id.
+        for k in np.flatnonzero(pos < 0):
+            pos[k] = get(str(ids[k]), -1)
+        return pos
 
     def uses(self, group: str) -> bool:
         return group in self.groups
@@ -382,13 +389,13 @@ class FeatureSpace:
         miss = ~np.isfinite(inum)
         filled = np.where(miss, self._item_numeric_mean, inum)
         blocks += [np.stack([filled[:, k], miss[:, k]], 1) for k in range(inum.shape[1])]
-        hist = [str(h) for h in req.history]
-        hpos = self.item_positions(hist)
+        hpos = self.item_positions(req.history)
+        n_hist = len(hpos)
         hpos = hpos[hpos >= 0]
         user_static = self.user_table.get(str(req.user_id))
         if user_static is None:
             user_static = np.zeros(self._n_user_static, np.float32)
-        urow = np.r_[np.log1p(len(hist)), user_static].astype(np.float32)
+        urow = np.r_[np.log1p(n_hist), user_static].astype(np.float32)
         blocks.append(np.broadcast_to(urow, (n, len(urow))))
         if self.uses("crosses"):
             blocks.append(self._crosses(hpos, cand, ig, inum))
