@@ -7,7 +7,9 @@ context, standardisation, the DCN forward). The retrieval scores come with the r
 recomputes them with the towers. Uses the ranker in MODEL_DIR when given, else trains a
 small one on ml-100k (towers for 2 epochs: latency does not depend on quality).
 
-    .venv/bin/python benchmarks/ranker_latency.py [--model MODEL_DIR] [--requests 2000]
+    .venv/bin/python benchmarks/ranker_latency.py [--model MODEL_DIR] [--requests 2000] [--rounds 5]
+
+Reports the round with the median p99 (all rounds are in the JSON).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "datasets" / "ml-100k"))
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--candidates", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5, help="timed passes over the requests")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "ranker_latency.json"))
     a = ap.parse_args(argv)
 
@@ -87,14 +90,27 @@ def main(argv: list[str] | None = None) -> int:
     reqs = [request() for _ in range(a.requests)]
     for r in reqs[:50]:  # warm-up
         ranker.score(*r)
-    times, cpu = [], []
-    for r in reqs:
-        c0, t0 = time.thread_time(), time.perf_counter()
-        ranker.score(*r)
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.thread_time() - c0)
-    ms = np.asarray(times) * 1e3
-    cpu_ms = np.asarray(cpu) * 1e3
+    # Several rounds over the same requests: this host's speed drifts within minutes, so one
+    # round's p99 swings by 2x; the headline is the median round, every round is recorded.
+    rounds = []
+    for _ in range(a.rounds):
+        times, cpu = [], []
+        for r in reqs:
+            c0, t0 = time.thread_time(), time.perf_counter()
+            ranker.score(*r)
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+        ms, cpu_ms = np.asarray(times) * 1e3, np.asarray(cpu) * 1e3
+        rounds.append(
+            {
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "mean_ms": float(ms.mean()),
+                "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
+                "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+            }
+        )
+    median = sorted(rounds, key=lambda x: x["p99_ms"])[len(rounds) // 2]
     towers_ms = []
     for u, h, c, ctx in reqs[:200]:
         ctx2 = {"timestamp": ctx["timestamp"]}
@@ -108,14 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/ranker_latency.py " + " ".join(argv or sys.argv[1:]),
         "threads": torch.get_num_threads(),
         "candidates": n,
-        "requests": len(ms),
+        "requests": len(reqs),
         "features_included": True,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-        # CPU time of the scoring thread: the cost without other processes' contention.
-        "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
-        "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+        # The round with the median p99 (CPU time of the scoring thread beside the wall
+        # time: the cost without other processes' contention); all rounds below.
+        **median,
+        "rounds": rounds,
+        "p99_ms_range": [min(x["p99_ms"] for x in rounds), max(x["p99_ms"] for x in rounds)],
         "load_average_1m": os.getloadavg()[0],
         # Seconds for a fixed pure-Python loop: compare latencies only between runs whose
         # probes are close (this host's CPU speed varies by 2x over a day).
@@ -125,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             "p99_ms": float(np.percentile(towers_ms, 99)),
         },
         "target_p99_ms": 5.0,
-        "target_met": bool(np.percentile(ms, 99) <= 5.0),
+        "target_met": bool(median["p99_ms"] <= 5.0),
     }
     print(
         f"ranker.score, {n} candidates, 1 thread, features included: "
-        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms "
+        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms (median of "
+        f"{len(rounds)} rounds; p99 range {result['p99_ms_range'][0]:.2f}-"
+        f"{result['p99_ms_range'][1]:.2f} ms) "
         f"(with tower scores recomputed: p50 {result['with_tower_scores']['p50_ms']:.2f} ms, "
-        f"p99 {result['with_tower_scores']['p99_ms']:.2f} ms) over {len(ms)} requests; "
+        f"p99 {result['with_tower_scores']['p99_ms']:.2f} ms) over {len(reqs)} requests a round; "
         f"thread CPU p50 {result['cpu_p50_ms']:.2f} ms, p99 {result['cpu_p99_ms']:.2f} ms; "
         f"load average {result['load_average_1m']:.1f} on {os.cpu_count()} cores; "
         f"CPU probe {result['cpu_probe_seconds']} s"

@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _params(work: Path, n_items: int, args):
     big = n_items > args.flat_max
-    return load_params(REPO / "params.yaml").with_overrides(
+    return load_params(REPO / "params.yaml", args.overrides).with_overrides(
         {
             "project.work_dir": str(work),
             "towers.embedding_dim": 64,
@@ -318,6 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--swap-phase-seconds", type=float, default=5.0)
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="params.yaml override, e.g. ranker.ensemble=5 (repeatable)",
+    )
     ap.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "serving_latency.json"))
     args = ap.parse_args(argv)
@@ -351,6 +358,14 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         base = Path(tmp)
         params = _params(base, args.train_items, args)
+        rp = params.ranker
+        results["ranker_config"] = {
+            "ensemble": rp.ensemble,
+            "cross_layers": rp.cross_layers,
+            "cross_rank": rp.cross_rank,
+            "hidden_dims": list(rp.hidden_dims),
+            "feature_groups": list(rp.feature_groups),
+        }
         t0 = time.perf_counter()
         data_dir = str(base / "train-data")
         synth.run(

@@ -44,7 +44,7 @@ NOTE = (
     "softmax with content-only item embeddings), towers.ema_decay (evaluate and keep an "
     "exponential moving average of the weights). 'cold' (with --cold): validation "
     "interactions on 10% held-out items ranked among those items, vs random. Variants other "
-    "than base are changes to previous_defaults (learning_rate 0.003, ema_decay 0), the "
+    "than base and base+... are changes to previous_defaults (learning_rate 0.003, ema_decay 0), the "
     "defaults they were compared with; base = learning_rate 0.005 + ema_decay 0.995, "
     "chosen here (seed 42 and, in seed_43, a second seed)."
 )
@@ -97,6 +97,16 @@ VARIANTS: dict[str, dict] = {
         {"towers.ema_decay": 0.995, "towers.content_loss_weight": 0.5}
     ),
     "id_dropout_0.2": _on_previous({"towers.id_dropout": 0.2}),
+    # Changes to base (the current defaults), aimed at Recall@200 and the cold items.
+    "base+temperature_0.06": {"towers.temperature": 0.06},
+    "base+ema_0.998": {"towers.ema_decay": 0.998},
+    "base+title_buckets_16384": {"towers.title_hash_buckets": 16384},
+    "base+mixed_negatives_512": {"towers.mixed_negatives": 512},
+    "base+hidden_256": {"towers.hidden_dim": 256},
+    "base+title_buckets_16384+mixed_negatives_512": {
+        "towers.title_hash_buckets": 16384,
+        "towers.mixed_negatives": 512,
+    },
 }
 
 

@@ -110,7 +110,7 @@ class TowerParams(_Section):
     # Weight of an extra softmax term with the candidates embedded from content only
     # (id = the OOV bucket): trains the item tower for cold items. 0 = off.
     content_loss_weight: float = Field(0.0, ge=0)
-    title_hash_buckets: int = Field(4096, gt=0)
+    title_hash_buckets: int = Field(16384, gt=0)
     user_buckets: int = Field(1, ge=1)
     id_dropout: float = Field(0.1, ge=0, le=1)
     id_dim: int = Field(64, gt=0)
@@ -120,7 +120,7 @@ class TowerParams(_Section):
     epochs: int = Field(20, gt=0)
     learning_rate: float = Field(0.005, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    mixed_negatives: int = Field(256, ge=0)
+    mixed_negatives: int = Field(512, ge=0)
     early_stopping_patience: int = Field(3, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
