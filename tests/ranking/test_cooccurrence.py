@@ -90,3 +90,28 @@ def test_empty_history_and_round_trip():
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_entries_of_concatenates_rows_in_order_and_skips_unknown_positions():
+    table = ItemNeighbours(
+        indptr=np.array([0, 2, 3, 3, 4]),
+        indices=np.array([1, 2, 0, 1], np.int32),
+        sims=np.array([0.5, 0.2, 0.5, 0.4], np.float32),
+    )
+    flat = table.entries_of(np.array([3, -1, 0, 7, 2, 1]))
+    assert flat.tolist() == [3, 0, 1, 2]  # row 3, row 0, row 1; -1, 7 and empty row 2 add none
+    assert table.n_entries(np.array([3, -1, 0, 7, 2, 1])) == 4
+    assert table.entries_of(np.array([2, -5])).tolist() == []
+
+
+def test_recent_score_ignores_unknown_history_positions():
+    # The recent window counts history positions, known or not: here the latest two are an
+    # unknown item (-1) and item 3, so only item 3's neighbours are "recent".
+    table = ItemNeighbours(
+        indptr=np.array([0, 2, 3, 3, 4]),
+        indices=np.array([1, 2, 0, 1], np.int32),
+        sims=np.array([0.5, 0.2, 0.5, 0.4], np.float32),
+    )
+    f = cooccurrence_features(table, np.array([0, -1, 3]), np.array([1, 2]), recent=2)
+    np.testing.assert_allclose(f[:, 0], np.log1p([0.9, 0.2]), rtol=1e-6)
+    np.testing.assert_allclose(f[:, 1], np.log1p([0.4, 0.0]), rtol=1e-6)

@@ -8,6 +8,8 @@ second). A point-in-time correct pipeline cannot tell the difference; disabling 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,6 +136,17 @@ def test_transform_layout_and_unknown_items(world):
     assert dense[0, col["genre_affinity_all"]] > dense[1, col["genre_affinity_all"]]
     assert dense[2, col["genre=Action"]] == 0  # unknown item: zero content
     assert set(GROUPS) >= {g for _, g in space.feature_names()}
+
+
+def test_item_positions_accept_strings_numpy_strings_and_ints(world):
+    _, _, _, space, _ = world
+    numeric = dataclasses.replace(
+        space, item_ids=np.array([str(10 * (k + 1)) for k in range(space.n_items)], object)
+    )
+    assert numeric.item_positions(["20", "zzz"]).tolist() == [1, -1]
+    assert numeric.item_positions(np.array(["30", "10"])).tolist() == [2, 0]  # numpy strings
+    assert numeric.item_positions(pd.Index(["10"])).tolist() == [0]
+    assert numeric.item_positions([20, 7]).tolist() == [1, -1]  # ints: looked up as strings
 
 
 def test_feature_space_round_trip(world):
