@@ -238,6 +238,9 @@ class ServingParams(_Section):
     max_body_bytes: int = Field(65_536, gt=0)
     impressions_dir: str = ".shortlist/impressions"
     impressions_rotate_rows: int = Field(10_000, gt=0)
+    # Also write the buffered impressions this often (0: only on rotation and shutdown), so
+    # a crashed server loses at most this many seconds of the feedback log.
+    impressions_flush_seconds: float = Field(30.0, ge=0)
     # Pointer poll interval: a promotion or rollback is visible within one poll.
     poll_seconds: float = Field(0.25, gt=0)
     # Keep the previously live bundle in memory so a rollback is a reference swap.

@@ -143,7 +143,10 @@ def create_app(
         on_canary=metrics.set_canary,
     )
     impressions = impressions or ImpressionLog(
-        s.impressions_dir, s.impressions_rotate_rows, endpoint_url=params.storage.s3_endpoint_url
+        s.impressions_dir,
+        s.impressions_rotate_rows,
+        endpoint_url=params.storage.s3_endpoint_url,
+        flush_seconds=s.impressions_flush_seconds,
     )
 
     @asynccontextmanager

@@ -2,8 +2,10 @@
 
 Request threads only append to an in-memory buffer under a lock (microseconds); a
 background writer turns every `serving.impressions_rotate_rows` rows into one Parquet
-file under `serving.impressions_dir` (a directory or s3://), and `close()` writes the
-remainder, so a request never waits on disk. Files are named
+file under `serving.impressions_dir` (a directory or s3://), also writes whatever is
+buffered every `serving.impressions_flush_seconds` (so a crash or a kill -9 loses at most
+that much of the log, however quiet the traffic), and `close()` writes the remainder; a
+request never waits on disk. Files are named
 `impressions-<unix ms>-<pid>-<seq>.parquet` and written atomically (temp + rename
 locally), so a reader never sees half a file.
 
@@ -52,9 +54,16 @@ COLUMNS = SCHEMA.names
 class ImpressionLog:
     """Thread-safe, buffered, rotated Parquet writer for served lists."""
 
-    def __init__(self, directory: str, rotate_rows: int, endpoint_url: str | None = None):
+    def __init__(
+        self,
+        directory: str,
+        rotate_rows: int,
+        endpoint_url: str | None = None,
+        flush_seconds: float = 0.0,
+    ):
         self.directory = directory
         self.rotate_rows = rotate_rows
+        self.flush_seconds = flush_seconds  # 0: only on rotation and close
         self._store = open_store(directory, endpoint_url=endpoint_url)
         self._lock = threading.Lock()
         self._io_lock = threading.Lock()
@@ -117,8 +126,11 @@ class ImpressionLog:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            woke = self._wake.wait(self.flush_seconds or None)
             self._wake.clear()
+            if not woke:  # the flush timer: write what is buffered, however little
+                with self._lock:
+                    self._rotate_locked()
             self._drain()
             with self._lock:
                 if self._closed and not self._pending:
