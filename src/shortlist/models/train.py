@@ -197,25 +197,23 @@ def ranking_metrics(
     relevant: list[np.ndarray],
     ks: tuple[int, ...] = VALIDATION_KS,
 ) -> dict[str, float]:
-    """Mean Recall@K (hits / relevant) and NDCG@K over users with relevant items.
+    """Mean Recall@K (hits / relevant) and NDCG@K over users with relevant items, with the
+    definitions of `shortlist.eval.metrics`.
 
-    `scores` must already hold -inf for excluded (train) items.
+    `scores` must already hold -inf for excluded (train) items. Ties at the cut fall where
+    torch.topk puts them (the harness breaks them by item; early stopping does not care).
     """
+    from shortlist.eval.metrics import ranking_metrics as per_user_metrics
+
+    names = [f"{m}@{k}" for m in ("recall", "ndcg") for k in ks]
+    rows = [r for r, rel in enumerate(relevant) if len(rel)]
+    if not rows:
+        return dict.fromkeys(names, 0.0)
     kmax = min(max(ks), scores.shape[1])
-    top = torch.topk(torch.from_numpy(scores), kmax, dim=1).indices.numpy()
-    out: dict[str, list[float]] = {f"recall@{k}": [] for k in ks}
-    out.update({f"ndcg@{k}": [] for k in ks})
-    discount = 1.0 / np.log2(np.arange(2, kmax + 2))
-    for r, rel in enumerate(relevant):
-        if len(rel) == 0:
-            continue
-        hit = np.isin(top[r], rel)
-        for k in ks:
-            h = hit[:k]
-            out[f"recall@{k}"].append(h.sum() / len(rel))
-            ideal = discount[: min(len(rel), k)].sum()
-            out[f"ndcg@{k}"].append((h * discount[: len(h)]).sum() / ideal)
-    return {k: float(np.mean(v)) if v else 0.0 for k, v in out.items()}
+    top = torch.topk(torch.from_numpy(scores[rows]), kmax, dim=1).indices.numpy()
+    hits = np.stack([np.isin(top[j], relevant[r]) for j, r in enumerate(rows)])
+    per_user = per_user_metrics(hits, np.array([len(relevant[r]) for r in rows]), ks)
+    return {n: float(per_user[n].mean()) for n in names}
 
 
 def evaluate_retriever(
