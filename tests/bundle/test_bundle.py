@@ -102,6 +102,21 @@ def test_swapped_towers_are_refused(built, tmp_path):
         load_bundle(str(where))
 
 
+def test_short_history_window_with_a_ranker_is_refused_before_the_slot_is_touched(built, tmp_path):
+    from shortlist.config import ConfigError
+
+    params, data, model, bundle_dir, manifest = built
+    model_with_ranker = copy_of(Path(model), tmp_path / "model")
+    (model_with_ranker / "ranker.json").write_text("{}")  # the check only needs it to exist
+    slot = copy_of(bundle_dir, tmp_path / "slot")
+    short = params.with_overrides({"bundle.history_len": 50})
+    with pytest.raises(ConfigError, match="bundle.history_len is 50"):
+        build_bundle(
+            short, model_dir=str(model_with_ranker), data_dir=data, dest=str(slot), progress=False
+        )
+    assert load_bundle(str(slot)).manifest.bundle_id == manifest.bundle_id  # still serving
+
+
 def test_half_built_slot_is_refused(built, tmp_path):
     where = copy_of(built[3], tmp_path / "b")
     (where / mf.MANIFEST).unlink()

@@ -149,6 +149,24 @@ def test_item_positions_accept_strings_numpy_strings_and_ints(world):
     assert numeric.item_positions([20, 7]).tolist() == [1, -1]  # ints: looked up as strings
 
 
+def test_features_read_only_the_last_feature_history_items(world):
+    # Serving passes at most bundle.history_len items: training must not see more.
+    from shortlist.ranking.features import FEATURE_HISTORY
+
+    _, items, _, space, _ = world
+    ids = list(items["item_id"])
+    long = [ids[(3 * k) % len(ids)] for k in range(FEATURE_HISTORY + 57)]
+    n_pop = sum(g == "popularity" for _, g in space.feature_names())
+    pop = np.zeros((3, n_pop), np.float32)
+
+    def dense(history):
+        req = Request("u1", T0, history, np.array([0, 1, 2]), np.array([0.9, 0.5, 0.1]))
+        return space.transform(req, pop)[0]
+
+    np.testing.assert_array_equal(dense(long), dense(long[-FEATURE_HISTORY:]))
+    assert not np.array_equal(dense(long[-FEATURE_HISTORY:]), dense(long[-50:]))
+
+
 def test_feature_space_round_trip(world):
     _, _, _, space, _ = world
     space.fit_standardisation(np.random.default_rng(0).normal(size=(10, space.n_dense)))

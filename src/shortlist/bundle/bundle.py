@@ -47,7 +47,7 @@ from shortlist.bundle.manifest import (
     verify_model,
     write_manifest,
 )
-from shortlist.config import Params
+from shortlist.config import ConfigError, Params
 from shortlist.data import schema
 from shortlist.errors import BundleError
 from shortlist.storage import is_remote, open_store
@@ -180,6 +180,21 @@ def _clear_dir(path: Path) -> None:
     path.mkdir(parents=True)
 
 
+def _check_history_window(params: Params, model_dir: Path) -> None:
+    """Refuse, before touching the slot, a history window the ranker's features outgrow."""
+    if not any(model_dir.glob("ranker*")):
+        return
+    from shortlist.ranking.features import FEATURE_HISTORY
+
+    if params.bundle.history_len < FEATURE_HISTORY:
+        raise ConfigError(
+            f"bundle.history_len is {params.bundle.history_len}, but the ranker's features "
+            f"read the last {FEATURE_HISTORY} items of a history: serving would compute "
+            f"different features than training did. Set bundle.history_len >= "
+            f"{FEATURE_HISTORY}."
+        )
+
+
 def build_bundle(
     params: Params,
     *,
@@ -201,6 +216,7 @@ def build_bundle(
     from shortlist.index.embed import embed_catalog
     from shortlist.models.two_tower import TwoTowerRetriever
 
+    _check_history_window(params, Path(model_dir))
     torch.set_num_threads(params.towers.threads)
     t0 = time.perf_counter()
     remote = is_remote(dest)

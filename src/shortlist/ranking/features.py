@@ -38,9 +38,11 @@ GROUPS = ("retrieval", "item", "user", "crosses", "cooccurrence", "popularity", 
 ABLATABLE = ("crosses", "cooccurrence", "popularity", "context", "ids")
 #: Most recent history items used for the "recent taste" cross features.
 RECENT_ITEMS = 10
-#: Most recent history items the co-occurrence features look at (the serving bundle's
-#: default history length, so training and serving see the same window).
-COOCCURRENCE_HISTORY = 200
+#: Most recent history items any ranking feature looks at (history length, crosses,
+#: co-occurrence). Training and serving cut here alike; a serving bundle must keep at least
+#: this many items per user (`bundle.history_len`, checked by `build_bundle`), or a heavy
+#: user's features would differ between the two.
+FEATURE_HISTORY = 200
 _MAX_CATEGORIES = 64
 
 
@@ -389,7 +391,10 @@ class FeatureSpace:
         miss = ~np.isfinite(inum)
         filled = np.where(miss, self._item_numeric_mean, inum)
         blocks += [np.stack([filled[:, k], miss[:, k]], 1) for k in range(inum.shape[1])]
-        hpos = self.item_positions(req.history)
+        history = req.history
+        if len(history) > FEATURE_HISTORY:
+            history = history[-FEATURE_HISTORY:]
+        hpos = self.item_positions(history)
         n_hist = len(hpos)
         hpos = hpos[hpos >= 0]
         user_static = self.user_table.get(str(req.user_id))
@@ -402,9 +407,7 @@ class FeatureSpace:
         if self.uses("cooccurrence"):
             table = self.neighbours or ItemNeighbours.empty(self.n_items)
             blocks.append(
-                cooccurrence_features(
-                    table, hpos[-COOCCURRENCE_HISTORY:], cand, recent=RECENT_ITEMS, n_ranked=nr
-                )
+                cooccurrence_features(table, hpos, cand, recent=RECENT_ITEMS, n_ranked=nr)
             )
         if self.uses("popularity"):
             blocks.append(pop.astype(np.float32))
