@@ -54,6 +54,8 @@ def test_recommend_ranks_the_candidates_with_the_bundled_ranker(world, tmp_path)
     scores, rows = search(bundle.index, q, 30 + len(set(history)))
     seen = {i for i, item in enumerate(bundle.item_ids) if item in set(history)}
     keep = [(r, s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0 and r not in seen]
+    keep = keep[:30]  # the top ranker.candidates that remain, however many the search widened
+    assert len(keep) == 30
     cand_rows = np.array([r for r, _ in keep])
     cand_scores = np.array([s for _, s in keep], dtype=np.float32)
     ranked = bundle.ranker.score(

@@ -211,6 +211,10 @@ def recommend(
     query = user_query(sb, req.user_id, history, time.time() if now is None else now)
     n = max(params.ranker.candidates, req.k)
     rows, retrieval = retrieve(sb, query, req.k, n, excluded, genres)
+    # The search was widened by the excluded items; the ranker sees the top n that remain,
+    # as offline evaluation, the canary and the ranker's own training do (not up to
+    # n + |history| candidates, which would also cost a long history twice the ranker time).
+    rows, retrieval = rows[:n], retrieval[:n]
     scores = retrieval
     ranker = getattr(sb.bundle, "ranker", None)
     if ranker is not None and len(rows):
