@@ -34,8 +34,11 @@ def small_params(params: Params) -> Params:
     )
 
 
-def make_towers(params: Params, data_dir: str, out: Path, seed: int = 0) -> str:
-    """Save an untrained (seeded) TwoTowerRetriever fitted on the dataset's vocabularies."""
+def make_towers(
+    params: Params, data_dir: str, out: Path, seed: int = 0, meta: dict | None = None
+) -> str:
+    """Save an untrained (seeded) TwoTowerRetriever fitted on the dataset's vocabularies
+    (`meta` adds to its metadata, e.g. an inference popularity term)."""
     import torch
 
     from shortlist.data.io import read_dataset
@@ -58,7 +61,7 @@ def make_towers(params: Params, data_dir: str, out: Path, seed: int = 0) -> str:
     )
     config = model_config(tp)
     net = build_net(state, config, ds.items)
-    TwoTowerRetriever(net, state, config, ds.items, meta={"mlflow_run_id": f"run-{seed}"}).save(
-        str(out)
-    )
+    TwoTowerRetriever(
+        net, state, config, ds.items, meta={"mlflow_run_id": f"run-{seed}", **(meta or {})}
+    ).save(str(out))
     return str(out)

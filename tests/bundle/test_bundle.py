@@ -67,6 +67,49 @@ def test_bundle_contents_and_contract(built):
     assert bundle.popularity.shape == (manifest.item_count,) and bundle.popularity.max() == 1.0
 
 
+def test_index_serves_the_popularity_corrected_score(built, tmp_path):
+    """With an inference popularity term the index holds item_vectors (embedding + the
+    popularity column): searching it with the widened user embedding ranks exactly like
+    query_vectors . item_vectors, the score offline evaluation measures."""
+    from shortlist.bundle.bundle import serving_item_vectors, with_query_columns
+    from shortlist.data.io import read_dataset
+
+    params, data, _model, _where, _manifest = built
+    ds = read_dataset(data)
+    counts = ds.interactions["item_id"].astype(str).value_counts()
+    meta = {
+        "inference_popularity_weight": 0.5,
+        "item_log_popularity": {i: float(np.log(c / counts.sum())) for i, c in counts.items()},
+        "log_popularity_floor": float(np.log(0.5 / counts.sum())),
+    }
+    model = make_towers(params, data, tmp_path / "model", meta=meta)
+    manifest = build_bundle(
+        params, model_dir=model, data_dir=data, dest=str(tmp_path / "b"), progress=False
+    )
+    bundle = load_bundle(str(tmp_path / "b"))
+    d = bundle.retriever.embedding_dim
+    assert manifest.popularity_column and manifest.embedding_dim == d + 1
+    assert bundle.item_vectors.shape == (manifest.item_count, d + 1)
+    np.testing.assert_allclose(
+        bundle.item_vectors[:50], bundle.retriever.item_vectors(bundle.items.iloc[:50]), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        serving_item_vectors(bundle.retriever, bundle.items.iloc[:5], d + 1),
+        bundle.item_vectors[:5],
+        atol=1e-5,
+    )
+    users = ["1", "2", "3"]
+    hists = [bundle.histories[u] for u in users]
+    q = with_query_columns(bundle.retriever.embed_users(users, hists), d + 1)
+    np.testing.assert_allclose(q, bundle.retriever.query_vectors(users, hists), atol=1e-6)
+    _, rows = search(bundle.index, q, 20)
+    _, exact = exact_search(bundle.retriever.item_vectors(bundle.items), q, 20)
+    assert recall_at_k(rows, exact, 20) == 1.0
+    # The popularity column moves the ranking: the plain embeddings alone would differ.
+    _, plain = exact_search(np.asarray(bundle.item_vectors)[:, :d], q[:, :d], 20)
+    assert recall_at_k(rows, plain, 20) < 1.0
+
+
 def test_tampered_index_is_refused(built, tmp_path):
     where = copy_of(built[3], tmp_path / "b")
     with open(where / INDEX, "r+b") as fh:

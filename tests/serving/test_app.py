@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from shortlist.bundle.bundle import load_bundle
+from shortlist.bundle.bundle import load_bundle, with_query_columns
 from shortlist.bundle.slots import Slots
 from shortlist.serving.app import create_app
 
@@ -31,6 +31,9 @@ def _expected_scores(bundle, user_id, history, served_at, item_ids):
     q = bundle.retriever.embed_users(
         [user_id or ""], [history], users=users if len(users) else None, timestamps=[served_at]
     )
+    # The index holds embedding + popularity column: the query's side of that column is 1.
+    assert bundle.item_vectors.shape[1] == bundle.retriever.index_dim
+    q = with_query_columns(q, bundle.item_vectors.shape[1])
     row_of = {i: r for r, i in enumerate(bundle.item_ids)}
     rows = [row_of[i] for i in item_ids]
     return np.asarray(bundle.item_vectors[rows]) @ q[0], row_of, q[0]
@@ -123,8 +126,8 @@ def test_similar_items(served):
     assert body["bundle_id"] == a and len(body["items"]) == 6
     ids = [it["item_id"] for it in body["items"]]
     assert item not in ids
-    v = np.asarray(bundle.item_vectors)
-    scores = v @ v[5]
+    v = np.asarray(bundle.item_vectors)[:, : bundle.retriever.embedding_dim]
+    scores = v @ v[5]  # item-embedding similarity: the popularity column plays no part
     scores[5] = -np.inf
     np.testing.assert_allclose(
         [it["score"] for it in body["items"]], np.sort(scores)[::-1][:6], atol=1e-4

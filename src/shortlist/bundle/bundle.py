@@ -5,7 +5,10 @@ A bundle directory (local or `s3://`) holds:
     model/             towers.safetensors + towers.json + items.parquet (the query tower
                        with its feature preprocessing; the item tower too, for the canary)
                        and ranker* files when the model dir has a ranker
-    item_embeddings.npy  (n, d) float32, L2-normalised, row i = item_ids[i]
+    item_embeddings.npy  (n, d) float32, row i = item_ids[i]: the L2-normalised item
+                       embedding plus, when the towers use an inference popularity term,
+                       one column of weight * temperature * log popularity (`item_vectors`;
+                       queries carry a 1 there), so the index serves the corrected score
     index.faiss        the ANN index over those rows (inner product)
     item_ids.parquet   the id map: row -> item_id
     items.parquet      item feature snapshot, row-aligned with the index
@@ -268,7 +271,8 @@ def build_bundle(
         manifest = Manifest(
             bundle_id=make_bundle_id(retriever.fingerprint, files, created),
             model_fingerprint=retriever.fingerprint,
-            embedding_dim=int(retriever.embedding_dim),
+            embedding_dim=int(vectors.shape[1]),
+            popularity_column=int(vectors.shape[1]) > int(retriever.embedding_dim),
             item_count=len(item_ids),
             user_count=len(histories),
             files=files,
@@ -356,7 +360,10 @@ def load_bundle(location: str, *, cache_dir: str | None = None) -> LoadedBundle:
         retriever = TwoTowerRetriever.load(str(root / MODEL))
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise BundleError(f"bundle {bid}: the bundled towers do not load: {exc}") from None
-    verify_model(manifest, fingerprint=retriever.fingerprint, embedding_dim=retriever.embedding_dim)
+    # The index holds the serving-score vectors (embedding + popularity column) or, for a
+    # bundle built before the column was indexed, the embeddings alone: both serve.
+    width = retriever.index_dim if manifest.popularity_column else retriever.embedding_dim
+    verify_model(manifest, fingerprint=retriever.fingerprint, embedding_dim=width)
     if manifest.dtype != "float32" or manifest.metric != "ip" or not manifest.normalised:
         raise BundleError(f"bundle {bid}: unsupported embedding contract in manifest")
 
@@ -416,3 +423,20 @@ def local_copy(location: str) -> Iterator[str]:
         for key in store.list(""):
             store.download_file(key, Path(tmp) / key)
         yield tmp
+
+
+def serving_item_vectors(retriever: Any, items: pd.DataFrame, width: int) -> np.ndarray:
+    """Item rows as a bundle of that vector width indexes them (see `embed_catalog`)."""
+    if width > int(retriever.embedding_dim):
+        return np.asarray(retriever.item_vectors(items), dtype=np.float32)
+    return np.asarray(retriever.embed_items(items), dtype=np.float32)
+
+
+def with_query_columns(embeddings: np.ndarray, width: int) -> np.ndarray:
+    """User-tower embeddings widened to the bundle's vector width: the popularity column's
+    query side is a constant 1 (`TwoTowerRetriever.query_vectors`)."""
+    q = np.asarray(embeddings, dtype=np.float32)
+    extra = width - q.shape[1]
+    if extra <= 0:
+        return q
+    return np.hstack([q, np.ones((len(q), extra), dtype=np.float32)])

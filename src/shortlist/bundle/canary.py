@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shortlist.bundle.bundle import serving_item_vectors, with_query_columns
 from shortlist.config import Params
 from shortlist.index.ann import exact_search, measure_recall
 
@@ -47,7 +48,10 @@ def ann_recall(bundle: Any, params: Params) -> dict[str, Any]:
     if not ids:
         return {"passed": False, "users": 0, "reason": "the bundle holds no user histories"}
     histories = [bundle.histories[u] for u in ids]
-    queries = bundle.retriever.embed_users(ids, histories, users=_users_frame(bundle, ids))
+    queries = with_query_columns(
+        bundle.retriever.embed_users(ids, histories, users=_users_frame(bundle, ids)),
+        bundle.item_vectors.shape[1],
+    )
     m = measure_recall(bundle.index, bundle.item_vectors, queries, (10, 100))
     r10, r100 = m["recall@10"], m["recall@100"]
     slo = params.canary.recall_slo
@@ -136,13 +140,15 @@ def _offline_recommendations(
         }
     )
     rebuilt = retriever.histories_from(frame, ids)
-    # The serving score (with the inference popularity term when the model has one),
-    # searched exactly: candidates and the ranker's retrieval-score feature as the index
-    # gives them to the live path, minus the approximation.
-    serve_q = retriever.query_vectors(
-        ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times
+    # The score the bundle's index serves (with the inference popularity column when it has
+    # one), searched exactly: candidates and the ranker's retrieval-score feature as the
+    # index gives them to the live path, minus the approximation.
+    width = bundle.item_vectors.shape[1]
+    serve_q = with_query_columns(
+        retriever.embed_users(ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times),
+        width,
     )
-    serve_v = retriever.item_vectors(bundle.items, batch_size=params.index.embed_batch_size)
+    serve_v = serving_item_vectors(retriever, bundle.items, width)
     n = min(len(bundle.item_ids), max(params.ranker.candidates, k))
     row_of = {item: r for r, item in enumerate(bundle.item_ids.tolist())}
     seen = [{row_of[i] for i in h if i in row_of} for h in histories]
@@ -200,7 +206,9 @@ def consistency(bundle: Any, params: Params) -> dict[str, Any]:
     n = len(bundle.item_ids)
     rng = np.random.default_rng(params.canary.seed + 2)
     rows = np.sort(rng.choice(n, min(n, params.canary.reembed_sample), replace=False))
-    fresh = bundle.retriever.embed_items(bundle.items.iloc[rows], batch_size=4096)
+    fresh = serving_item_vectors(
+        bundle.retriever, bundle.items.iloc[rows], bundle.item_vectors.shape[1]
+    )
     stored = np.asarray(bundle.item_vectors[rows], dtype=np.float32)
     ids_ok = bool(
         (bundle.items["item_id"].astype(str).to_numpy()[rows] == bundle.item_ids[rows]).all()

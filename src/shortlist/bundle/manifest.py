@@ -27,6 +27,9 @@ FORMAT = 1
 class Manifest:
     bundle_id: str
     model_fingerprint: str
+    # Width of the indexed item vectors: the item-tower embedding (L2-normalised: see
+    # `normalised`), plus one column when `popularity_column` (the inference popularity
+    # term; queries carry a 1 there).
     embedding_dim: int
     item_count: int
     files: dict[str, str]  # relative path -> sha256
@@ -40,6 +43,7 @@ class Manifest:
     created_at: str = ""
     mlflow: dict[str, Any] = field(default_factory=dict)  # run ids / registered version
     has_ranker: bool = False
+    popularity_column: bool = False
     sizes: dict[str, int] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # embed items/s, build seconds...
     format: int = FORMAT

@@ -135,6 +135,12 @@ class TwoTowerRetriever:
         return int(self.config["embedding_dim"])
 
     @property
+    def index_dim(self) -> int:
+        """Width of item_vectors / query_vectors: the embedding, plus one column when the
+        inference popularity term is on (what a serving index holds)."""
+        return self.embedding_dim + (1 if self.popularity_weight else 0)
+
+    @property
     def history_len(self) -> int:
         return int(self.config["history_len"])
 

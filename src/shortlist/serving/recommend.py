@@ -86,13 +86,21 @@ def prepare(bundle: Any, location: str) -> ServingBundle:
         users = None
     return ServingBundle(
         bundle=bundle,
-        encoder=QueryEncoder(bundle.retriever, users),
+        encoder=QueryEncoder(bundle.retriever, users, width=_vector_width(bundle)),
         bundle_id=str(bundle.bundle_id),
         location=location,
         row_of=row_of,
         genres=genres,
         popular_rows=popular_rows,
     )
+
+
+def _vector_width(bundle: Any) -> int:
+    """Width of the bundle's indexed item vectors (embedding + popularity column, if any)."""
+    vectors = getattr(bundle, "item_vectors", None)
+    if vectors is not None and getattr(vectors, "ndim", 0) == 2:
+        return int(vectors.shape[1])
+    return int(bundle.retriever.embedding_dim)
 
 
 def warm_up(sb: ServingBundle, params: Params) -> None:
@@ -237,11 +245,18 @@ class QueryEncoder:
 
     Same preprocessing as `TwoTowerRetriever.embed_users` (its FeatureState, history
     matrix and context encoder, then `net.query_forward`), minus the per-request pandas
-    work of encoding the user feature table; the tests compare both paths."""
+    work of encoding the user feature table; the tests compare both paths. Queries come
+    out `width` wide: the popularity column of the index (when it has one) gets a 1, so the
+    index scores dot / temperature + weight * log popularity, as offline evaluation does.
+    """
 
-    def __init__(self, retriever: Any, users: Any) -> None:
+    def __init__(self, retriever: Any, users: Any, width: int | None = None) -> None:
+        from shortlist.bundle.bundle import with_query_columns
+
         self.retriever = retriever
         self.users = users
+        self.width = int(width or retriever.embedding_dim)
+        self._widen = with_query_columns
         self.fast = all(hasattr(retriever, a) for a in ("state", "net", "history_len"))
         self.rows: dict[str, int] = {}
         if not self.fast:
@@ -254,7 +269,10 @@ class QueryEncoder:
         self.rows = dict(zip(ids, range(len(ids)), strict=True))
 
     def embed(self, user_id: str, history: list[str], now: float) -> np.ndarray:
-        """(1, d) query embedding of one request."""
+        """(1, width) query vector of one request."""
+        return self._widen(self._embed(user_id, history, now), self.width)
+
+    def _embed(self, user_id: str, history: list[str], now: float) -> np.ndarray:
         if not self.fast:
             users = None
             if self.users is not None and user_id in self.users.index:
@@ -284,7 +302,8 @@ class QueryEncoder:
 
 
 def user_query(sb: ServingBundle, user_id: str | None, history: list[str], now: float):
-    """(1, d) user-tower embedding: id (anonymous = ""), features, history, request time."""
+    """(1, width) query for the bundle's index: user-tower embedding (id, anonymous = "";
+    features, history, request time) and the popularity column's 1 when the index has one."""
     uid = user_id or ""
     return sb.encoder.embed(uid, history, now)
 
@@ -294,7 +313,8 @@ def similar_items(
 ) -> Served:
     """The k items nearest to `item_id` in this bundle's item-embedding space."""
     row = sb.row_of[item_id]
-    query = np.asarray(sb.bundle.item_vectors[row : row + 1], dtype=np.float32)
+    query = np.array(sb.bundle.item_vectors[row : row + 1], dtype=np.float32)
+    query[:, int(sb.bundle.retriever.embedding_dim) :] = 0.0  # embedding similarity only
     rows, scores = retrieve(sb, query, k, k + 1, {row}, None)
     pick, prop, policy = choose(scores, k, params.serving.exploration_temperature, rng)
     return _served(sb, "personalized", policy, rows[pick], scores[pick], scores[pick], prop)
