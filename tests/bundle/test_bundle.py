@@ -71,8 +71,8 @@ def test_index_serves_the_popularity_corrected_score(built, tmp_path):
     """With an inference popularity term the index holds item_vectors (embedding + the
     popularity column): searching it with the widened user embedding ranks exactly like
     query_vectors . item_vectors, the score offline evaluation measures."""
-    from shortlist.bundle.bundle import serving_item_vectors, with_query_columns
     from shortlist.data.io import read_dataset
+    from shortlist.models.vectors import serving_item_vectors, widen_queries
 
     params, data, _model, _where, _manifest = built
     ds = read_dataset(data)
@@ -94,13 +94,13 @@ def test_index_serves_the_popularity_corrected_score(built, tmp_path):
         bundle.item_vectors[:50], bundle.retriever.item_vectors(bundle.items.iloc[:50]), atol=1e-5
     )
     np.testing.assert_allclose(
-        serving_item_vectors(bundle.retriever, bundle.items.iloc[:5], d + 1),
+        serving_item_vectors(bundle.retriever, bundle.items.iloc[:5], width=d + 1),
         bundle.item_vectors[:5],
         atol=1e-5,
     )
     users = ["1", "2", "3"]
     hists = [bundle.histories[u] for u in users]
-    q = with_query_columns(bundle.retriever.embed_users(users, hists), d + 1)
+    q = widen_queries(bundle.retriever.embed_users(users, hists), d + 1)
     np.testing.assert_allclose(q, bundle.retriever.query_vectors(users, hists), atol=1e-6)
     _, rows = search(bundle.index, q, 20)
     _, exact = exact_search(bundle.retriever.item_vectors(bundle.items), q, 20)
@@ -147,10 +147,12 @@ def test_swapped_towers_are_refused(built, tmp_path):
 
 def test_short_history_window_with_a_ranker_is_refused_before_the_slot_is_touched(built, tmp_path):
     from shortlist.config import ConfigError
+    from shortlist.ranking.ranker import CONFIG, WEIGHTS
 
     params, data, model, bundle_dir, manifest = built
     model_with_ranker = copy_of(Path(model), tmp_path / "model")
-    (model_with_ranker / "ranker.json").write_text("{}")  # the check only needs it to exist
+    for name in (CONFIG, WEIGHTS):  # the check only needs a ranker's files to exist
+        (model_with_ranker / name).write_text("{}")
     slot = copy_of(bundle_dir, tmp_path / "slot")
     short = params.with_overrides({"bundle.history_len": 50})
     with pytest.raises(ConfigError, match="bundle.history_len is 50"):

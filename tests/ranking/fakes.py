@@ -60,7 +60,7 @@ class FakeRetriever:
         self._vec = dict(
             zip(self.item_ids, v / np.linalg.norm(v, axis=1, keepdims=True), strict=True)
         )
-        self.dim = dim
+        self.dim = self.embedding_dim = dim
 
     def embed_items(self, items: pd.DataFrame, batch_size: int = 4096) -> np.ndarray:
         zero = np.zeros(self.dim, np.float32)

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from shortlist.bundle.bundle import load_bundle, with_query_columns
+from shortlist.bundle.bundle import load_bundle
 from shortlist.bundle.slots import Slots
+from shortlist.models.vectors import widen_queries
 from shortlist.serving.app import create_app
 
 
@@ -33,7 +34,7 @@ def _expected_scores(bundle, user_id, history, served_at, item_ids):
     )
     # The index holds embedding + popularity column: the query's side of that column is 1.
     assert bundle.item_vectors.shape[1] == bundle.retriever.index_dim
-    q = with_query_columns(q, bundle.item_vectors.shape[1])
+    q = widen_queries(q, bundle.item_vectors.shape[1])
     row_of = {i: r for r, i in enumerate(bundle.item_ids)}
     rows = [row_of[i] for i in item_ids]
     return np.asarray(bundle.item_vectors[rows]) @ q[0], row_of, q[0]

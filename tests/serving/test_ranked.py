@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 from fastapi.testclient import TestClient
 
-from shortlist.bundle.bundle import load_bundle, with_query_columns
+from shortlist.bundle.bundle import load_bundle
 from shortlist.bundle.slots import Slots
 from shortlist.index.ann import search
+from shortlist.models.vectors import widen_queries
 from tests.serving.conftest import build_into_idle
 
 
@@ -51,7 +52,7 @@ def test_recommend_ranks_the_candidates_with_the_bundled_ranker(world, tmp_path)
     history = bundle.histories[user]
     users = bundle.users[bundle.users["user_id"].astype(str) == user]
     q = bundle.retriever.embed_users([user], [history], users=users, timestamps=[body["served_at"]])
-    q = with_query_columns(q, bundle.item_vectors.shape[1])
+    q = widen_queries(q, bundle.item_vectors.shape[1])
     scores, rows = search(bundle.index, q, 30 + len(set(history)))
     seen = {i for i, item in enumerate(bundle.item_ids) if item in set(history)}
     keep = [(r, s) for r, s in zip(rows[0], scores[0], strict=True) if r >= 0 and r not in seen]

@@ -162,7 +162,9 @@ def _lineage(retriever: Any) -> dict[str, Any]:
 
 
 def _copy_model(model_dir: Path, dest: Path) -> bool:
-    """Copy the towers and any ranker* files; True when a ranker was found."""
+    """Copy the towers and any ranker* files; True when they hold a ranker."""
+    from shortlist.ranking.ranker import Ranker
+
     dest.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         if not (model_dir / name).is_file():
@@ -174,7 +176,7 @@ def _copy_model(model_dir: Path, dest: Path) -> bool:
             shutil.copytree(path, dest / path.name)
         else:
             shutil.copyfile(path, dest / path.name)
-    return bool(rankers)
+    return Ranker.exists(str(dest))
 
 
 def _clear_dir(path: Path) -> None:
@@ -185,10 +187,11 @@ def _clear_dir(path: Path) -> None:
 
 def _check_history_window(params: Params, model_dir: Path) -> None:
     """Refuse, before touching the slot, a history window the ranker's features outgrow."""
-    if not any(model_dir.glob("ranker*")):
-        return
     from shortlist.ranking.features import FEATURE_HISTORY
+    from shortlist.ranking.ranker import Ranker
 
+    if not Ranker.exists(str(model_dir)):
+        return
     if params.bundle.history_len < FEATURE_HISTORY:
         raise ConfigError(
             f"bundle.history_len is {params.bundle.history_len}, but the ranker's features "
@@ -423,20 +426,3 @@ def local_copy(location: str) -> Iterator[str]:
         for key in store.list(""):
             store.download_file(key, Path(tmp) / key)
         yield tmp
-
-
-def serving_item_vectors(retriever: Any, items: pd.DataFrame, width: int) -> np.ndarray:
-    """Item rows as a bundle of that vector width indexes them (see `embed_catalog`)."""
-    if width > int(retriever.embedding_dim):
-        return np.asarray(retriever.item_vectors(items), dtype=np.float32)
-    return np.asarray(retriever.embed_items(items), dtype=np.float32)
-
-
-def with_query_columns(embeddings: np.ndarray, width: int) -> np.ndarray:
-    """User-tower embeddings widened to the bundle's vector width: the popularity column's
-    query side is a constant 1 (`TwoTowerRetriever.query_vectors`)."""
-    q = np.asarray(embeddings, dtype=np.float32)
-    extra = width - q.shape[1]
-    if extra <= 0:
-        return q
-    return np.hstack([q, np.ones((len(q), extra), dtype=np.float32)])

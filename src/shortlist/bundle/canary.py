@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from shortlist.bundle.bundle import serving_item_vectors, with_query_columns
 from shortlist.config import Params
 from shortlist.index.ann import exact_search, measure_recall
+from shortlist.models.vectors import serving_item_vectors, serving_query_vectors
 
 
 def _sample(values: list[str], n: int, seed: int) -> list[str]:
@@ -48,9 +48,12 @@ def ann_recall(bundle: Any, params: Params) -> dict[str, Any]:
     if not ids:
         return {"passed": False, "users": 0, "reason": "the bundle holds no user histories"}
     histories = [bundle.histories[u] for u in ids]
-    queries = with_query_columns(
-        bundle.retriever.embed_users(ids, histories, users=_users_frame(bundle, ids)),
-        bundle.item_vectors.shape[1],
+    queries = serving_query_vectors(
+        bundle.retriever,
+        ids,
+        histories,
+        users=_users_frame(bundle, ids),
+        width=bundle.item_vectors.shape[1],
     )
     m = measure_recall(bundle.index, bundle.item_vectors, queries, (10, 100))
     r10, r100 = m["recall@10"], m["recall@100"]
@@ -144,11 +147,10 @@ def _offline_recommendations(
     # one), searched exactly: candidates and the ranker's retrieval-score feature as the
     # index gives them to the live path, minus the approximation.
     width = bundle.item_vectors.shape[1]
-    serve_q = with_query_columns(
-        retriever.embed_users(ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times),
-        width,
+    serve_q = serving_query_vectors(
+        retriever, ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times, width=width
     )
-    serve_v = serving_item_vectors(retriever, bundle.items, width)
+    serve_v = serving_item_vectors(retriever, bundle.items, width=width)
     n = min(len(bundle.item_ids), max(params.ranker.candidates, k))
     row_of = {item: r for r, item in enumerate(bundle.item_ids.tolist())}
     seen = [{row_of[i] for i in h if i in row_of} for h in histories]
@@ -207,7 +209,7 @@ def consistency(bundle: Any, params: Params) -> dict[str, Any]:
     rng = np.random.default_rng(params.canary.seed + 2)
     rows = np.sort(rng.choice(n, min(n, params.canary.reembed_sample), replace=False))
     fresh = serving_item_vectors(
-        bundle.retriever, bundle.items.iloc[rows], bundle.item_vectors.shape[1]
+        bundle.retriever, bundle.items.iloc[rows], width=bundle.item_vectors.shape[1]
     )
     stored = np.asarray(bundle.item_vectors[rows], dtype=np.float32)
     ids_ok = bool(

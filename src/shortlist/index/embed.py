@@ -30,18 +30,18 @@ def embed_catalog(
 ) -> np.ndarray:
     """Embed `items` row by row order into `out_path` (.npy, float32, (n, d)).
 
-    Rows are the retriever's serving-score item vectors (`item_vectors`: the L2-normalised
-    item-tower embedding, plus the inference popularity column when the model has one, so
-    an inner-product index serves the score offline evaluation measured); a retriever
-    without `item_vectors` gives its `embed_items` rows. d is `index_dim` (else
-    `embedding_dim`).
+    Rows are the retriever's serving-score item vectors (`models.vectors`: the
+    L2-normalised item-tower embedding, plus the inference popularity column when the
+    model has one, so an inner-product index serves the score offline evaluation
+    measured); d is their width.
     Returns the file opened read-only as a memmap. `stats` (when given) receives items,
     seconds and items_per_second.
     """
     from tqdm.auto import tqdm
 
-    n, d = len(items), int(getattr(retriever, "index_dim", retriever.embedding_dim))
-    embed = getattr(retriever, "item_vectors", None) or retriever.embed_items
+    from shortlist.models.vectors import serving_item_vectors, vector_width
+
+    n, d = len(items), vector_width(retriever)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.partial")
@@ -51,7 +51,7 @@ def embed_catalog(
     with tqdm(total=n, unit="item", desc="embed items", disable=not progress) as bar:
         for start in range(0, n, step):
             chunk = items.iloc[start : start + step]
-            vecs = np.asarray(embed(chunk, batch_size=min(step, 8192)))
+            vecs = serving_item_vectors(retriever, chunk, width=d, batch_size=min(step, 8192))
             if vecs.shape != (len(chunk), d):
                 raise ValueError(f"item tower returned {vecs.shape}, expected {(len(chunk), d)}")
             out[start : start + len(chunk)] = vecs

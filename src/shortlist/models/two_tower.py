@@ -28,6 +28,7 @@ from torch import nn
 
 from shortlist.data import schema
 from shortlist.models.features import TITLE_TOKENS, FeatureState, encode_context
+from shortlist.models.vectors import widen_queries
 
 WEIGHTS = "towers.safetensors"
 CONFIG = "towers.json"
@@ -284,9 +285,7 @@ class TwoTowerRetriever:
         """Query side matching item_vectors: embed_users, plus a column of ones when the
         inference popularity term is on."""
         emb = self.embed_users(user_ids, histories, users, timestamps)
-        if not self.popularity_weight:
-            return emb
-        return np.hstack([emb, np.ones((len(emb), 1), dtype=np.float32)])
+        return widen_queries(emb, self.index_dim)
 
     def histories_from(
         self, interactions: pd.DataFrame, user_ids: Sequence[str]

@@ -37,6 +37,7 @@ class Retrieval:
         params: Any = None,
     ) -> None:
         from shortlist.index import ann
+        from shortlist.models.vectors import serving_item_vectors
 
         self.retriever = retriever
         self.users = users
@@ -44,10 +45,9 @@ class Retrieval:
         table = items.assign(**{schema.ITEM_ID: items[schema.ITEM_ID].astype(str)})
         table = table.drop_duplicates(schema.ITEM_ID).set_index(schema.ITEM_ID)
         table = table.reindex(self.catalog).reset_index()
-        # The serving score: item_vectors/query_vectors carry the inference popularity
-        # term when the towers use one; plain embeddings otherwise.
-        embed = getattr(retriever, "item_vectors", None) or retriever.embed_items
-        self.item_emb = np.ascontiguousarray(embed(table), dtype=np.float32)
+        # The serving score (`models.vectors`): with the inference popularity column when
+        # the towers use one, plain embeddings otherwise.
+        self.item_emb = np.ascontiguousarray(serving_item_vectors(retriever, table))
         self.index = ann.build_index(self.item_emb, params) if params is not None else None
         if self.index is None:
             import faiss
@@ -58,15 +58,15 @@ class Retrieval:
     def embed_queries(
         self, user_ids: Sequence[str], histories: Sequence[Sequence[str]], timestamps
     ) -> np.ndarray:
-        embed = getattr(self.retriever, "query_vectors", None) or self.retriever.embed_users
-        return np.asarray(
-            embed(
-                [str(u) for u in user_ids],
-                [list(map(str, h)) for h in histories],
-                users=self.users,
-                timestamps=list(timestamps),
-            ),
-            dtype=np.float32,
+        from shortlist.models.vectors import serving_query_vectors
+
+        return serving_query_vectors(
+            self.retriever,
+            [str(u) for u in user_ids],
+            [list(map(str, h)) for h in histories],
+            users=self.users,
+            timestamps=list(timestamps),
+            width=self.item_emb.shape[1],
         )
 
     def top_n(

@@ -86,21 +86,14 @@ def prepare(bundle: Any, location: str) -> ServingBundle:
         users = None
     return ServingBundle(
         bundle=bundle,
-        encoder=QueryEncoder(bundle.retriever, users, width=_vector_width(bundle)),
+        # The indexed vectors' width (verified at load): embedding + popularity column, if any.
+        encoder=QueryEncoder(bundle.retriever, users, width=bundle.manifest.embedding_dim),
         bundle_id=str(bundle.bundle_id),
         location=location,
         row_of=row_of,
         genres=genres,
         popular_rows=popular_rows,
     )
-
-
-def _vector_width(bundle: Any) -> int:
-    """Width of the bundle's indexed item vectors (embedding + popularity column, if any)."""
-    vectors = getattr(bundle, "item_vectors", None)
-    if vectors is not None and getattr(vectors, "ndim", 0) == 2:
-        return int(vectors.shape[1])
-    return int(bundle.retriever.embedding_dim)
 
 
 def warm_up(sb: ServingBundle, params: Params) -> None:
@@ -251,12 +244,12 @@ class QueryEncoder:
     """
 
     def __init__(self, retriever: Any, users: Any, width: int | None = None) -> None:
-        from shortlist.bundle.bundle import with_query_columns
+        from shortlist.models.vectors import vector_width, widen_queries
 
         self.retriever = retriever
         self.users = users
-        self.width = int(width or retriever.embedding_dim)
-        self._widen = with_query_columns
+        self.width = int(width or vector_width(retriever))
+        self._widen = widen_queries
         self.fast = all(hasattr(retriever, a) for a in ("state", "net", "history_len"))
         self.rows: dict[str, int] = {}
         if not self.fast:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shortlist.bundle.bundle import with_query_columns
+from shortlist.models.vectors import serving_query_vectors
 from shortlist.serving.loadgen import RequestFactory, Sample, run_load, summarise
 
 
@@ -42,9 +42,13 @@ def verify_responses(bundle: Any, responses: list[dict[str, Any]], atol: float =
     hists = [[i for i in bundle.histories.get(u, []) if i in row_of] for u in uids]
     stamps = [r["served_at"] for r in personal]
     frame = None if users is None else users.reindex(uids).reset_index()
-    queries = with_query_columns(
-        bundle.retriever.embed_users(uids, hists, users=frame, timestamps=stamps),
-        bundle.item_vectors.shape[1],
+    queries = serving_query_vectors(
+        bundle.retriever,
+        uids,
+        hists,
+        users=frame,
+        timestamps=stamps,
+        width=bundle.item_vectors.shape[1],
     )
     for r, q in zip(personal, queries, strict=True):
         rows = [row_of[it["item_id"]] for it in r["items"]]
