@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.funnel_quality import DEFAULT, evaluate_funnel, summarise
+from benchmarks.funnel_quality import DEFAULT, evaluate_funnel, markdown, summarise
 from shortlist.ranking.funnel import rerank_matrix
 from shortlist.ranking.train import train_ranker
 from tests.ranking.fakes import FakeRetriever, tiny_data
@@ -41,6 +41,15 @@ def test_funnel_evaluation_and_matrix_rerank(params):
     s = summarise([{"seed": 0, "retrieval_only": r, "variants": {DEFAULT: variant}}], {})
     assert s["table"]["funnel"]["ndcg@20"][0] == f["ndcg@20"]
     assert s["ablation"][DEFAULT]["validation_ndcg@20"] == 0.2
+    assert "served_ndcg@20_gain_over_retrieval" not in s
+    # As served: the ranker beside other (refitted) towers, summarised on its own rows.
+    better = {**r, "ndcg@20": r["ndcg@20"] * 1.1 + 0.01}
+    seed = {"seed": 0, "retrieval_only": r, "variants": {DEFAULT: variant}}
+    s = summarise([{**seed, "served": {"retrieval_only": r, "funnel": better}}], {})
+    gain = s["served_ndcg@20_gain_over_retrieval"][0]
+    assert gain == better["ndcg@20"] / r["ndcg@20"] - 1 and s["served_seeds"] == 1
+    assert s["table"]["funnel, refitted towers (as served)"]["ndcg@20"][0] == better["ndcg@20"]
+    assert "as served" in markdown(s, 1)
 
     # The serving-path matrix rerank keeps exactly the top-N finite items per row.
     scores = np.random.default_rng(0).normal(size=(2, len(catalog))).astype(np.float32)
