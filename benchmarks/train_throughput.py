@@ -3,9 +3,10 @@
 Data: a synthetic dataset from the project's generator (`pipelines.synth`, 1,000,000
 interactions, 20,000 users, 5,000 items by default), cached under .shortlist/bench/.
 Measured: wall time of training steps exactly as `train_two_tower` runs them (in-batch
-softmax with logQ, params' architecture, batch 1024, torch threads from --threads), after 5
-warm-up steps, excluding feature preparation and validation. By default one full epoch is
-timed; with --steps N only N steps are, and the epoch time is extrapolated (labelled as such).
+softmax with logQ, params' architecture, its optimizer and weight-average update, batch
+1024, torch threads from --threads), after 5 warm-up steps, excluding feature preparation
+and validation. By default one full epoch is timed; with --steps N only N steps are, and
+the epoch time is extrapolated (labelled as such).
 Results: benchmarks/results/train_throughput.json.
 
     .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--steps N] [--compile]
@@ -87,7 +88,9 @@ def main() -> None:
     estimator = StreamingFrequencyEstimator(tp.logq.hash_buckets, tp.logq.alpha)
     estimator.update(examples.item_idx[rng.permutation(len(examples))], 0)
     prepare = time.perf_counter() - t0
-    optimizer = torch.optim.AdamW(net.parameters(), lr=tp.learning_rate)
+    optimizer = T.make_optimizer(net, tp)
+    # The weight average training keeps (towers.ema_decay) is updated after every step.
+    ema = T.WeightAverage(net, tp.ema_decay) if tp.ema_decay else None
     loss_fn = torch.compile(T._batch_loss, dynamic=True) if tp.compile else T._batch_loss
 
     n, bs = len(examples), tp.batch_size
@@ -99,18 +102,24 @@ def main() -> None:
     for s in range(WARMUP_STEPS):  # first calls allocate (and compile, with --compile)
         rows = perm[s * bs : (s + 1) * bs]
         T.train_step(net, optimizer, loss_fn, examples, rows, item_feats, estimator, step, tp, rng)
+        if ema is not None:
+            ema.update(net)
         step += len(rows)
     t1 = time.perf_counter()
     done = 0
     for s in tqdm(range(timed), desc="timed steps"):
         rows = perm[(s * bs) % n : (s * bs) % n + bs]
         T.train_step(net, optimizer, loss_fn, examples, rows, item_feats, estimator, step, tp, rng)
+        if ema is not None:
+            ema.update(net)
         step += len(rows)
         done += len(rows)
     seconds = time.perf_counter() - t1
     eps = done / seconds
     result = {
-        "what": "two-tower training throughput (in-batch softmax + logQ, train_two_tower's step)",
+        "what": "two-tower training throughput (in-batch softmax + logQ, train_two_tower's step, "
+        "optimizer and weight-average update)",
+        "ema_decay": tp.ema_decay,
         "command": "python benchmarks/train_throughput.py"
         + (f" --threads {a.threads}" if a.threads != 2 else "")
         + (f" --steps {a.steps}" if a.steps else "")
