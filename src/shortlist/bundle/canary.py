@@ -150,7 +150,9 @@ def _offline_recommendations(
     serve_q = serving_query_vectors(
         retriever, ids, rebuilt, users=_users_frame(bundle, ids), timestamps=times, width=width
     )
-    serve_v = serving_item_vectors(retriever, bundle.items, width=width)
+    serve_v = serving_item_vectors(
+        retriever, bundle.items, width=width, batch_size=params.index.embed_batch_size
+    )
     n = min(len(bundle.item_ids), max(params.ranker.candidates, k))
     row_of = {item: r for r, item in enumerate(bundle.item_ids.tolist())}
     seen = [{row_of[i] for i in h if i in row_of} for h in histories]

@@ -30,6 +30,7 @@ import numpy as np
 
 from shortlist.config import Params
 from shortlist.data import schema
+from shortlist.models.vectors import vector_width, widen_queries
 from shortlist.serving.schemas import RecommendRequest
 
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
@@ -244,12 +245,9 @@ class QueryEncoder:
     """
 
     def __init__(self, retriever: Any, users: Any, width: int | None = None) -> None:
-        from shortlist.models.vectors import vector_width, widen_queries
-
         self.retriever = retriever
         self.users = users
         self.width = int(width or vector_width(retriever))
-        self._widen = widen_queries
         self.fast = all(hasattr(retriever, a) for a in ("state", "net", "history_len"))
         self.rows: dict[str, int] = {}
         if not self.fast:
@@ -263,7 +261,7 @@ class QueryEncoder:
 
     def embed(self, user_id: str, history: list[str], now: float) -> np.ndarray:
         """(1, width) query vector of one request."""
-        return self._widen(self._embed(user_id, history, now), self.width)
+        return widen_queries(self._embed(user_id, history, now), self.width)
 
     def _embed(self, user_id: str, history: list[str], now: float) -> np.ndarray:
         if not self.fast:
