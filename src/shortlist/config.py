@@ -145,9 +145,9 @@ class RankerParams(_Section):
     cross_rank: int = Field(0, ge=0)
     hidden_dims: list[int] = [128, 64]
     batch_size: int = Field(1024, gt=0)
-    epochs: int = Field(10, gt=0)
-    learning_rate: float = Field(0.001, gt=0)
-    early_stopping_patience: int = Field(2, ge=1)
+    epochs: int = Field(20, gt=0)
+    learning_rate: float = Field(0.0003, gt=0)
+    early_stopping_patience: int = Field(3, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
     id_dim: int = Field(16, gt=0)
