@@ -13,9 +13,10 @@ parameters of params.yaml and a sweep of the query-time knob (efSearch / nprobe)
 Queries/s is measured batched (all queries in one call, all threads) and as single-query
 latency (one query per call, as /recommend does). Also measured: the full re-embed of 1M
 items through the real item tower (seeded, untrained: speed does not depend on the
-weights) plus the index build, against the issue's 5-minute target.
+weights) plus the index build, against the 5-minute target.
 
-Writes benchmarks/results/ann.json and benchmarks/results/ann_recall_qps.png.
+Writes benchmarks/results/ann.json, and a recall-vs-queries/s plot to
+benchmarks/results/ann_recall_qps.png (a local file: .gitignore keeps plots out).
 Reproduce: .venv/bin/python benchmarks/ann.py  (--items N for a smaller synthetic run)
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +35,11 @@ sys.path.insert(0, str(REPO))
 
 from shortlist.config import load_params  # noqa: E402
 from shortlist.index import ann  # noqa: E402
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 RESULTS = REPO / "benchmarks" / "results"
 SWEEPS = {
@@ -290,17 +295,13 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(args.params)
     kinds = args.kinds.split(",")
-    import faiss
 
     results = {
         "benchmark": "ann",
         "command": "python benchmarks/ann.py " + " ".join(sys.argv[1:]),
+        "provenance": provenance(__file__),  # commit, CPU, load at start, versions
         "machine": {
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-            "faiss": faiss.__version__,
             "threads": params.index.threads,
-            "load_avg_at_start": list(__import__("os").getloadavg()),
         },
         "index_params": params.index.model_dump(),
         "datasets": {},

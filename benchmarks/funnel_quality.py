@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (10, 20, 200)
@@ -388,12 +392,15 @@ def merge(a, argv) -> int:
     a.seeds = [s["seed"] for s in seeds]
     params = load_params(REPO / "params.yaml", a.overrides)
     t0 = time.perf_counter() - sum(d["seconds"] for d in docs)
-    print(f"wrote {write(a, argv, params, seeds, baselines, t0)}")
+    parts = [d.get("provenance") for d in docs]
+    print(f"wrote {write(a, argv, params, seeds, baselines, t0, parts)}")
     return 0
 
 
-def write(a, argv, params, seeds, baselines, t0) -> str:
-    """Write (and print) the results so far: the JSON survives an interrupted run."""
+def write(a, argv, params, seeds, baselines, t0, parts=None) -> str:
+    """Write (and print) the results so far: the JSON survives an interrupted run.
+
+    `parts`: the provenance of each merged run (with --merge)."""
     summary = summarise(seeds, baselines)
     table = markdown(summary, len(seeds))
     print(table)
@@ -407,8 +414,9 @@ def write(a, argv, params, seeds, baselines, t0) -> str:
         "markdown": table,
         "per_seed": seeds,
         "baselines": baselines,
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
         "seconds": round(time.perf_counter() - t0, 1),
+        "provenance": provenance(__file__, argv),
+        **({"parts_provenance": parts} if parts is not None else {}),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2, default=str))

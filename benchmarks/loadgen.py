@@ -23,6 +23,11 @@ import numpy as np
 
 from shortlist.serving.loadgen import run_load, summarise, wait_ready
 
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -60,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         **summarise(samples),
         "statuses": dict(collections.Counter(s.status for s in samples)),
         "bundles": dict(bundles),
+        "provenance": provenance(__file__, argv),
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 WORDS = [f"w{k}" for k in range(20_000)] + ["the", "of", "and", "a", "love", "night", "man"]
 GENRES = ["Action", "Adventure", "Animation", "Comedy", "Crime", "Drama", "Fantasy", "Horror"]
@@ -124,11 +128,7 @@ def main() -> None:
             if k not in {"out"} and v != ""
         ),
         "label": args.label,
-        "machine": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-        },
+        "provenance": provenance(__file__),  # at start: commit, CPU, probe, load, versions
         "data": {
             "catalog": "synthetic: 1-6 title words + (year), 1-3 genres, year; model vocabulary "
             f"= first {args.vocab_items} items, {args.users} users (age, gender, occupation)",

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from serving_latency import cpu_probe
-
     from shortlist.ranking.ranker import Ranker
 
     tmp = None
@@ -131,17 +133,17 @@ def main(argv: list[str] | None = None) -> int:
         **median,
         "rounds": rounds,
         "p99_ms_range": [min(x["p99_ms"] for x in rounds), max(x["p99_ms"] for x in rounds)],
-        "load_average_1m": os.getloadavg()[0],
-        # Seconds for a fixed pure-Python loop: compare latencies only between runs whose
-        # probes are close (this host's CPU speed varies by 2x over a day).
-        "cpu_probe_seconds": cpu_probe(),
         "with_tower_scores": {
             "p50_ms": float(np.percentile(towers_ms, 50)),
             "p99_ms": float(np.percentile(towers_ms, 99)),
         },
         "target_p99_ms": 5.0,
         "target_met": bool(median["p99_ms"] <= 5.0),
+        # Taken after the rounds: the CPU probe (seconds for a fixed pure-Python loop;
+        # compare latencies only between runs whose probes are close) and the load.
+        "provenance": provenance(__file__, argv),
     }
+    prov = result["provenance"]
     print(
         f"ranker.score, {n} candidates, 1 thread, features included: "
         f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms (median of "
@@ -150,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(with tower scores recomputed: p50 {result['with_tower_scores']['p50_ms']:.2f} ms, "
         f"p99 {result['with_tower_scores']['p99_ms']:.2f} ms) over {len(reqs)} requests a round; "
         f"thread CPU p50 {result['cpu_p50_ms']:.2f} ms, p99 {result['cpu_p99_ms']:.2f} ms; "
-        f"load average {result['load_average_1m']:.1f} on {os.cpu_count()} cores; "
-        f"CPU probe {result['cpu_probe_seconds']} s"
+        f"load average {prov['load_average'][0]:.1f} on {prov['cpu_count']} cores; "
+        f"CPU probe {prov['cpu_probe_seconds']} s"
     )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("SHORTLIST_ML100K", REPO.parent / "shared/datasets/ml-100k"))
@@ -324,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="combine raw/ section results")
     args = parser.parse_args(argv)
     if args.merge:
-        return merge(args.out)
+        return merge(args.out, argv)
 
     from shortlist.config import load_params
 
@@ -361,11 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             "test": len(test),
         },
         "protocol": __doc__.split("\n\n")[1].replace("\n", " "),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "load_average_start": os.getloadavg(),
-        },
+        "provenance": provenance(__file__, argv),  # commit, CPU, probe, load at start
         "reference": REFERENCE,
     }
     sections = SECTIONS if args.section == "all" else [args.section]
@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def merge(out: Path) -> int:
+def merge(out: Path, argv: list[str] | None = None) -> int:
     """Combine the results of parallel section runs (raw/*.json) into the final files:
     baselines from their run, two-tower and cold runs pooled per label across seeds."""
     parts = [
@@ -428,6 +428,8 @@ def merge(out: Path) -> int:
     result["complete"] = "baselines" in result and "cold" in result and bool(tt_runs)
     result["command"] = result["command"].split(" --section")[0].split(" --seed-list")[0]
     result["parallel_parts"] = len(parts)
+    result["parts_provenance"] = [p.get("provenance") for p in parts]
+    result["provenance"] = provenance(__file__, argv)
     result["_t0"] = time.perf_counter() - result["seconds"]
     print(write(result, out, "all", keep_times=True))
     return 0
@@ -440,7 +442,7 @@ def write(result: dict[str, Any], out: Path, section: str, keep_times: bool = Fa
     if not keep_times:
         result["seconds"] = round(time.perf_counter() - result["_t0"], 1)
         result["cpu_seconds"] = round(time.process_time(), 1)
-        result["machine"]["load_average_end"] = os.getloadavg()
+        result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     table = markdown(result)
     doc = {k: v for k, v in result.items() if not k.startswith("_")}
     if section != "all":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,11 @@ import yaml
 
 from shortlist.config import load_params
 from shortlist.serving.loadgen import free_port, run_load, summarise, wait_ready
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import cpu_probe, provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import cpu_probe, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,17 +153,6 @@ def _recall(location: str, n_queries: int) -> dict:
         "ranker_in_bundle": bundle.ranker is not None,
         "users": users,
     }
-
-
-def cpu_probe() -> float:
-    """Seconds for a fixed pure-Python loop (10M additions): how fast this machine's CPU
-    is right now. On shared hosts it varies by 2x over a day; compare latencies between
-    runs only together with this number."""
-    t0 = time.perf_counter()
-    total = 0
-    for i in range(10_000_000):
-        total += i
-    return round(time.perf_counter() - t0, 3)
 
 
 def _serve(params, root: str, work: Path) -> tuple[subprocess.Popen, str]:
@@ -343,11 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.train_interactions} interactions; each catalog: {args.users} users, "
             f"{args.interactions} interactions"
         ),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "cpu_probe_seconds_at_start": cpu_probe(),
-        },
+        # commit, CPU model and probe (at start), load, versions; one more probe per size
+        "provenance": provenance(__file__, argv_),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sizes": [],
     }

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -23,6 +22,11 @@ from pathlib import Path
 
 from shortlist.config import SynthParams
 from shortlist.data.synth import SynthSpec, write_synth
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 RESULT = Path(__file__).resolve().parent / "results" / "synth.json"
 TARGET_WALL_S = 120.0
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
         defaults, users=args.users, items=args.items, interactions=args.interactions, seed=args.seed
     )
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    load_before = os.getloadavg()
+    before = provenance(__file__, argv)  # commit, CPU, probe and load before the run
     sampler = RssSampler()
     sampler.start()
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -90,10 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
             "wall_s": wall <= TARGET_WALL_S,
             "peak_rss_gib": peak_kib / 2**20 <= TARGET_RSS_GIB,
         },
+        "provenance": before,
         "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "note": "wall time is shared-machine time: a load average above the CPU count "
             "means other work competed for the cores; cpu_s is this process's own time",

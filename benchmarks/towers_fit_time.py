@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "towers_fit_time.json"
@@ -35,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
+    prov = provenance(__file__, argv)  # before the fits: the probe reads the host as they start
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from retrieval_quality import protocol
@@ -96,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_seconds": worst,
         "target_seconds": TARGET_SECONDS,
         "target_met_every_seed": worst <= TARGET_SECONDS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python "
-        f"{platform.python_version()}",
+        "provenance": prov,
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")

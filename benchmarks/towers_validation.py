@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +27,11 @@ from shortlist.data.movielens import load_ml100k
 from shortlist.data.split import temporal_split
 from shortlist.eval.metrics import popularity_percentile
 from shortlist.models import train as T
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "towers_validation.json"
@@ -164,6 +168,7 @@ def main() -> None:
         "--cold", action="store_true", help="also measure cold-item recall (one more training)"
     )
     a = ap.parse_args()
+    prov = provenance(__file__)  # once, before the trainings: the CPU probe reads a quiet start
     inter, items, users = load_ml100k(a.dataset)
     split = temporal_split(
         inter, mode="per_user", validation_fraction=0.1, test_fraction=0.2, min_user_interactions=5
@@ -207,6 +212,7 @@ def main() -> None:
             "epochs_run": report["epochs_run"],
             "train_seconds": seconds,
             "validation": sweep,
+            "provenance": prov,  # the file keeps variants of earlier runs: each says its own
         }
         if a.cold:
             results[name]["cold"] = cold_validation(params, split, items, users, a.seed)
@@ -230,7 +236,8 @@ def main() -> None:
                     "what": "two-tower variants on the ml-100k validation split (per-user 70/10/20)",
                     "command": "python benchmarks/towers_validation.py",
                     "seed": a.seed,
-                    "machine": f"{platform.machine()} {platform.processor() or ''} threads={base.towers.threads}".strip(),
+                    "threads": base.towers.threads,
+                    "provenance": prov,  # of the latest run
                     "variants": results,
                     "note": NOTE,
                 },

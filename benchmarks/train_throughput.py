@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -27,6 +26,11 @@ import numpy as np
 from shortlist.config import load_params
 from shortlist.data import schema
 from shortlist.data.io import read_dataset
+
+if __package__:  # imported as benchmarks.<name>
+    from .provenance import provenance
+else:  # run as a script: benchmarks/ is sys.path[0]
+    from provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "train_throughput.json"
@@ -140,8 +144,9 @@ def main() -> None:
         "epoch_seconds": n / eps,
         "epoch_seconds_is_extrapolated": timed < steps_per_epoch,
         "prepare_seconds": prepare,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus; load average during the run "
-        f"{os.getloadavg()[0]:.1f} (other work on the machine slows every number here)",
+        # after the timed steps: the load average is the run's (other work on the machine
+        # slows every number here)
+        "provenance": provenance(__file__),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
