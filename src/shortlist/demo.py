@@ -1,13 +1,15 @@
 """`make demo`: Shortlist's main job end to end on the embedded defaults.
 
-    python -m shortlist.demo --dataset ../shared/datasets/ml-100k [--set key=value ...]
+    python -m shortlist.demo [--dataset ../shared/datasets/ml-100k] [--set key=value ...]
 
-1. ingest: MovieLens 100K when --dataset holds it, else the synthetic generator;
+1. ingest: MovieLens 100K when the dataset directory holds it, else the synthetic
+   generator (the embedded default; `dvc repro`'s ingest stage calls this same step);
 2. validate: the data contract, with its Data Docs;
-3. mlflow: an MLflow server on SQLite (127.0.0.1:5000, left running: `make down`);
+3. mlflow: the local stack's MLflow server (127.0.0.1:5000, left running: `make down`);
 4. retrain: the real `shortlist_retrain` Airflow DAG, once, with `airflow dags test` in
-   a project-local AIRFLOW_HOME and promotion auto-approved: split → towers → ranker →
-   evaluate & bless → bundle into the idle slot → canary → register → promote;
+   the local stack's Airflow home (the run shows in the Airflow UI of `make up`), with
+   promotion auto-approved: split → towers → ranker → evaluate & bless → bundle into the
+   idle slot → canary → register → promote;
 5. serve: the API over the promoted bundle, one sample recommendation.
 
 Everything is written under the params' work dir (.shortlist/ by default); at the end it
@@ -28,6 +30,10 @@ from pathlib import Path
 from shortlist.config import ConfigError, Params, load_params
 from shortlist.errors import DataValidationError, ShortlistError
 from shortlist.storage import is_remote
+
+# The embedded default dataset, relative to the project directory: used when neither
+# --dataset nor data.path names one (MovieLens 100K when present, else synthetic data).
+DEFAULT_DATASET = "../shared/datasets/ml-100k"
 
 # Params that name local paths; made absolute (against the project dir) before the run
 # so every stage and every printed location agree whatever the current directory.
@@ -64,24 +70,35 @@ class Step:
     run: Callable[[Demo], dict[str, str]]
 
 
-def _ingest(demo: Demo) -> dict[str, str]:
-    p = demo.params
-    if (demo.dataset / "u.data").is_file():
-        from pipelines import ingest
+def ingest_data(params: Params, dataset: Path) -> tuple[dict, str]:
+    """Import the embedded default or the configured source; returns (manifest, what).
 
-        manifest = ingest.run(
-            p, source="movielens-100k", path=str(demo.dataset), out_dir=p.data.dir
-        )
-        what = f"MovieLens 100K from {demo.dataset}"
+    With data.source `movielens-100k` (the default) the dataset directory is imported
+    when it holds MovieLens 100K, else the synthetic generator (params' `synth:`) stands
+    in, so a fresh clone runs without any edit. Any other source is imported from
+    `dataset` as configured, and `synth` always generates.
+    """
+    p = params
+    source = p.data.source
+    if source == "movielens-100k" and not (dataset / "u.data").is_file():
+        source, what = "synth", f"synthetic data ({dataset} has no MovieLens 100K)"
     else:
+        what = f"{source} from {dataset}" if source != "synth" else "synthetic data"
+    if source == "synth":
         from pipelines import synth
 
-        manifest = synth.run(p, out_dir=p.data.dir)
-        what = f"synthetic data ({demo.dataset} has no MovieLens 100K)"
+        return synth.run(p, out_dir=p.data.dir), what
+    from pipelines import ingest
+
+    return ingest.run(p, source=source, path=str(dataset), out_dir=p.data.dir), what
+
+
+def _ingest(demo: Demo) -> dict[str, str]:
+    manifest, what = ingest_data(demo.params, demo.dataset)
     rows = manifest["rows"]
     n = rows.get("interactions.parquet", rows) if isinstance(rows, dict) else rows
     demo.notes.append(f"data: {what}, {n} interactions, snapshot {manifest['snapshot_id']}")
-    return {"dataset": p.data.dir}
+    return {"dataset": demo.params.data.dir}
 
 
 def _validate(demo: Demo) -> dict[str, str]:
@@ -104,36 +121,32 @@ def _mlflow(demo: Demo) -> dict[str, str]:
     from shortlist import stack
 
     urls = stack.up(
-        demo.params, {"mlflow": demo.mlflow_port, "airflow": 0, "api": 0}, only={"mlflow"}
+        demo.params,
+        {"mlflow": demo.mlflow_port, "airflow": 0, "api": 0},
+        only={"mlflow"},
+        started_by="make demo",
     )
     return {"mlflow ui": urls["mlflow"]}
 
 
 def _retrain(demo: Demo) -> dict[str, str]:
-    """`airflow dags test shortlist_retrain`, auto-approved, against the demo's MLflow."""
+    """`airflow dags test shortlist_retrain`, auto-approved, in the stack's Airflow home
+    and against the stack's MLflow: the run is listed in the Airflow UI of `make up`."""
     import json
-    import os
     import subprocess
 
     import yaml
 
-    from shortlist.stack import BIN
+    from shortlist.stack import BIN, airflow_home, stack_env
 
     p = demo.params
     work = Path(p.project.work_dir)
     params_file = work / "demo-params.yaml"
     params_file.write_text(yaml.safe_dump(p.model_dump(), sort_keys=False))
-    home = work / "airflow"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(Path.cwd() / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "SHORTLIST_PARAMS": str(params_file),
-        "MLFLOW_TRACKING_URI": demo.outputs["mlflow ui"],
-    }
+    home = airflow_home(p)
+    home.mkdir(parents=True, exist_ok=True)
+    env = stack_env(p, {"mlflow": demo.mlflow_port}, params_file)
+    env["AIRFLOW__CORE__PARALLELISM"] = "2"
     log_path = work / "demo-retrain.log"
     with open(log_path, "w") as log:
         subprocess.run(
@@ -171,6 +184,7 @@ def _retrain(demo: Demo) -> dict[str, str]:
     if not live.get("bundle_id"):
         raise ShortlistError(f"the retrain DAG ended without a live bundle; see {log_path}")
     demo.notes.append(f"live bundle: {live['bundle_id']} in slot {live.get('slot')}")
+    demo.notes.append(f"airflow run: shortlist_retrain at {stamp} (conf: auto-approve)")
     return {"retrain log": str(log_path), "bundles": p.bundle.root, "airflow home": str(home)}
 
 
@@ -270,9 +284,11 @@ def _report(demo: Demo) -> str:
             f"  MLflow UI       {demo.outputs['mlflow ui']}  (Models -> "
             f"{demo.params.promotion.registered_model}: versions, tags, aliases; runs, plots)",
             "  Canary report   shortlist status --json; canary.json in the live slot",
-            "  Airflow UI      make up  (then http://127.0.0.1:8080, DAGs shortlist_*)",
-            "  Serving API     make up  (then POST /recommend, GET /metrics)",
-            "  Stop servers    make down",
+            "  Airflow UI      make up, then http://127.0.0.1:8080 (it prints the user and",
+            "                  password): DAG shortlist_retrain lists this demo's run",
+            "  Serving API     make up, then http://127.0.0.1:"
+            f"{demo.params.serving.port}/docs (POST /recommend, GET /metrics)",
+            "  Stop servers    make down (stops the MLflow server above too)",
         ]
     return "\n".join(lines)
 
@@ -283,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--dataset",
-        default="../shared/datasets/ml-100k",
-        help="MovieLens 100K directory; synthetic data is used when it is absent",
+        default=None,
+        help="the source to import (default: data.path, else "
+        f"{DEFAULT_DATASET}); synthetic data when MovieLens 100K is absent",
     )
     parser.add_argument("--params", help="params file (default: $SHORTLIST_PARAMS or params.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -301,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, args.overrides)
         demo = Demo(
             params=absolute_paths(params, Path.cwd()),
-            dataset=Path(args.dataset),
+            dataset=Path(args.dataset or params.data.path or DEFAULT_DATASET),
             mlflow_port=args.mlflow_port,
         )
         run(demo, [s for s in STEPS if s.name in wanted])

@@ -1,14 +1,20 @@
-"""The long-lived local stack: MLflow UI, Airflow (standalone), the serving API.
+"""The one local stack: MLflow UI, Airflow (standalone), the serving API.
 
-`python -m shortlist.stack up|down|status` (what `make up` / `make down` run). Each
-service runs in the background from the project's venv, with its log and pid file
-under `<work_dir>/stack/`; `down` stops them cleanly (Airflow with SIGINT: SIGTERM
-would orphan its scheduler, triggerer and API server). Everything binds 127.0.0.1.
+`python -m shortlist.stack up|down` (what `make up` / `make down` run). `make demo` uses
+the same MLflow server and the same Airflow home (`<work_dir>/airflow`), so what the demo
+did is what the UIs show. Each service runs in the background from the project's venv,
+in its own process group, with its log and pid file under `<work_dir>/stack/`. A pid file
+also records the process's start time, so `down` never signals a recycled pid: it stops
+exactly the processes `up` (or the demo) started, Airflow with one SIGINT to its leader
+(standalone then stops its scheduler, triggerer, DAG processor and API server itself;
+SIGTERM, or SIGINT to the whole group, orphans or races them). Everything binds 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +27,8 @@ from pathlib import Path
 from shortlist.config import Params, load_params
 
 BIN = Path(sys.executable).parent
+AIRFLOW_USER = "admin"
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
 
 @dataclass(frozen=True)
@@ -29,14 +37,34 @@ class Service:
     port: int
     health: str
     stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 30.0
 
 
 def services(ports: dict[str, int]) -> list[Service]:
     return [
         Service("mlflow", ports["mlflow"], "/health"),
-        Service("airflow", ports["airflow"], "/api/v2/monitor/health", signal.SIGINT),
+        Service("airflow", ports["airflow"], "/api/v2/monitor/health", signal.SIGINT, 60.0),
         Service("api", ports["api"], "/health"),
     ]
+
+
+def stack_dir(params: Params) -> Path:
+    """Where the stack keeps its pid files and logs."""
+    return Path(params.project.work_dir).resolve() / "stack"
+
+
+def airflow_home(params: Params) -> Path:
+    """The one Airflow home of the local stack, shared by `make demo` and `make up`."""
+    return Path(params.project.work_dir).resolve() / "airflow"
+
+
+def airflow_password(params: Params) -> str | None:
+    """The simple auth manager's generated password of AIRFLOW_USER, once Airflow wrote it."""
+    try:
+        users = json.loads((airflow_home(params) / PASSWORDS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return users.get(AIRFLOW_USER)
 
 
 def backend_store(params: Params) -> str:
@@ -50,7 +78,7 @@ def backend_store(params: Params) -> str:
     return f"sqlite:///{Path(params.project.work_dir).resolve() / 'mlflow.db'}"
 
 
-def _command(service: Service, params: Params, work: Path) -> list[str]:
+def _command(service: Service, params: Params) -> list[str]:
     if service.name == "mlflow":
         return [
             str(BIN / "mlflow"),
@@ -58,7 +86,7 @@ def _command(service: Service, params: Params, work: Path) -> list[str]:
             "--backend-store-uri",
             backend_store(params),
             "--artifacts-destination",
-            str(work.parent / "mlartifacts"),
+            str(Path(params.project.work_dir).resolve() / "mlartifacts"),
             "--host",
             "127.0.0.1",
             "--port",
@@ -71,24 +99,30 @@ def _command(service: Service, params: Params, work: Path) -> list[str]:
     return [str(BIN / "shortlist"), "serve", "--port", str(service.port)]
 
 
-def stack_env(work: Path, ports: dict[str, int]) -> dict[str, str]:
-    """Environment shared by the stack: one MLflow, one Airflow home, few workers."""
+def stack_env(
+    params: Params, ports: dict[str, int], params_file: str | Path | None = None
+) -> dict[str, str]:
+    """Environment shared by the stack and the demo: one MLflow, one Airflow home."""
     project = Path.cwd()
-    return {
+    env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        "AIRFLOW_HOME": str(work / "airflow"),
+        "AIRFLOW_HOME": str(airflow_home(params)),
         "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__API__PORT": str(ports["airflow"]),
         "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{ports['airflow']}",
-        "SHORTLIST_PARAMS": str(project / "params.yaml"),
+        "SHORTLIST_PARAMS": str(Path(params_file or project / "params.yaml").resolve()),
         "DVC_NO_ANALYTICS": "1",
+        "PYTHONUNBUFFERED": "1",
     }
+    if ports.get("mlflow"):
+        env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports['mlflow']}"
+    if ports.get("airflow"):
+        env["AIRFLOW__API__PORT"] = str(ports["airflow"])
+        env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{ports['airflow']}"
+    return env
 
 
 def _healthy(port: int, path: str) -> bool:
@@ -99,69 +133,163 @@ def _healthy(port: int, path: str) -> bool:
         return False
 
 
-def _pid(pid_file: Path) -> int | None:
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), or None if it is gone
+    or a zombie: with the pid, it names one process, never a later one with a reused pid."""
     try:
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status when the service is this process's own child (tests)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _running(pid_file: Path) -> dict | None:
+    """The record of a running service (`pid`, `started`, `by`), or None."""
+    try:
+        record = json.loads(pid_file.read_text())
+        pid = int(record["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    _reap(pid)
+    if _start_time(pid) is None or _start_time(pid) != record.get("started"):
+        return None
+    return record
 
 
 def up(
-    params: Params, ports: dict[str, int], wait_s: float = 180, only: set[str] | None = None
+    params: Params,
+    ports: dict[str, int],
+    wait_s: float = 180,
+    only: set[str] | None = None,
+    params_file: str | Path | None = None,
+    started_by: str = "make up",
 ) -> dict[str, str]:
-    """Start the services (all, or `only` those named); returns their URLs."""
-    work = Path(params.project.work_dir).resolve() / "stack"
+    """Start the services (all, or `only` those named) and wait until each is healthy;
+    returns their URLs. A service already running is left as it is."""
+    work = stack_dir(params)
     work.mkdir(parents=True, exist_ok=True)
-    env = stack_env(work, ports)
+    airflow_home(params).mkdir(parents=True, exist_ok=True)
+    env = stack_env(params, ports, params_file)
     urls = {}
     for svc in services(ports):
         if only is not None and svc.name not in only:
             continue
         urls[svc.name] = f"http://127.0.0.1:{svc.port}"
         pid_file = work / f"{svc.name}.pid"
-        if _pid(pid_file):
-            print(f"{svc.name:8s} already running (pid {_pid(pid_file)})")
+        running = _running(pid_file)
+        if running:
+            print(f"{svc.name:8s} already running (pid {running['pid']}): {urls[svc.name]}")
             continue
         log = open(work / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            _command(svc, params, work),
+            _command(svc, params),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        pid_file.write_text(str(proc.pid))
+        log.close()
+        record = {"pid": proc.pid, "started": _start_time(proc.pid), "by": started_by}
+        pid_file.write_text(json.dumps(record))
         deadline = time.monotonic() + wait_s
         while not _healthy(svc.port, svc.health) and time.monotonic() < deadline:
             if proc.poll() is not None:
+                pid_file.unlink(missing_ok=True)
                 raise SystemExit(f"{svc.name} exited; see {work / (svc.name + '.log')}")
             time.sleep(1)
         state = "up" if _healthy(svc.port, svc.health) else "starting (not healthy yet)"
-        print(f"{svc.name:8s} {state}: http://127.0.0.1:{svc.port}  log {svc.name}.log")
-    if "airflow" in urls:
-        password = work / "airflow" / "simple_auth_manager_passwords.json.generated"
-        print(f"Airflow admin password: {password}")
+        print(f"{svc.name:8s} {state}: {urls[svc.name]}  (log {work / (svc.name + '.log')})")
+    if only is None or "airflow" in only:
+        print(login_lines(params, urls))
     return urls
 
 
-def down(params: Params, ports: dict[str, int]) -> None:
-    work = Path(params.project.work_dir).resolve() / "stack"
-    for svc in reversed(services(ports)):
+def login_lines(params: Params, urls: dict[str, str], wait_s: float = 30) -> str:
+    """How to log in and approve, with the URLs and the Airflow user name and password."""
+    password = airflow_password(params)
+    deadline = time.monotonic() + wait_s
+    while password is None and "airflow" in urls and time.monotonic() < deadline:
+        time.sleep(1)  # the API server writes the generated password shortly after start
+        password = airflow_password(params)
+    lines = [""]
+    if "airflow" in urls:
+        lines += [
+            f"Airflow UI   {urls['airflow']}   user {AIRFLOW_USER}   password {password or '?'}",
+            f"             (from {airflow_home(params) / PASSWORDS_FILE})",
+            "             The DAGs start paused: trigger shortlist_retrain (the play button).",
+        ]
+    if "mlflow" in urls:
+        lines += [
+            f"MLflow UI    {urls['mlflow']}   approve: Models -> "
+            f"{params.promotion.registered_model} -> the `challenger` version -> Aliases "
+            "(pencil) -> add `champion`",
+        ]
+    if "api" in urls:
+        lines += [f"Serving API  {urls['api']}/docs"]
+    lines += ["Stop it all  make down"]
+    return "\n".join(lines)
+
+
+def _wait_gone(pid_file: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _running(pid_file) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _running(pid_file) is None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def down(params: Params, ports: dict[str, int] | None = None) -> dict[str, str]:
+    """Stop the services of the stack's pid files, last started first; returns how each
+    ended: "clean" (its own stop signal), "forced" (SIGKILL after its timeout)."""
+    work = stack_dir(params)
+    ended: dict[str, str] = {}
+    for svc in reversed(services(ports or {"mlflow": 0, "airflow": 0, "api": 0})):
         pid_file = work / f"{svc.name}.pid"
-        pid = _pid(pid_file)
-        if pid is None:
+        record = _running(pid_file)
+        if record is None:
             pid_file.unlink(missing_ok=True)
             continue
-        os.killpg(pid, svc.stop_signal)
-        deadline = time.monotonic() + 30
-        while _pid(pid_file) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _pid(pid_file):
+        pid = int(record["pid"])
+        started = time.monotonic()
+        # The leader only: it stops its own children in order (Airflow standalone does).
+        os.kill(pid, svc.stop_signal)
+        how = "clean" if _wait_gone(pid_file, svc.stop_timeout_s) else "forced"
+        if how == "forced":
             os.killpg(pid, signal.SIGKILL)
+            _wait_gone(pid_file, 5)
+        # Whatever the leader left in its group (a worker mid-task) goes with it.
+        if _group_alive(pid):
+            grace = time.monotonic() + 10
+            os.killpg(pid, signal.SIGTERM)
+            while _group_alive(pid) and time.monotonic() < grace:
+                time.sleep(0.2)
+            if _group_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
         pid_file.unlink(missing_ok=True)
-        print(f"{svc.name:8s} stopped")
+        ended[svc.name] = how
+        took = time.monotonic() - started
+        print(
+            f"{svc.name:8s} stopped {'cleanly' if how == 'clean' else 'by SIGKILL'} "
+            f"in {took:.1f}s (pid {pid}, started by {record.get('by', '?')})"
+        )
+    if not ended:
+        print("nothing to stop")
+    return ended
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,14 +298,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-port", type=int, default=5000)
     parser.add_argument("--airflow-port", type=int, default=8080)
     parser.add_argument("--api-port", type=int, default=None)
+    parser.add_argument("--params", help="params file (default: $SHORTLIST_PARAMS or params.yaml)")
     args = parser.parse_args(argv)
-    params = load_params()
+    params = load_params(args.params)
     ports = {
         "mlflow": args.mlflow_port,
         "airflow": args.airflow_port,
         "api": args.api_port or params.serving.port,
     }
-    (up if args.action == "up" else down)(params, ports)
+    if args.action == "up":
+        up(params, ports, params_file=args.params)
+    else:
+        down(params, ports)
     return 0
 
 
