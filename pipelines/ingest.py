@@ -41,6 +41,8 @@ def run(
         )
     else:
         raise ShortlistError(f"unknown source {source!r} (one of {', '.join(SOURCES)})")
+    # Whether time is real decides how the data is split (shortlist.data.split.resolve_mode).
+    extra["timestamps"] = "synthetic" if "synthetic_timestamps" in extra else "real"
     return write_dataset(str(out_dir), interactions, items, users, source=source, extra=extra)
 
 

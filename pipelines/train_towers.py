@@ -10,7 +10,6 @@ history.json / history.png (per-epoch curves) and metrics.json (for `dvc metrics
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,17 @@ def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
         snapshot_id=split.snapshot_id,
         out_dir=str(out_dir),
         mlflow_run=True,
+        real_time=split.manifest.get("timestamps", "real") == "real",
     )
+    _record_split(params, report.get("mlflow_run_id"), split.manifest)
     metrics = {
         "validation": report["validation"],
         "validation_with_popularity": report["validation_with_popularity"],
         "inference_popularity_weight": params.towers.logq.inference_popularity_weight,
         "best_epoch": report["best_epoch"],
         "epochs_run": report["epochs_run"],
+        "history_mode": report["history_mode"],
+        "split_mode": split.manifest.get("mode"),
         "train_seconds": report["timings"]["train_seconds"],
     }
     Path(out_dir, METRICS).write_text(json.dumps(metrics, indent=2))
@@ -55,7 +58,16 @@ def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":  # `python -m pipelines.train_towers ...` is `shortlist train-towers ...`
-    from shortlist.cli import main
+def _record_split(params: Params, run_id: str | None, manifest: dict[str, Any]) -> None:
+    """Add the split the towers learned from (mode, rule, sizes) to their MLflow run."""
+    if not run_id:
+        return
+    from shortlist.data.split import tracking_record
+    from shortlist.tracking import configure
 
-    sys.exit(main(["train-towers", *sys.argv[1:]]))
+    mlflow = configure(params)
+    split_params, metrics = tracking_record(manifest)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_params(split_params)
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(manifest, "split/split.json")

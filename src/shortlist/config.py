@@ -73,10 +73,17 @@ class ValidationParams(_Section):
 
 class SplitParams(_Section):
     dir: str = ".shortlist/split"
-    mode: Literal["global", "per_user"] = "global"
+    # auto: random per-user holdout when timestamps were synthesised; with real time a
+    # global time cut when it puts global_min_user_share of the users in validation,
+    # else each user's most recent interactions (per_user). See shortlist.data.split.
+    mode: Literal["auto", "global", "per_user", "random"] = "auto"
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     min_user_interactions: int = Field(1, ge=1)
+    global_min_user_share: float = Field(0.5, ge=0, le=1)
+    # A validation or test part with fewer users that have history is an error: early
+    # stopping, the ranker's decision and the blessing would be drawn from noise.
+    min_validation_users: int = Field(50, ge=1)
 
 
 class LogQParams(_Section):
@@ -93,8 +100,9 @@ class TowerParams(_Section):
     history_len: int = Field(50, gt=0)
     # Training examples' histories: "causal" = the user's items before the target's time
     # (next-item); "leave_one_out" = the user's last history_len train items except the
-    # target (the set task that retrieval is evaluated and served on).
-    history_mode: Literal["causal", "leave_one_out"] = "causal"
+    # target (a set: no order). "auto" = causal where timestamps are real, leave_one_out
+    # where they were synthesised from row order (the split records which).
+    history_mode: Literal["auto", "causal", "leave_one_out"] = "auto"
     # Probability that a training example's history is cut to a random number of its
     # most recent items (an augmentation for users with short histories).
     history_truncation: float = Field(0.0, ge=0, le=1)
@@ -238,9 +246,16 @@ class ServingParams(_Section):
     max_body_bytes: int = Field(65_536, gt=0)
     impressions_dir: str = ".shortlist/impressions"
     impressions_rotate_rows: int = Field(10_000, gt=0)
-    # Also write the buffered impressions this often (0: only on rotation and shutdown), so
-    # a crashed server loses at most this many seconds of the feedback log.
+    # Also turn the buffered impressions into a Parquet file this often (0: only on
+    # rotation and shutdown), so a quiet server's log reaches readers within this time.
     impressions_flush_seconds: float = Field(30.0, ge=0)
+    # Local write-ahead directory: every served list is appended there before the response
+    # (a crash, even kill -9, loses none) and replayed into Parquet on restart. Empty:
+    # <impressions_dir>/.wal when that is local, else <project.work_dir>/impressions-wal.
+    impressions_wal_dir: str = ""
+    # fdatasync the write-ahead file this often (ms) when written, off the request thread:
+    # a power loss or kernel crash loses at most this window. 0: sync in every request.
+    impressions_fsync_ms: float = Field(5.0, ge=0, le=1000)
     # Pointer poll interval: a promotion or rollback is visible within one poll.
     poll_seconds: float = Field(0.25, gt=0)
     # Keep the previously live bundle in memory so a rollback is a reference swap.

@@ -146,4 +146,4 @@ def test_bad_params_are_errors(interactions):
     with pytest.raises(ShortlistError, match="below 1"):
         temporal_split(interactions, validation_fraction=0.5, test_fraction=0.5)
     with pytest.raises(ShortlistError, match="unknown split mode"):
-        temporal_split(interactions, mode="random")
+        temporal_split(interactions, mode="sideways")

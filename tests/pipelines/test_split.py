@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -12,6 +13,7 @@ from pipelines import ingest, split, synth
 from shortlist.cli import main
 from shortlist.data import schema
 from shortlist.data.split_io import COLD, load_split
+from shortlist.errors import ShortlistError
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,8 @@ def ml100k_dir(ml100k_path: Path, tmp_path_factory) -> Path:
 
 def test_global_split_of_ml100k(params, ml100k_dir: Path, tmp_path: Path):
     out = tmp_path / "split"
-    manifest = split.run(params, data_dir=str(ml100k_dir), out_dir=str(out))
+    p = params.with_overrides({"split.mode": "global"})
+    manifest = split.run(p, data_dir=str(ml100k_dir), out_dir=str(out))
     counts = manifest["counts"]
     assert counts["train"] + counts["validation"] + counts["test"] == 100_000
     assert counts["users"] == 943 and counts["items"] == 1682
@@ -68,6 +71,65 @@ def test_per_user_split_of_ml100k(params, ml100k_dir: Path, tmp_path: Path):
     )
     expect = (sizes * 0.1 + 0.5).astype(int).clip(lower=1)
     assert (s.test.groupby("user_id").size() == expect).all()
+
+
+def test_auto_split_of_ml100k_holds_out_each_users_latest(params, ml100k_dir: Path, tmp_path):
+    """A global time cut would leave ml-100k's validation to the ~100 users active at the
+    end; `auto` sees that and holds out every user's most recent interactions instead."""
+    manifest = split.run(params, data_dir=str(ml100k_dir), out_dir=str(tmp_path / "s"))
+    assert params.split.mode == "auto"
+    assert manifest["mode"] == "per_user" and manifest["timestamps"] == "real"
+    assert "would put only" in manifest["rule"] and "943 users" in manifest["rule"]
+    assert manifest["parts"]["validation"]["users"] == 943
+    assert manifest["shares"]["validation"]["cold_users"] == 0.0
+    s = load_split(str(tmp_path / "s"))
+    last_train = s.train.groupby("user_id")["timestamp"].max()
+    first_val = s.validation.groupby("user_id")["timestamp"].min()
+    assert (last_train.reindex(first_val.index) <= first_val).all()  # per user, in time order
+
+
+def test_auto_split_without_real_time_is_random_per_user(params, ml100k_dir, tmp_path: Path):
+    """Row order is not time: the holdout is random per user, seeded, and the parts are
+    put in time order so later stages see validation after train."""
+    full = pd.read_parquet(ml100k_dir / schema.INTERACTIONS)
+    shuffled = full.drop(columns="timestamp").sample(frac=1.0, random_state=1)
+    csv = tmp_path / "plays.csv"
+    shuffled.to_csv(csv, index=False)
+    data = tmp_path / "data"
+    ingest.run(params, source="csv", path=str(csv), out_dir=str(data))
+    assert json.loads((data / schema.SNAPSHOT).read_text())["timestamps"] == "synthetic"
+
+    manifest = split.run(params, data_dir=str(data), out_dir=str(tmp_path / "a"))
+    assert manifest["mode"] == "random" and manifest["timestamps"] == "synthetic"
+    a = load_split(str(tmp_path / "a"))
+    assert a.validation["user_id"].nunique() == 943
+    assert a.train["timestamp"].max() < a.validation["timestamp"].min()
+    assert a.validation["timestamp"].max() < a.test["timestamp"].min()
+    # The held-out items are not each user's last rows of the file (they were random).
+    by_row = split.run(
+        params.with_overrides({"split.mode": "per_user"}),
+        data_dir=str(data),
+        out_dir=str(tmp_path / "b"),
+    )
+    assert by_row["mode"] == "per_user"
+    b = load_split(str(tmp_path / "b"))
+    overlap = len(a.test.merge(b.test, on=["user_id", "item_id"])) / len(a.test)
+    assert overlap < 0.3
+    # Seeded: the same seed gives the same parts, another seed other parts.
+    split.run(params, data_dir=str(data), out_dir=str(tmp_path / "c"))
+    pd.testing.assert_frame_equal(load_split(str(tmp_path / "c")).test, a.test)
+    other = params.with_overrides({"project.seed": 7})
+    split.run(other, data_dir=str(data), out_dir=str(tmp_path / "d"))
+    assert not load_split(str(tmp_path / "d")).test.equals(a.test)
+
+
+def test_split_too_small_to_decide_on_is_an_error(params, ml100k_dir: Path, tmp_path: Path):
+    p = params.with_overrides({"split.mode": "global", "split.min_validation_users": 200})
+    with pytest.raises(ShortlistError) as err:
+        split.run(p, data_dir=str(ml100k_dir), out_dir=str(tmp_path / "s"))
+    msg = str(err.value)
+    assert "validation has" in msg and "users" in msg and "at least 200" in msg
+    assert not (tmp_path / "s" / schema.SPLIT_MANIFEST).exists()  # nothing half-written
 
 
 def test_synth_then_split_without_test_via_cli(params, tmp_path: Path):

@@ -118,6 +118,13 @@ def history_leave_one_out(user_codes: np.ndarray, item_idx: np.ndarray, n: int) 
     return hist.astype(np.int64)
 
 
+def resolve_history_mode(mode: str, real_time: bool) -> str:
+    """`auto` -> causal where time is real, leave_one_out (a set) where it is not."""
+    if mode != "auto":
+        return mode
+    return "causal" if real_time else "leave_one_out"
+
+
 def build_examples(
     train: pd.DataFrame,
     state: FeatureState,
@@ -476,19 +483,23 @@ def train_two_tower(
     mlflow_run: bool = True,
     snapshot_id: str = "",
     out_dir: str | None = None,
+    real_time: bool = True,
 ) -> tuple[TwoTowerRetriever, dict[str, Any]]:
     """Train on `train`, stop early on `validation`; returns (model, report).
 
     With `towers.refit_on_validation` (and a non-empty validation part) the returned model
     is then retrained from scratch, same seed, on train + validation for the best epoch
     count, as the baselines refit after tuning; otherwise it is the best early-stopping
-    model. The report holds the early-stopping run's per-epoch history (loss, validation
+    model. `real_time` (False when the split says timestamps were synthesised) resolves
+    `towers.history_mode: auto`. The report holds the early-stopping run's per-epoch history (loss, validation
     metrics, seconds), best epoch and validation metrics (with and without the inference
     popularity term; measured before any refit, as the refit model has seen validation),
     the refit's own history, timings and, when logged, the MLflow run id. With out_dir
     the model is saved there (and logged as run artifacts).
     """
     tp = params.towers
+    if tp.history_mode == "auto":
+        tp = tp.model_copy(update={"history_mode": resolve_history_mode("auto", real_time)})
     seed = params.project.seed if seed is None else seed
     torch.set_num_threads(tp.threads)
     t_start = time.perf_counter()
@@ -531,6 +542,7 @@ def train_two_tower(
         "validation_users": len(vset),
         "train_examples": es.train_examples,
         "catalog_items": es.state.n_item_ids - 1,
+        "history_mode": tp.history_mode,
         "seed": seed,
         "refit": refit,
         "timings": {
