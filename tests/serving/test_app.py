@@ -245,3 +245,57 @@ def test_not_ready_without_a_live_bundle(world, tmp_path):
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 503
         assert client.post("/recommend", json={"user_id": "u1"}).status_code == 503
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"user_id": "u1", "k": NaN}',
+        b'{"user_id": "u1", "colour": Infinity}',
+        b'{"recent_items": ["i1"], "exclude_items": [-Infinity]}',
+        b'{"user_id": "u1", "genres": [{"x": NaN}]}',
+    ],
+)
+def test_non_finite_json_numbers_are_422_not_500(served, raw):
+    client = served[0]
+    resp = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert "not JSON numbers" in resp.json()["detail"][0]["msg"]
+
+
+def test_ids_that_spell_nan_are_still_served(served):
+    client = served[0]
+    raw = b'{"user_id": "NaN-Infinity", "k": 3}'
+    resp = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+
+
+def test_a_validation_error_echoing_a_non_finite_value_still_encodes():
+    import asyncio
+
+    from fastapi.exceptions import RequestValidationError
+
+    from shortlist.serving.app import validation_error
+
+    exc = RequestValidationError([{"loc": ("body", "k"), "msg": "bad", "input": float("nan")}])
+    resp = asyncio.run(validation_error(None, exc))
+    assert resp.status_code == 422 and b'"input":"nan"' in resp.body
+
+
+def test_api_docs_are_served_from_the_package_without_a_cdn(served):
+    import re
+
+    client = served[0]
+    for page in ("/docs", "/redoc"):
+        resp = client.get(page)
+        assert resp.status_code == 200, page
+        html = resp.text
+        refs = re.findall(r'(?:src|href|spec-url)\s*=\s*["\']([^"\']+)["\']', html)
+        refs += re.findall(r'url:\s*["\']([^"\']+)["\']', html)
+        assert refs, f"{page} references no assets"
+        assert not re.search(r"https?://|//cdn|jsdelivr|unpkg|fonts\.googleapis", html), page
+        for ref in refs:
+            assert ref.startswith("/"), f"{page} references {ref}"
+            asset = client.get(ref)
+            assert asset.status_code == 200 and len(asset.content) > 100, ref
+    assert "/recommend" in client.get("/openapi.json").json()["paths"]

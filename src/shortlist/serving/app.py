@@ -2,24 +2,34 @@
 
 Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `/health` (the process
 is up), `/ready` (a bundle is loaded; 503 otherwise), `/version` (the live bundle id),
-`/metrics` (Prometheus text). Every answer that carries items names the bundle that
+`/metrics` (Prometheus text), `/docs` and `/redoc` (Swagger UI and ReDoc served from the
+package, no CDN: they work offline and behind egress filters). Every answer that carries items names the bundle that
 produced it; each request reads the holder's reference once, so it is served by one
 bundle even when a swap happens while it runs. Every served list goes to the
-impressions log. Bad input (k outside 1..serving.max_k, malformed ids, unknown fields,
-bodies over serving.max_body_bytes) is a 422 with a message saying what is wrong.
+impressions log, durably before the response (see `shortlist.serving.impressions`).
+Bad input (k outside 1..serving.max_k, malformed ids, unknown fields, bodies over
+serving.max_body_bytes, NaN or Infinity anywhere in a JSON body) is a 422 with a message
+saying what is wrong; an error that echoes a value never fails to encode.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from shortlist.config import Params
 from shortlist.serving.holder import BundleHolder
@@ -32,6 +42,7 @@ from shortlist.serving.schemas import (
     RecommendResponse,
     SimilarItemsResponse,
 )
+from shortlist.storage import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +119,62 @@ class Timing:
             self.metrics.observe(endpoint, status, time.perf_counter() - t0)
 
 
+NON_FINITE_MSG = (
+    "NaN, Infinity and -Infinity are not JSON numbers (RFC 8259): send finite numbers only"
+)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(name)
+
+
+def check_finite_json(body: bytes) -> None:
+    """Raise a 422 (RequestValidationError) when a JSON body holds NaN or +-Infinity.
+
+    Python's JSON parser accepts these tokens, and a validation error that echoes one
+    cannot be encoded (500). A byte scan keeps the common case to one `in` per token;
+    only a body that mentions one is parsed again, so an id containing "NaN" passes."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return
+    try:
+        json.loads(body, parse_constant=_reject_constant)
+    except ValueError as exc:
+        if str(exc) in ("NaN", "Infinity", "-Infinity"):
+            error = {"type": "finite_number", "loc": ("body",), "msg": f"{exc}: {NON_FINITE_MSG}"}
+            raise RequestValidationError([error]) from None
+        # Any other parse error is FastAPI's to report, as usual.
+
+
+class FiniteJSONRoute(APIRoute):
+    """An APIRoute whose JSON bodies must be standard JSON (no NaN/Infinity tokens)."""
+
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                check_finite_json(await request.body())  # cached for the handler
+            return await handler(request)
+
+        return route
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats become their names ('nan', 'inf')."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, with every echoed value made encodable."""
+    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 def _items(served: Served) -> list[dict[str, Any]]:
     retrieval = served.retrieval_scores
     return [
@@ -147,6 +214,8 @@ def create_app(
         s.impressions_rotate_rows,
         endpoint_url=params.storage.s3_endpoint_url,
         flush_seconds=s.impressions_flush_seconds,
+        wal_dir=wal_dir(params),
+        fsync_ms=s.impressions_fsync_ms,
     )
 
     @asynccontextmanager
@@ -159,7 +228,10 @@ def create_app(
             holder.stop()
             impressions.close()
 
-    app = FastAPI(title="Shortlist", version="1", lifespan=lifespan)
+    # Swagger UI and ReDoc from the fastapi-offline package's own files (no CDN).
+    app = FastAPIOffline(title="Shortlist", version="1", lifespan=lifespan)
+    app.router.route_class = FiniteJSONRoute
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.state.holder = holder
     app.state.impressions = impressions
     app.state.metrics = metrics
@@ -261,6 +333,16 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def wal_dir(params: Params) -> str:
+    """serving.impressions_wal_dir, else beside local impressions, else under work_dir."""
+    s = params.serving
+    if s.impressions_wal_dir:
+        return s.impressions_wal_dir
+    if is_remote(s.impressions_dir):
+        return os.path.join(params.project.work_dir, "impressions-wal")
+    return os.path.join(s.impressions_dir, ".wal")
 
 
 def _why(holder: BundleHolder) -> str:
