@@ -140,3 +140,35 @@ def test_set_overrides_are_typed() -> None:
 def test_bad_override_names_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         Params().with_overrides([override])
+
+
+def test_shortlist_params_naming_a_missing_file_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SHORTLIST_PARAMS", str(tmp_path / "typo.yaml"))
+    with pytest.raises(ConfigError, match=r"typo\.yaml \(from \$SHORTLIST_PARAMS\) does not exist"):
+        load_params()
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "serving:\n  port: 1\nvalidation:\n  example_rows: 3\nserving:\n  port: 2\n",
+            "line 5: key 'serving' repeats line 1",
+        ),
+        ("serving:\n  port: 1\n  max_k: 5\n  port: 2\n", "line 4: key 'port' repeats line 2"),
+    ],
+)
+def test_a_key_given_twice_is_an_error_naming_file_and_lines(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match="params.yaml: " + needle):
+        load_params(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"params\.yaml: not valid YAML"):
+        load_params(write(tmp_path, "serving: [unclosed\n"))

@@ -365,19 +365,57 @@ def params_path(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS_FILE)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last value silently, so a pasted second `serving:` section would
+    quietly replace the first one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"{self.name}: line {line}: key {key!r} repeats line {seen[key]} "
+                    "(each key may appear once per section)"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(file: Path) -> Any:
+    text = file.read_text()
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(file)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
 def load_params(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
 ) -> Params:
-    """Load and validate params.yaml (defaults alone when the file does not exist)."""
+    """Load and validate params.yaml.
+
+    Defaults alone only when no file was named and ./params.yaml does not exist: a file
+    named by `path` or by $SHORTLIST_PARAMS must exist, since running on defaults because
+    of a typo in a path would look like success."""
     file = params_path(path)
     raw: dict[str, Any] = {}
     if file.exists():
-        loaded = yaml.safe_load(file.read_text()) or {}
+        loaded = _read_yaml(file) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: top level must be a mapping")
         raw = loaded
     elif path is not None:
         raise ConfigError(f"params file {file} does not exist")
+    elif os.environ.get(PARAMS_ENV):
+        raise ConfigError(f"params file {file} (from ${PARAMS_ENV}) does not exist")
     params = _validate(raw)
     return params.with_overrides(overrides) if overrides else params
