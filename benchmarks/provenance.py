@@ -1,7 +1,11 @@
 """Where and on what a benchmark result was measured: every benchmark stores this under
 the "provenance" key of the JSON it writes.
 
-    from provenance import provenance          # run as a script: benchmarks/ is sys.path[0]
+    if __package__:  # imported as benchmarks.<name>
+        from .provenance import provenance
+    else:  # run as a script: benchmarks/ is sys.path[0]
+        from provenance import provenance
+    ...
     result["provenance"] = provenance(__file__, argv)
 
 Records the git commit of the working tree (and whether tracked files differed from it),
