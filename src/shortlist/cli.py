@@ -116,23 +116,25 @@ def _canary(p: Params, a: argparse.Namespace) -> int:
 def _promote(p: Params, a: argparse.Namespace) -> None:
     from pipelines import rollout
 
-    print(json.dumps(rollout.promote(p, root=a.root), default=str))
+    print(json.dumps(rollout.promote(p, root=a.root, bundle_id=a.bundle), default=str))
 
 
 def _rollback(p: Params, a: argparse.Namespace) -> None:
     from pipelines import rollout
 
-    print(json.dumps(rollout.rollback(p, root=a.root), default=str))
+    result = rollout.rollback(p, root=a.root, to=a.to, expected_live=a.expect_live)
+    print(json.dumps(result, default=str))
 
 
-def _status(p: Params, a: argparse.Namespace) -> None:
+def _status(p: Params, a: argparse.Namespace) -> int:
     from pipelines import rollout
 
-    status = rollout.status(p, root=a.root)
+    status = rollout.status(p, root=a.root, servers=a.server, registry=not a.no_registry)
     if a.json:
         print(json.dumps(status, indent=2, default=str))
     else:
         print(rollout.format_status(status))
+    return 1 if a.check and status["disagreements"] else 0
 
 
 def _serve(p: Params, a: argparse.Namespace) -> None:
@@ -221,20 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", required=True)
     c.add_argument("--root", help="artifact root, a directory or s3:// (default from params)")
 
-    for name, handler, help_ in [
-        ("promote", _promote, "flip the live pointer to the idle slot"),
-        ("rollback", _rollback, "flip the live pointer back to the previous bundle"),
-    ]:
-        c = add(name, handler, help_)
-        c.add_argument("--root")
+    c = add("promote", _promote, "verify the idle bundle whole, then flip the live pointer to it")
+    c.add_argument("--root")
+    c.add_argument("--bundle", help="refuse unless the idle slot holds this bundle id")
+
+    c = add("rollback", _rollback, "go back once to the bundle live before the current one")
+    c.add_argument("--root")
+    c.add_argument("--to", help="refuse unless this is the bundle rollback goes back to")
+    c.add_argument("--expect-live", help="refuse unless this bundle id is still live")
 
     c = add("canary", _canary, "check a slot: ANN recall vs exact, live-path recall, consistency")
     c.add_argument("--root")
     c.add_argument("--slot", choices=["idle", "live", "blue", "green"], default="idle")
 
-    c = add("status", _status, "live and idle slot, bundle ids, ages, last canary")
+    c = add("status", _status, "pointer, slots, registry aliases, servers, disagreements")
     c.add_argument("--root")
     c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--server", action="append", default=[], metavar="URL", help="a running server (repeat)"
+    )
+    c.add_argument("--no-registry", action="store_true", help="do not query MLflow")
+    c.add_argument("--check", action="store_true", help="exit 1 when anything disagrees")
 
     c = add("serve", _serve, "serve the live bundle over HTTP")
     c.add_argument("--root")

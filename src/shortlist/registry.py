@@ -17,6 +17,7 @@ numbering races under concurrent writers.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,43 @@ def alias_version(params: Params, alias: str):
         if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "alias" in text:
             return None
         raise
+
+
+def alias_view(params: Params) -> dict[str, Any]:
+    """Read-only: {model, registered, aliases: {alias: {version, bundle_id, approved_by}}},
+    or {error} when the registry cannot be read. Creates nothing (no experiment, no
+    SQLite file), so `status` may call it anywhere."""
+    from shortlist.tracking import tracking_uri
+
+    name = params.promotion.registered_model
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        return {"model": name, "registered": False, "aliases": {}}
+    # A status query must answer in seconds, not retry a dead server for minutes.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri(params))
+        try:
+            model = client.get_registered_model(name)
+        except Exception as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "not found" in str(exc).lower():
+                return {"model": name, "registered": False, "aliases": {}}
+            raise
+        aliases = {}
+        for alias, version in sorted((model.aliases or {}).items()):
+            mv = client.get_model_version(name, str(version))
+            tags = mv.tags or {}
+            aliases[alias] = {
+                "version": str(version),
+                "bundle_id": tags.get(TAG_BUNDLE),
+                "approved_by": tags.get(TAG_APPROVED_BY),
+            }
+    except Exception as exc:  # noqa: BLE001 - status reports it instead of failing
+        return {"model": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    return {"model": name, "registered": True, "aliases": aliases}
 
 
 def describe(

@@ -121,11 +121,26 @@ def test_tampered_index_is_refused(built, tmp_path):
         load_bundle(str(where))
 
 
+def reseal(doc: dict) -> dict:
+    """Give an edited manifest the bundle id its content hashes to (a forger's next step)."""
+    doc["bundle_id"] = mf.make_bundle_id(doc["model_fingerprint"], doc["files"])
+    return doc
+
+
+def test_edited_manifest_no_longer_matches_its_bundle_id(built, tmp_path):
+    where = copy_of(built[3], tmp_path / "b")
+    doc = json.loads((where / mf.MANIFEST).read_text())
+    doc["files"]["popularity.npy"] = "0" * 64
+    (where / mf.MANIFEST).write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="manifest was edited after the build"):
+        load_bundle(str(where))
+
+
 def test_manifest_naming_another_model_is_refused(built, tmp_path):
     where = copy_of(built[3], tmp_path / "b")
     doc = json.loads((where / mf.MANIFEST).read_text())
     doc["model_fingerprint"] = "0" * 64
-    (where / mf.MANIFEST).write_text(json.dumps(doc))
+    (where / mf.MANIFEST).write_text(json.dumps(reseal(doc)))
     with pytest.raises(BundleError, match="names model 000000000000"):
         load_bundle(str(where))
 
@@ -140,7 +155,7 @@ def test_swapped_towers_are_refused(built, tmp_path):
     doc = json.loads((where / mf.MANIFEST).read_text())
     for name in ("model/towers.safetensors", "model/towers.json"):
         doc["files"][name] = mf.sha256_file(where / name)
-    (where / mf.MANIFEST).write_text(json.dumps(doc))
+    (where / mf.MANIFEST).write_text(json.dumps(reseal(doc)))
     with pytest.raises(BundleError, match="different models"):
         load_bundle(str(where))
 
@@ -185,3 +200,38 @@ def test_s3_round_trip_and_tamper(built, s3, tmp_path):
     open_store(dest).write_bytes(INDEX, b"not an index")
     with pytest.raises(BundleError, match="tampered"):
         load_bundle(dest, cache_dir=str(tmp_path / "cache2"))
+
+
+def test_seen_sets_hold_every_interaction_of_heavy_users(built):
+    """histories.parquet keeps the last history_len items; seen.parquet keeps them all."""
+    from shortlist.data.io import read_dataset
+
+    params, data, _, where, manifest = built
+    bundle = load_bundle(str(where))
+    assert "seen.parquet" in manifest.files
+    ds = read_dataset(data)
+    counts = ds.interactions.groupby("user_id").size()
+    heavy = str(counts.idxmax())
+    assert counts.max() > params.bundle.history_len  # the window really truncates this user
+    assert len(bundle.histories[heavy]) == params.bundle.history_len
+    row_of = {item: r for r, item in enumerate(bundle.item_ids.tolist())}
+    want = {row_of[str(i)] for i in ds.interactions.loc[ds.interactions.user_id == heavy].item_id}
+    assert set(bundle.seen.rows(heavy).tolist()) == want
+    assert len(bundle.seen.rows("nobody")) == 0 and len(bundle.seen.rows(None)) == 0
+
+
+def test_loaded_bundle_holds_verified_bytes_not_the_files(built, tmp_path):
+    """Serving never reads a bundle file after verifying it: changing a file on disk after
+    the load changes nothing in memory, and the arrays cannot be written to either."""
+    where = copy_of(built[3], tmp_path / "b")
+    bundle = load_bundle(str(where))
+    before = np.array(bundle.item_vectors[3])
+    emb = np.load(where / "item_embeddings.npy", mmap_mode="r+")
+    emb[3] = np.nan
+    emb.flush()
+    del emb
+    np.testing.assert_array_equal(bundle.item_vectors[3], before)
+    with pytest.raises(ValueError):
+        bundle.item_vectors[3, 0] = 1.0
+    with pytest.raises(BundleError, match="item_embeddings.npy .*tampered"):
+        load_bundle(str(where))

@@ -39,15 +39,29 @@ def test_first_build_goes_to_blue_and_promote_flips(tmp_path: Path):
     p2 = slots.promote(expected_bundle_id="b2")
     assert p2 == {**p2, "live_slot": "green", "bundle_id": "b2", "previous_bundle_id": "b1"}
 
-    back = slots.rollback()
+    back = slots.rollback(expected_live="b2", to="b1")
     assert back["live_slot"] == "blue" and back["bundle_id"] == "b1"
-    assert back["previous_bundle_id"] == "b2"
-    again = slots.rollback()  # rolling back a rollback is a roll forward
-    assert again["bundle_id"] == "b2"
+    assert back["rolled_back_from"] == "b2" and back["previous_bundle_id"] is None
+    # Rollback is not a toggle: a second one would put the bad bundle back.
+    with pytest.raises(PromotionRefused, match="reached by rolling back b2"):
+        slots.rollback()
+    with pytest.raises(PromotionRefused, match="was rolled back"):
+        slots.promote()  # nor does the rolled-back bundle come back by promotion
+    assert slots.read_pointer()["bundle_id"] == "b1"
 
     status = slots.status()
-    assert status["live"]["bundle_id"] == "b2" and status["idle"]["bundle_id"] == "b1"
+    assert status["live"]["bundle_id"] == "b1" and status["idle"]["bundle_id"] == "b2"
     assert status["live"]["age_seconds"] > 0
+
+    fake_bundle(slots, "green", "b3")  # a new build may go live again, and be rolled back
+    with pytest.raises(PromotionRefused, match="the live bundle is b1, not b2"):
+        slots.promote(expected_bundle_id="b3", expected_live="b2")
+    assert slots.promote(expected_bundle_id="b3", expected_live="b1")["bundle_id"] == "b3"
+    with pytest.raises(PromotionRefused, match="only roll back to the previous bundle b1"):
+        slots.rollback(to="b2")
+    with pytest.raises(PromotionRefused, match="live bundle is b3, not b2"):
+        slots.rollback(expected_live="b2")
+    assert slots.rollback(expected_live="b3")["rolled_back"] == ["b3", "b2"]
 
 
 def test_promote_refuses_unexpected_bundle_and_half_built_slot(tmp_path: Path):
@@ -137,6 +151,40 @@ def test_concurrent_promoters_exactly_one_wins_local(tmp_path: Path, use_process
         p.name.startswith(".live.json.") and p.suffix != ".lock" for p in tmp_path.iterdir()
     )
     assert json.loads((tmp_path / POINTER).read_text())["bundle_id"] == "b2"
+
+
+def _rollback_in_process(root: str, bundle_id: str, barrier, results) -> None:
+    slots = Slots(root)
+    barrier.wait()
+    try:
+        results.put(("won", slots.rollback(expected_live=bundle_id)["bundle_id"]))
+    except PromotionRefused as exc:
+        results.put(("lost", str(exc)))
+
+
+@pytest.mark.parametrize("rounds", [10])
+def test_concurrent_rollbacks_exactly_one_wins_and_never_toggle(tmp_path: Path, rounds: int):
+    """Two people roll back the same bad bundle at once, ten times over: one wins, the
+    other is refused, and the bad bundle never comes back."""
+    ctx = mp.get_context("fork")
+    for i in range(rounds):
+        slots = Slots(str(tmp_path / f"r{i}"))
+        fake_bundle(slots, "blue", "good")
+        slots.promote()
+        fake_bundle(slots, "green", "bad")
+        slots.promote()
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [
+            ctx.Process(target=_rollback_in_process, args=(slots.root, "bad", barrier, results))
+            for _ in range(2)
+        ]
+        for p in procs:
+            p.start()
+        out = [results.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert sorted(r[0] for r in out) == ["lost", "won"], out
+        assert slots.read_pointer()["bundle_id"] == "good"
 
 
 def stale_reader(slots: Slots) -> Slots:

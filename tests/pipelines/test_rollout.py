@@ -91,10 +91,13 @@ def test_build_canary_promote_rollback(setup, capsys):
     assert f"live: slot=blue bundle={first['bundle_id']}" in text and "canary PASSED" in text
 
     assert main(["status", "--root", root, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["live"]["slot"] == "blue"
-    assert main(["promote", "--root", root]) == 0  # the CLI flips forward again
-    assert json.loads(capsys.readouterr().out)["bundle_id"] == second["bundle_id"]
-    assert main(["rollback", "--root", root]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["live"]["slot"] == "blue" and shown["disagreements"] == []
+    # the rolled-back bundle does not come back, neither by promotion nor by rollback
+    assert main(["promote", "--root", root]) == 1
+    assert "was rolled back" in capsys.readouterr().err
+    assert main(["rollback", "--root", root]) == 1
+    assert "reached by rolling back" in capsys.readouterr().err
     assert Slots(root).read_pointer()["bundle_id"] == first["bundle_id"]
 
 
@@ -127,9 +130,11 @@ def test_failed_canary_blocks_promotion_and_live_keeps_serving(setup, capsys):
     doc = json.loads((green / mf.MANIFEST).read_text())
     for name in ("item_embeddings.npy", "index.faiss"):
         doc["files"][name] = mf.sha256_file(green / name)
+    doc["bundle_id"] = mf.make_bundle_id(doc["model_fingerprint"], doc["files"])  # resealed
     (green / mf.MANIFEST).write_text(json.dumps(doc))
     report = canary.run(p)
-    assert report["bundle_id"] == second["bundle_id"] and not report["passed"]
+    assert report["bundle_id"] == doc["bundle_id"] != second["bundle_id"]
+    assert not report["passed"]
     assert not report["checks"]["consistency"]["passed"]
     assert report["checks"]["consistency"]["max_abs_diff"] > 0.01
     with pytest.raises(PromotionRefused):

@@ -14,13 +14,17 @@ A bundle directory (local or `s3://`) holds:
     items.parquet      item feature snapshot, row-aligned with the index
     users.parquet      user feature snapshot
     histories.parquet  per user, the most recent items (oldest first) with timestamps
+    seen.parquet       per user, the index rows of EVERY item they interacted with
+                       (exclude_seen removes all of them, whatever the history length)
     popularity.npy     recent-trend prior per row (new users), float32
     manifest.json      written LAST: checksums of all of the above and the model contract
 
-Loading re-hashes every file and checks the manifest against the loaded model
-(fingerprint, dim, item count) before anything is used, and refuses a mismatch with a
-BundleError. Nothing is unpickled: safetensors, Parquet, `.npy` with allow_pickle=False
-and FAISS's own format.
+Loading reads every file ONCE into memory, checks those bytes against the manifest's
+sha256 and parses the same bytes (no memory map, no second read): what serves is what
+was verified, and a file changed on disk afterwards can no longer reach a request. The
+manifest must match its own content-derived bundle id and the loaded model (fingerprint,
+dim, item count); any mismatch is a BundleError naming the file. Nothing is unpickled:
+safetensors, Parquet, `.npy` with allow_pickle=False and FAISS's own format.
 """
 
 from __future__ import annotations
@@ -46,10 +50,12 @@ from shortlist.bundle.manifest import (
     checksum_dir,
     make_bundle_id,
     read_manifest,
-    verify_files,
+    read_verified,
+    verify_identity,
     verify_model,
     write_manifest,
 )
+from shortlist.bundle.seen import SeenSets, seen_table
 from shortlist.config import ConfigError, Params
 from shortlist.data import schema
 from shortlist.errors import BundleError
@@ -65,6 +71,7 @@ ITEMS = "items.parquet"
 USERS = "users.parquet"
 HISTORIES = "histories.parquet"
 POPULARITY = "popularity.npy"
+SEEN = "seen.parquet"
 MODEL_FILES = ("towers.safetensors", "towers.json", "items.parquet")
 
 
@@ -77,7 +84,7 @@ class LoadedBundle:
     retriever: Any  # shortlist.models.two_tower.TwoTowerRetriever
     index: Any  # faiss.Index
     item_ids: np.ndarray  # str, row -> item_id
-    item_vectors: np.ndarray  # (n, d) float32, memmap-backed
+    item_vectors: np.ndarray  # (n, d) float32, in memory (read-only), never a memory map
     items: pd.DataFrame  # row-aligned with item_ids
     histories: dict[str, list[str]]  # user_id -> recent item ids, oldest first
     popularity: np.ndarray  # row-aligned recent-trend prior
@@ -86,6 +93,7 @@ class LoadedBundle:
     history_table: pd.DataFrame | None = None  # user_id, item_ids, timestamps
     location: str = ""
     local_dir: str = ""
+    seen: Any = None  # shortlist.bundle.seen.SeenSets; None for bundles built without it
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -265,6 +273,7 @@ def build_bundle(
             interactions, item_ids, params.bundle.popularity_half_life_days
         )
         np.save(work / POPULARITY, popularity, allow_pickle=False)
+        seen_table(interactions, item_ids).to_parquet(work / SEEN, index=False)
 
         names = sorted(
             str(p.relative_to(work)) for p in work.rglob("*") if p.is_file() and p.name != MANIFEST
@@ -334,6 +343,17 @@ def _download(location: str, cache_dir: str | None) -> Path:
     return base
 
 
+def verify_location(location: str, *, cache_dir: str | None = None) -> Manifest:
+    """Check a bundle without loading it: its manifest matches its id and every listed
+    file is present with the checksum the manifest records (s3:// is fetched first)."""
+    from shortlist.bundle.manifest import verify_files
+
+    root = _download(location, cache_dir) if is_remote(location) else Path(location)
+    manifest = read_manifest(root)
+    verify_files(root, manifest)
+    return manifest
+
+
 def _load_ranker(model_dir: Path) -> Any:
     """The ranker saved beside the towers (its own loader, no unpickling)."""
     try:
@@ -344,25 +364,65 @@ def _load_ranker(model_dir: Path) -> Any:
         raise BundleError(f"the bundle's ranker does not load: {exc}") from None
 
 
+def _npy(data: bytes) -> np.ndarray:
+    import io
+
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    array.setflags(write=False)  # what was verified is never changed in memory either
+    return array
+
+
+def _parquet_source(data: bytes) -> Any:
+    import pyarrow as pa
+
+    return pa.BufferReader(data)
+
+
+def _load_model_files(root: Path, manifest: Manifest, has_ranker: bool) -> tuple[Any, Any]:
+    """The towers (and ranker) from the verified bytes of `model/*`.
+
+    The model loaders read a directory, so the verified bytes are written to a private
+    temporary directory (mode 0700) that is removed once they are in memory: a change to
+    the bundle's own `model/` files after verification never reaches the loaders."""
+    from shortlist.models.two_tower import TwoTowerRetriever
+
+    bid = manifest.bundle_id
+    prefix = f"{MODEL}/"
+    names = sorted(n for n in manifest.files if n.startswith(prefix))
+    with tempfile.TemporaryDirectory(prefix="shortlist-verified-") as tmp:
+        private = Path(tmp)
+        for name in names:
+            dest = private / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(read_verified(root, manifest, name))
+        try:
+            retriever = TwoTowerRetriever.load(str(private / MODEL))
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise BundleError(f"bundle {bid}: the bundled towers do not load: {exc}") from None
+        ranker = _load_ranker(private / MODEL) if has_ranker else None
+    return retriever, ranker
+
+
 def load_bundle(location: str, *, cache_dir: str | None = None) -> LoadedBundle:
     """Load and verify the bundle at `location` (a local dir or s3://).
 
-    Raises BundleError when the manifest is missing, a checksum differs, or the bundled
-    model/embeddings/index disagree with the manifest (fingerprint, dim, item count).
+    Every file is read once, checked against its sha256 and parsed from those bytes; the
+    manifest must match its own bundle id. Raises BundleError when the manifest is
+    missing or edited, a file is missing or differs, or the bundled model/embeddings/index
+    disagree with the manifest (fingerprint, dim, item count).
     """
     import faiss
 
     from shortlist.index.ann import set_search_params
-    from shortlist.models.two_tower import TwoTowerRetriever
 
     root = _download(location, cache_dir) if is_remote(location) else Path(location)
     manifest = read_manifest(root)
-    verify_files(root, manifest)
+    verify_identity(manifest)
     bid = manifest.bundle_id
-    try:
-        retriever = TwoTowerRetriever.load(str(root / MODEL))
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise BundleError(f"bundle {bid}: the bundled towers do not load: {exc}") from None
+    for name in sorted(manifest.files):  # a missing file is named before any parsing
+        if not (root / name).is_file():
+            raise BundleError(f"bundle {bid}: {name} is missing")
+    retriever, ranker = _load_model_files(root, manifest, manifest.has_ranker)
     # The index holds the serving-score vectors (embedding + popularity column) or, for a
     # bundle built before the column was indexed, the embeddings alone: both serve.
     width = retriever.index_dim if manifest.popularity_column else retriever.embedding_dim
@@ -370,33 +430,45 @@ def load_bundle(location: str, *, cache_dir: str | None = None) -> LoadedBundle:
     if manifest.dtype != "float32" or manifest.metric != "ip" or not manifest.normalised:
         raise BundleError(f"bundle {bid}: unsupported embedding contract in manifest")
 
-    vectors = np.load(root / EMBEDDINGS, mmap_mode="r", allow_pickle=False)
+    vectors = _npy(read_verified(root, manifest, EMBEDDINGS))
     want = (manifest.item_count, manifest.embedding_dim)
     if vectors.shape != want or vectors.dtype != np.float32:
         raise BundleError(
             f"bundle {bid}: embeddings are {vectors.shape} {vectors.dtype}, want {want}"
         )
-    index = faiss.read_index(str(root / INDEX))
+    for start in range(0, len(vectors), 65_536):  # NaN/inf rows would silently serve nothing
+        if not np.isfinite(vectors[start : start + 65_536]).all():
+            raise BundleError(f"bundle {bid}: {EMBEDDINGS} holds NaN or infinite values")
+        gentle.pause()
+    blob = read_verified(root, manifest, INDEX)
+    index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+    del blob
     if index.ntotal != manifest.item_count or index.d != manifest.embedding_dim:
         raise BundleError(
             f"bundle {bid}: index holds {index.ntotal} x {index.d}, manifest says {want}"
         )
     set_search_params(index, manifest.index_params)
     # Tables are converted a slice at a time: serving loads bundles beside live requests.
-    item_ids = gentle.string_column(root / ITEM_IDS, schema.ITEM_ID)
+    item_ids = gentle.string_column(
+        _parquet_source(read_verified(root, manifest, ITEM_IDS)), schema.ITEM_ID
+    )
     if len(item_ids) != manifest.item_count:
         raise BundleError(f"bundle {bid}: id map has {len(item_ids)} rows, want {want[0]}")
-    items = gentle.read_parquet(root / ITEMS)
-    users = gentle.read_parquet(root / USERS)
-    table = gentle.read_parquet(root / HISTORIES)
+    items = gentle.read_parquet(_parquet_source(read_verified(root, manifest, ITEMS)))
+    users = gentle.read_parquet(_parquet_source(read_verified(root, manifest, USERS)))
+    table = gentle.read_parquet(_parquet_source(read_verified(root, manifest, HISTORIES)))
     histories = {
         str(u): [str(i) for i in h]
         for u, h in zip(table["user_id"], table["item_ids"], strict=True)
     }
-    popularity = np.load(root / POPULARITY, allow_pickle=False)
+    popularity = _npy(read_verified(root, manifest, POPULARITY))
     if len(popularity) != manifest.item_count:
         raise BundleError(f"bundle {bid}: popularity has {len(popularity)} rows, want {want[0]}")
-    ranker = _load_ranker(root / MODEL) if manifest.has_ranker else None
+    seen = None
+    if SEEN in manifest.files:  # bundles built before seen.parquet exclude their histories
+        seen = SeenSets.from_parquet(_parquet_source(read_verified(root, manifest, SEEN)))
+        if len(seen.values) and int(seen.values.max()) >= manifest.item_count:
+            raise BundleError(f"bundle {bid}: {SEEN} names rows beyond the {want[0]} items")
     return LoadedBundle(
         bundle_id=bid,
         manifest=manifest,
@@ -412,6 +484,7 @@ def load_bundle(location: str, *, cache_dir: str | None = None) -> LoadedBundle:
         history_table=table,
         location=str(location),
         local_dir=str(root),
+        seen=seen,
     )
 
 

@@ -110,8 +110,12 @@ def _live_recommendations(
     from shortlist.serving.recommend import prepare, recommend
     from shortlist.serving.schemas import RecommendRequest
 
+    # Without the bundle's full seen sets: they hold the held-out item too, and the
+    # offline side excludes exactly the (truncated) histories, as this view then does.
     view = dataclasses.replace(
-        bundle, histories={**bundle.histories, **dict(zip(ids, histories, strict=True))}
+        bundle,
+        histories={**bundle.histories, **dict(zip(ids, histories, strict=True))},
+        seen=None,
     )
     sb = prepare(view, bundle.location)
     rng = np.random.default_rng(params.canary.seed)

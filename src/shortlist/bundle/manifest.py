@@ -79,11 +79,52 @@ def checksum_dir(root: str | Path, names: list[str]) -> tuple[dict[str, str], di
     )
 
 
+def _content_hash(fingerprint: str, files: dict[str, str]) -> str:
+    joined = fingerprint + "\n" + "\n".join(f"{k}={v}" for k, v in sorted(files.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:12]
+
+
 def make_bundle_id(fingerprint: str, files: dict[str, str], created: float | None = None) -> str:
     """Sortable and content-derived: `<UTC time>-<hash of the model and every file>`."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created or time.time()))
-    joined = fingerprint + "\n" + "\n".join(f"{k}={v}" for k, v in sorted(files.items()))
-    return f"{stamp}-{hashlib.sha256(joined.encode()).hexdigest()[:12]}"
+    return f"{stamp}-{_content_hash(fingerprint, files)}"
+
+
+def verify_identity(manifest: Manifest) -> None:
+    """The bundle id ends in the hash of the model fingerprint and every file checksum, so
+    a manifest whose file list or checksums were edited no longer matches its own id:
+    refused, since the id is what promotion, the registry and serving agree on."""
+    bid = manifest.bundle_id
+    suffix = bid.rsplit("-", 1)[-1]
+    want = _content_hash(manifest.model_fingerprint, manifest.files)
+    if suffix != want:
+        raise BundleError(
+            f"bundle {bid}: manifest.json lists files (or a model) whose checksums hash to "
+            f"{want}, not to the id's {suffix}: the manifest was edited after the build; "
+            "refusing it"
+        )
+
+
+def read_verified(root: str | Path, manifest: Manifest, name: str) -> bytes:
+    """The whole content of one listed file, read ONCE and checked against the manifest.
+
+    Loaders parse these very bytes, so what is served is exactly what was hashed: a file
+    changed on disk after this read cannot reach serving (no re-read, no memory map)."""
+    path = Path(root) / name
+    expected = manifest.files.get(name)
+    if expected is None:
+        raise BundleError(f"bundle {manifest.bundle_id}: {name} is not listed in its manifest")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {manifest.bundle_id}: {name} is missing") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise BundleError(
+            f"bundle {manifest.bundle_id}: {name} has sha256 {actual[:12]}…, the manifest "
+            f"says {expected[:12]}… (tampered or corrupted); refusing to load it"
+        )
+    return data
 
 
 def write_manifest(root: str | Path, manifest: Manifest) -> Path:
@@ -108,6 +149,7 @@ def read_manifest(root: str | Path) -> Manifest:
 
 def verify_files(root: str | Path, manifest: Manifest) -> None:
     """Re-hash every file the manifest lists; raise BundleError naming the first mismatch."""
+    verify_identity(manifest)
     base = Path(root)
     for name, expected in sorted(manifest.files.items()):
         path = base / name

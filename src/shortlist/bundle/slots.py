@@ -2,10 +2,13 @@
 
     ROOT/blue/...   a bundle (manifest.json last)
     ROOT/green/...  the other bundle
-    ROOT/live.json  {live_slot, bundle_id, previous_slot, previous_bundle_id, updated_at}
+    ROOT/live.json  {live_slot, bundle_id, previous_slot, previous_bundle_id, action,
+                     rolled_back_from, rolled_back, updated_at}
 
 Building writes only to the idle slot (the one the pointer does not name). Promotion and
-rollback rewrite only `live.json`, with a compare-and-swap: locally a locked
+rollback rewrite only `live.json`, on explicit bundle ids (a rollback goes back exactly
+once, to the bundle live before, and the bundle it left is never made live again), with
+a compare-and-swap: locally a locked
 check-then-rename, on S3 a PUT conditional on the ETag that was read
 (`Store.replace_if_match` / `put_if_absent`), so of two concurrent promoters exactly
 one wins and the other gets PromotionRefused. Readers see the old or the new pointer,
@@ -24,6 +27,8 @@ from shortlist.storage import PreconditionFailed, Store, open_store
 
 POINTER = "live.json"
 SLOTS = ("blue", "green")
+ROLLED_BACK_KEPT = 50  # bundle ids the pointer remembers as rolled back
+ANY = object()  # `expected_live` not given: any live bundle is acceptable
 
 
 def _now() -> str:
@@ -118,12 +123,23 @@ class Slots:
                 f"won): {exc}"
             ) from None
 
-    def promote(self, expected_bundle_id: str | None = None) -> dict[str, Any]:
+    def promote(
+        self, expected_bundle_id: str | None = None, *, expected_live: Any = ANY
+    ) -> dict[str, Any]:
         """Make the idle slot live. `expected_bundle_id`: refuse unless the idle slot holds
-        exactly that bundle (so a promoter never flips to something it did not check)."""
+        exactly that bundle (so a promoter never flips to something it did not check);
+        `expected_live`: refuse unless the pointer still names that bundle (None: nothing
+        live), so a promotion decided on a stale view changes nothing. A bundle that was
+        rolled back is never promoted again from its slot: build a new one."""
         current = self.store.read_versioned(POINTER)
         pointer = json.loads(current.data) if current else None
         live = pointer["live_slot"] if pointer else None
+        live_bundle = pointer["bundle_id"] if pointer else None
+        if expected_live is not ANY and live_bundle != expected_live:
+            raise PromotionRefused(
+                f"the live bundle is {live_bundle}, not {expected_live}: the pointer moved "
+                "since this promotion was decided; nothing changed"
+            )
         idle = "green" if live == "blue" else "blue"
         bundle = self.bundle_id(idle)
         if bundle is None:
@@ -132,36 +148,74 @@ class Slots:
             raise PromotionRefused(
                 f"the idle slot {idle} holds bundle {bundle}, not {expected_bundle_id}"
             )
+        rolled_back = list((pointer or {}).get("rolled_back") or [])
+        if bundle in rolled_back:
+            raise PromotionRefused(
+                f"bundle {bundle} in slot {idle} was rolled back: it does not go live again "
+                "(build and canary a new bundle instead)"
+            )
         new = {
             "live_slot": idle,
             "bundle_id": bundle,
             "previous_slot": live,
-            "previous_bundle_id": pointer["bundle_id"] if pointer else None,
+            "previous_bundle_id": live_bundle,
+            "action": "promote",
+            "rolled_back": rolled_back,
             "updated_at": _now(),
         }
         self._swap(new, current.etag if current else None)
         return new
 
-    def rollback(self) -> dict[str, Any]:
-        """Point back at the previous bundle, if its slot still holds it."""
+    def rollback(self, expected_live: str | None = None, to: str | None = None) -> dict[str, Any]:
+        """Point back at the bundle that was live before the current one, once.
+
+        A compare-and-swap on explicit bundle ids, never a toggle: `expected_live` (when
+        given) must still be live, `to` (when given) must be that previous bundle, and its
+        slot must still hold it. The bundle rolled back from is recorded and never comes
+        back through rollback or promote, and the new pointer names no previous bundle:
+        a second rollback, or a concurrent one that lost the race, is refused instead of
+        putting the bad bundle back."""
         current = self.store.read_versioned(POINTER)
         if current is None:
             raise PromotionRefused("nothing is live: there is nothing to roll back")
         pointer = json.loads(current.data)
+        live_bundle = pointer.get("bundle_id")
+        if expected_live is not None and live_bundle != expected_live:
+            raise PromotionRefused(
+                f"the live bundle is {live_bundle}, not {expected_live}: it was already "
+                "rolled back or replaced; nothing changed"
+            )
         prev_slot, prev_bundle = pointer.get("previous_slot"), pointer.get("previous_bundle_id")
         if not prev_slot or not prev_bundle:
-            raise PromotionRefused("the live pointer names no previous bundle to roll back to")
+            why = (
+                f" (it was reached by rolling back {pointer.get('rolled_back_from')}; "
+                "rolling back again would put that bundle back)"
+                if pointer.get("action") == "rollback"
+                else ""
+            )
+            raise PromotionRefused(
+                f"the live pointer names no previous bundle to roll back to{why}"
+            )
+        if to is not None and to != prev_bundle:
+            raise PromotionRefused(
+                f"can only roll back to the previous bundle {prev_bundle} (slot {prev_slot}), "
+                f"not {to}"
+            )
         held = self.bundle_id(prev_slot)
         if held != prev_bundle:
             raise PromotionRefused(
                 f"slot {prev_slot} now holds {held}, not the previous bundle {prev_bundle} "
                 "(it was rebuilt); rollback is impossible"
             )
+        rolled_back = [live_bundle, *(pointer.get("rolled_back") or [])][:ROLLED_BACK_KEPT]
         new = {
             "live_slot": prev_slot,
             "bundle_id": prev_bundle,
-            "previous_slot": pointer["live_slot"],
-            "previous_bundle_id": pointer["bundle_id"],
+            "previous_slot": None,
+            "previous_bundle_id": None,
+            "action": "rollback",
+            "rolled_back_from": live_bundle,
+            "rolled_back": rolled_back,
             "updated_at": _now(),
         }
         self._swap(new, current.etag)

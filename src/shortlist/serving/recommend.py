@@ -162,6 +162,17 @@ def _history(sb: ServingBundle, req: RecommendRequest) -> tuple[list[str], bool]
     return history, bool(stored)
 
 
+def seen_rows(sb: ServingBundle, user_id: str | None, history: list[str]) -> list[int]:
+    """Index rows `exclude_seen` removes: every item the user ever interacted with (the
+    bundle's full seen set, not only the recent history the models read) plus the
+    request's own recent items. Bundles without a seen set fall back to the history."""
+    rows = [sb.row_of[i] for i in history]
+    seen = getattr(sb.bundle, "seen", None)
+    if seen is not None:
+        rows.extend(seen.rows(user_id).tolist())
+    return rows
+
+
 def _search(sb: ServingBundle, query: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     from shortlist.index.ann import search
 
@@ -200,7 +211,7 @@ def recommend(
     history, known = _history(sb, req)
     excluded: set[int] = set()
     if req.exclude_seen:
-        excluded.update(sb.row_of[i] for i in history)
+        excluded.update(seen_rows(sb, req.user_id, history))
     excluded.update(sb.row_of[i] for i in req.exclude_items or [] if i in sb.row_of)
     genres = set(req.genres) if req.genres else None
     temperature = params.serving.exploration_temperature
