@@ -6,19 +6,28 @@ MODEL_DIR, fits the ranker on validation-period requests over the towers' top-N 
 memorised), and writes ranker.safetensors + ranker.json + ranker_metrics.json into
 MODEL_DIR. When the towers in MODEL_DIR were refitted on train + validation, their
 scores on validation are memorised too, so the ranker trains against the early-stopping
-model saved beside them (MODEL_DIR/early_stopped) and serves beside the refitted one. `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow call `run`.
+model saved beside them (MODEL_DIR/early_stopped) and serves beside the refitted one.
+
+The ranker is saved only when it beats the retrieval order on held-out validation users
+(`shortlist.ranking.decision`); otherwise MODEL_DIR keeps no ranker, so export, the bundle
+and serving use the retrieval order, and ranker_metrics.json records why
+(`shipped`, `decision`). `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow
+call `run`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from shortlist.config import Params
 from shortlist.errors import ShortlistError
+from shortlist.ranking.ranker import CONFIG, WEIGHTS
 
 METRICS = "ranker_metrics.json"
+log = logging.getLogger(__name__)
 
 
 def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
@@ -45,7 +54,10 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
         params, towers, split.train, split.validation, split.items, split.users
     )
     summary["trained_against_towers"] = EARLY_STOPPED if trained_against == early else "."
-    checksums = ranker.save(model_dir)
+    for name in (WEIGHTS, CONFIG):  # a ranker of an earlier run must not be served
+        Path(model_dir, name).unlink(missing_ok=True)
+    checksums = ranker.save(model_dir) if summary["shipped"] else {}
+    log.info("%s", summary["decision"]["reason"])
     out = {
         "model_dir": str(model_dir),
         "snapshot_id": split.snapshot_id,
@@ -54,20 +66,3 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     }
     Path(model_dir, METRICS).write_text(json.dumps(out, indent=2, default=str))
     return {k: v for k, v in out.items() if k != "history"}
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from shortlist.config import load_params
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("split")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--params")
-    a = ap.parse_args()
-    print(
-        json.dumps(
-            run(load_params(a.params), split_dir=a.split, model_dir=a.model), indent=2, default=str
-        )
-    )

@@ -69,6 +69,16 @@ class ValidationParams(_Section):
     per_user_quantile_tolerance: float = Field(1.0, gt=0)
     per_user_quantiles: list[float] = [0.5, 0.9, 0.99]
     example_rows: int = Field(5, gt=0)
+    # Absolute rules, checked on every batch (the first one has no reference to compare
+    # with): weights finite and at most max_weight (a rating, count or seconds, not 1e38);
+    # ids 1..max_id_length characters without leading/trailing whitespace or control
+    # characters (the serving API accepts ids of at most 128); at least min_users users;
+    # at least min_title_share of the items with a non-blank title (the item tower reads
+    # titles; set 0 for a catalog without titles).
+    max_weight: float = Field(1e6, gt=0)
+    max_id_length: int = Field(128, ge=1)
+    min_users: int = Field(10, ge=1)
+    min_title_share: float = Field(0.5, ge=0, le=1)
 
 
 class SplitParams(_Section):
@@ -179,8 +189,13 @@ class RankerParams(_Section):
     # Item-item neighbours of the `cooccurrence` group: top-k by shrunk cosine similarity.
     cooccurrence_neighbours: int = Field(100, gt=0)
     cooccurrence_shrink: float = Field(10.0, ge=0)
-    # Share of validation users held out of ranker fitting for early stopping.
+    # Share of validation users held out of ranker fitting for early stopping and for the
+    # ship decision.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    # The ranker ships only when its NDCG@eval_k on the held-out users beats the
+    # retrieval order by more than this many standard errors (shortlist.ranking.decision);
+    # otherwise the bundle serves the retrieval order.
+    ship_min_z: float = 1.0
 
 
 class BaselineGridParams(_Section):

@@ -26,3 +26,41 @@ def test_cli_calls_the_stage(monkeypatch, tmp_path, capsys):
     code = cli.main(["train-ranker", "S", "--model", "M", "--set", "ranker.candidates=50"])
     assert code in (0, None)
     assert seen == {"split_dir": "S", "model_dir": "M", "candidates": 50}
+
+
+@pytest.mark.parametrize("shipped", [True, False])
+def test_the_ranker_is_saved_only_when_it_ships(params, tmp_path, monkeypatch, shipped):
+    """A ranker that does not beat the retrieval order leaves no ranker files behind (not
+    even an earlier run's), so export, the bundle and serving use the retrieval order."""
+    import json
+
+    from shortlist.data import split_io
+    from shortlist.models import two_tower
+    from shortlist.ranking import train as ranking_train
+    from shortlist.ranking.ranker import CONFIG, WEIGHTS, Ranker
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "towers.json").write_text("{}")
+    for name in (WEIGHTS, CONFIG):  # an earlier run's ranker
+        (model / name).write_text("stale")
+
+    class Saved:
+        def save(self, model_dir):
+            (tmp_path / "m" / WEIGHTS).write_text("new")
+            (tmp_path / "m" / CONFIG).write_text("new")
+            return {WEIGHTS: "w", CONFIG: "c"}
+
+    decision = {"shipped": shipped, "reason": "ranker ships" if shipped else "does not ship"}
+    summary = {"shipped": shipped, "decision": decision, "history": []}
+    validation = __import__("pandas").DataFrame({"user_id": ["u"]})
+    split = split_io.Split(validation, validation, validation, validation, validation, {})
+    monkeypatch.setattr(split_io, "load_split", lambda uri: split)
+    monkeypatch.setattr(two_tower.TwoTowerRetriever, "load", staticmethod(lambda d: object()))
+    monkeypatch.setattr(ranking_train, "train_ranker", lambda *a, **k: (Saved(), summary))
+
+    out = train_ranker.run(params, split_dir="S", model_dir=str(model))
+    assert out["shipped"] is shipped
+    assert Ranker.exists(str(model)) is shipped
+    record = json.loads((model / train_ranker.METRICS).read_text())
+    assert record["shipped"] is shipped and record["decision"] == decision

@@ -34,6 +34,7 @@ from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.ranking.candidates import Retrieval
 from shortlist.ranking.cooccurrence import ItemNeighbours
+from shortlist.ranking.decision import decide
 from shortlist.ranking.features import (
     ABLATABLE,
     EventLog,
@@ -219,6 +220,14 @@ def request_metrics(
     Only retrieved rows are ranked (as in serving); the denominator is every positive of
     the request, so items retrieval missed count as misses.
     """
+    per = per_request_metrics(ex, scores, ks, retrieved_only=retrieved_only)
+    return {k: float(v.mean()) if len(v) else 0.0 for k, v in per.items()}
+
+
+def per_request_metrics(
+    ex: Examples, scores: np.ndarray, ks: Sequence[int], *, retrieved_only: bool = True
+) -> dict[str, np.ndarray]:
+    """Recall/NDCG@k of each request with positives (see `request_metrics`)."""
     from shortlist.eval import metrics as M
 
     kmax = max(ks)
@@ -235,9 +244,9 @@ def request_metrics(
         hits.append(h)
         n_rel.append(ex.n_relevant[r])
     if not hits:
-        return {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg")}
+        return {f"{m}@{k}": np.zeros(0) for k in ks for m in ("recall", "ndcg")}
     per = M.ranking_metrics(np.stack(hits), np.asarray(n_rel), ks)
-    return {k: float(v.mean()) for k, v in per.items() if not k.startswith("hitrate")}
+    return {k: np.asarray(v) for k, v in per.items() if not k.startswith("hitrate")}
 
 
 def _standardise(space: FeatureSpace, ex: Examples) -> Examples:
@@ -436,8 +445,9 @@ def train_ranker(
 ):
     """Fit the ranker on validation requests over `retriever`'s candidates.
 
-    Returns (Ranker, summary dict with the stop-set metrics of the ranker and of the
-    retrieval-only order, the epoch history, row counts and timings).
+    Returns (Ranker, summary dict with the ship decision (`shortlist.ranking.decision`),
+    the stop-set metrics of the ranker and of the retrieval-only order, the epoch
+    history, row counts and timings).
     """
     import torch
 
@@ -524,11 +534,18 @@ def train_ranker(
                 space, fit_ex, stop_ex, rp, seed=seed + k, progress=progress, on_epoch=on_epoch
             )
             members.append(model)
+            stop_scores = predict(model, stop_ex)
             reports.append(
                 {
                     "seed": seed + k,
-                    "stop_ranker": request_metrics(stop_ex, predict(model, stop_ex), ks),
+                    "stop_ranker": request_metrics(stop_ex, stop_scores, ks),
                     "stop_retrieval_only": request_metrics(stop_ex, stop_ex.retrieval, ks),
+                    "stop_per_request_ranker": per_request_metrics(
+                        stop_ex, stop_scores, [rp.eval_k]
+                    )[f"ndcg@{rp.eval_k}"],
+                    "stop_per_request_retrieval": per_request_metrics(
+                        stop_ex, stop_ex.retrieval, [rp.eval_k]
+                    )[f"ndcg@{rp.eval_k}"],
                     "best_epoch": int(np.argmax([h[f"ndcg@{rp.eval_k}"] for h in history]) + 1),
                     "fit_requests": len(fit_ex),
                     "fit_rows": int(len(fit_ex.labels)),
@@ -540,6 +557,13 @@ def train_ranker(
         # Each member is scored on its own stop users; the means compare like with like.
         final = _mean_metrics([r["stop_ranker"] for r in reports])
         baseline = _mean_metrics([r["stop_retrieval_only"] for r in reports])
+        key = f"ndcg@{rp.eval_k}"
+        decision = decide(
+            np.concatenate([r.pop("stop_per_request_ranker") for r in reports]),
+            np.concatenate([r.pop("stop_per_request_retrieval") for r in reports]),
+            metric=key,
+            min_z=rp.ship_min_z,
+        )
         if run is not None:
             import mlflow
 
@@ -548,6 +572,15 @@ def train_ranker(
             )
             mlflow.log_metrics(
                 {f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()}
+            )
+            mlflow.set_tags(
+                {
+                    "ranker.shipped": str(decision.shipped).lower(),
+                    "ranker.decision": decision.reason,
+                }
+            )
+            mlflow.log_metrics(
+                {"ranker_gain": decision.gain, "ranker_gain_stderr": decision.stderr}
             )
             fig = _curves(reports[0]["history"], reports[0]["stop_retrieval_only"], rp.eval_k)
             mlflow.log_figure(fig, "ranker_curves.png")
@@ -562,6 +595,8 @@ def train_ranker(
         space.neighbours = _neighbours(seen_all, space, rp)
     first = reports[0]
     summary = {
+        "shipped": decision.shipped,
+        "decision": decision.to_dict(),
         "stop_ranker": final,
         "stop_retrieval_only": baseline,
         "history": first["history"],
