@@ -5,7 +5,13 @@ ANN recall@k of the **live** index against exact search on sampled users, live-p
 recall and tower/embedding consistency, plus live-path latency. The report goes to the
 live slot's `canary.json` (the serving API exports its recall on `/metrics`) and to
 MLflow. `canary.breaches_before_rollback` breaches in a row (default 2) roll back to
-the previous bundle and fail the run, which is the alert.
+the previous bundle (only the bundle measured, and only while it is still live) and fail
+the run, which is the alert.
+
+First, **reconcile** the registry with the live pointer: the `champion` alias is the
+desired state. `champion` moved in the MLflow UI back to the version of the bundle live
+before is carried out as a rollback; any other disagreement fails the task (the alert)
+and is logged; the live check still runs.
 
 Schedule: `schedules.canary` (hourly). Nothing happens when nothing is live yet.
 """
@@ -26,6 +32,7 @@ if str(Path(__file__).parent) not in sys.path:
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
     START_DATE,
+    cron_schedule,
     in_project_dir,
     parse_time_params,
     run_params,
@@ -39,7 +46,7 @@ P = parse_time_params()
 
 @dag(
     dag_id="shortlist_canary",
-    schedule=P.schedules.canary,
+    schedule=cron_schedule(P.schedules.canary),
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -49,7 +56,24 @@ P = parse_time_params()
     params=run_params_spec(),
 )
 def shortlist_canary() -> None:
-    @task(doc_md="Canary the live slot; roll back after repeated breaches and fail (alert).")
+    @task(doc_md="`champion` moved back to the previous bundle: roll back; other drift: fail.")
+    def reconcile() -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipelines import release
+
+        params, root = run_params(ctx())
+        with in_project_dir(root):
+            result = release.reconcile(params, root=where(root, params.bundle.root))
+        log.info("reconcile: %s", result)
+        if result["action"] == "disagree":
+            raise AirflowFailException(f"registry and live pointer disagree: {result['problem']}")
+        return result
+
+    @task(
+        trigger_rule="all_done",
+        doc_md="Canary the live slot; roll back after repeated breaches and fail (alert).",
+    )
     def check_live() -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -70,7 +94,7 @@ def shortlist_canary() -> None:
             )
         return {k: report[k] for k in ("bundle_id", "passed", "breaches", "checked_at")}
 
-    check_live()
+    reconcile() >> check_live()
 
 
 canary_dag = shortlist_canary()

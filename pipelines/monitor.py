@@ -5,7 +5,9 @@ consistency) on the live bundle, measures live-path latency through the serving 
 and counts consecutive breaches in `canary_state.json` under the artifact root.
 `canary.breaches_before_rollback` breaches in a row roll back to the previous bundle
 (and move the registry's `champion` back); one bad reading alone does not, since a
-single noisy sample should not flap production.
+single noisy sample should not flap production. The rollback names the bundle that was
+measured and happens only while that bundle is still live: a person's rollback or
+promotion during the check (which takes a minute on a large catalog) is never undone.
 """
 
 from __future__ import annotations
@@ -62,12 +64,23 @@ def run(params: Params, *, root: str | None = None) -> dict[str, Any]:
     report["breaches"] = breaches
     report["rolled_back"] = False
     if breaches >= params.canary.breaches_before_rollback:
-        back = release.rollback_live(
-            params, root=root, reason=f"{breaches} live canary breaches in a row"
-        )
-        report["rolled_back"] = True
-        report["rollback"] = back
-        breaches = 0
+        from shortlist.errors import PromotionRefused
+
+        try:
+            back = release.rollback_live(
+                params,
+                root=root,
+                reason=f"{breaches} live canary breaches in a row",
+                expected_live=report["bundle_id"],
+            )
+        except PromotionRefused as exc:
+            # The measured bundle is no longer live (someone acted meanwhile) or there is
+            # nothing to go back to: nothing changes, and the report says why.
+            report["rollback_refused"] = str(exc)
+        else:
+            report["rolled_back"] = True
+            report["rollback"] = back
+            breaches = 0
     store.write_bytes(
         STATE,
         json.dumps(

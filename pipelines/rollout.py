@@ -193,7 +193,7 @@ def disagreements(status: dict[str, Any]) -> list[str]:
     champion = (registry.get("aliases") or {}).get("champion")
     if registry.get("error"):
         out.append(f"the registry could not be read: {registry['error']}")
-    elif champion and champion.get("bundle_id") != live_id:
+    elif champion and live_id not in (champion.get("bundle_ids") or [champion.get("bundle_id")]):
         out.append(
             f"the registry's champion is version {champion.get('version')} (bundle "
             f"{champion.get('bundle_id')}) but the live pointer names {live_id}"

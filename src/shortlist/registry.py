@@ -37,6 +37,7 @@ TAG_CANARY = "canary_passed"
 TAG_SNAPSHOT = "data_snapshot"
 TAG_SLOT = "slot"
 TAG_APPROVED_BY = "approved_by"
+TAG_REEMBEDDED = "reembedded_bundle_id"
 
 
 def _client(params: Params):
@@ -96,37 +97,18 @@ def alias_view(params: Params) -> dict[str, Any]:
         for alias, version in sorted((model.aliases or {}).items()):
             mv = client.get_model_version(name, str(version))
             tags = mv.tags or {}
+            # A version re-embedded by the reembed DAG serves a newer bundle of the same
+            # model: either bundle id is this version live.
+            ids = [tags.get(TAG_BUNDLE), tags.get(TAG_REEMBEDDED)]
             aliases[alias] = {
                 "version": str(version),
                 "bundle_id": tags.get(TAG_BUNDLE),
+                "bundle_ids": [b for b in ids if b],
                 "approved_by": tags.get(TAG_APPROVED_BY),
             }
     except Exception as exc:  # noqa: BLE001 - status reports it instead of failing
         return {"model": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
     return {"model": name, "registered": True, "aliases": aliases}
-
-
-def describe(
-    bundle_id: str, blessing: dict[str, Any], canary: dict[str, Any], metrics: dict[str, float]
-) -> str:
-    """The markdown a reviewer reads on the version page in the MLflow UI."""
-    lines = [
-        f"### Bundle `{bundle_id}`",
-        "",
-        f"**Blessing:** {blessing.get('verdict', '?')} on `{blessing.get('metric', '?')}`",
-        "",
-        *[f"- {r}" for r in blessing.get("reasons", [])],
-        "",
-        f"**Canary:** {'passed' if canary.get('passed') else 'FAILED'}",
-        "",
-        "| metric | challenger |",
-        "|---|---:|",
-        *[f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items())],
-        "",
-        "Approve by moving the `champion` alias to this version (Aliases → Add/Edit).",
-        "Artifacts: `comparison/` holds the champion-vs-challenger report and plots.",
-    ]
-    return "\n".join(lines)
 
 
 def register_bundle(
@@ -159,16 +141,50 @@ def register_bundle(
         TAG_CANARY: str(bool(canary.get("passed"))).lower(),
         TAG_SNAPSHOT: str(manifest.get("data_snapshot_id", "")),
         TAG_SLOT: slot,
-        **{f"metric.{mlflow_key(k)}": f"{v:.4f}" for k, v in metrics.items()},
-    }
+    }  # a handful, readable in the versions table; metrics go to the run and description
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     client.update_model_version(
-        name, version, description=describe(bundle_id, blessing, canary, metrics)
+        name,
+        version,
+        description=_review(
+            params, client, existing, bundle_id, blessing, canary, metrics, comparison_dir
+        ),
     )
     if blessing.get("blessed") and canary.get("passed"):
         client.set_registered_model_alias(name, CHALLENGER, version)
     return version
+
+
+def _review(params, client, mv, bundle_id, blessing, canary, metrics, comparison_dir) -> str:
+    """The version's review page (shortlist.review): side by side with the champion."""
+    from shortlist import review
+
+    champion = alias_version(params, CHAMPION)
+    recorded = None
+    if champion is not None and champion.run_id:
+        try:
+            run_metrics = client.get_run(champion.run_id).data.metrics
+            recorded = {
+                k: run_metrics[mlflow_key(k)] for k in metrics if mlflow_key(k) in run_metrics
+            }
+        except Exception:  # noqa: BLE001 - the recorded column is a courtesy
+            recorded = None
+    experiment_id = None
+    if mv.run_id:
+        experiment_id = client.get_run(mv.run_id).info.experiment_id
+    return review.describe(
+        bundle_id=bundle_id,
+        blessing=blessing,
+        canary=canary,
+        metrics=metrics,
+        comparison=review.load_comparison(comparison_dir),
+        champion_gain=params.evaluation.min_relative_gain_over_champion,
+        champion_version=None if champion is None else str(champion.version),
+        champion_recorded=recorded or None,
+        run_id=mv.run_id,
+        experiment_id=experiment_id,
+    )
 
 
 def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics, comparison_dir):

@@ -12,6 +12,13 @@ refused: the current bundle keeps serving, and the same pointer state is retried
 after `RETRY_REFUSED_SECONDS` (so a tampered 1M-item bundle is not re-hashed every poll).
 The previously live bundle stays in memory (`serving.keep_previous`), so a rollback to
 it is a reference swap, visible within one poll.
+
+Serving never reads a bundle file after verifying it (`load_bundle` parses the verified
+bytes). The live bundle's local files are still watched: each poll compares their size
+and modification time with what was loaded and re-hashes a file that changed; a file
+that no longer matches the manifest is reported (`last_error`, `tampered`, the log) while
+the verified copy in memory keeps serving. At start, a live bundle that does not verify
+keeps the server not ready, with a message naming the file, and is retried.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class BundleHolder:
         self._thread: threading.Thread | None = None
         self._slots = None
         self.last_error: str | None = None
+        self.tampered: str | None = None  # the live bundle's files changed after loading
+        self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns)
         self.swaps = 0
 
     # --- the pointer ---------------------------------------------------------------
@@ -80,6 +89,7 @@ class BundleHolder:
         live = self.current
         if live is not None and live.bundle_id == bundle_id:
             self._refresh_canary(live)
+            self._check_files(live)
             return False
         if self._previous is not None and self._previous.bundle_id == bundle_id:
             self._swap(self._previous)  # a rollback: the old bundle is still in memory
@@ -133,6 +143,8 @@ class BundleHolder:
     def _swap(self, new: ServingBundle) -> None:
         old = self.current
         self.current = new  # THE swap: one reference assignment
+        self._file_stats = _stats(new)
+        self.tampered = None
         if self.params.serving.keep_previous and old is not None and old is not new:
             self._previous = old
         elif old is not new:
@@ -142,6 +154,40 @@ class BundleHolder:
         log.info("now serving bundle %s (was %s)", new.bundle_id, old.bundle_id if old else None)
         if self._on_swap is not None:
             self._on_swap(new)
+
+    def _check_files(self, live: ServingBundle) -> None:
+        """Detect a change to the live bundle's files on disk (never served: memory holds
+        the verified bytes) and report it; cleared if the files match again."""
+        now = _stats(live)
+        if now == self._file_stats:
+            return
+        from shortlist.bundle.manifest import sha256_file
+
+        manifest = live.bundle.manifest
+        base = live.bundle.local_dir
+        problem = None
+        for name, expected in sorted(manifest.files.items()):
+            path = os.path.join(base, name)
+            if now.get(path) == self._file_stats.get(path):
+                continue
+            if path not in now:
+                problem = f"{name} is missing"
+                break
+            if sha256_file(path) != expected:
+                problem = f"{name} no longer matches its sha256 in the manifest"
+                break
+        self._file_stats = now
+        if problem is None:
+            if self.tampered is not None:
+                log.info("live bundle %s: its files match the manifest again", live.bundle_id)
+                self.tampered = self.last_error = None
+            return
+        self.tampered = (
+            f"live bundle {live.bundle_id}: {problem} (changed on disk after it was verified; "
+            "still serving the verified copy in memory)"
+        )
+        self.last_error = self.tampered
+        log.error("%s", self.tampered)
 
     def _refresh_canary(self, live: ServingBundle) -> None:
         canary = read_canary(live.location, live.bundle_id)
@@ -178,6 +224,24 @@ class BundleHolder:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+
+def _stats(sb: ServingBundle) -> dict[str, tuple[int, int]]:
+    """(size, mtime_ns) of each file of a bundle loaded from a local directory ({} for a
+    bundle fetched from S3: serving holds its own verified copy, nothing to watch)."""
+    from shortlist.storage import is_remote
+
+    bundle = sb.bundle
+    base = getattr(bundle, "local_dir", "")
+    if not base or is_remote(sb.location):
+        return {}
+    out = {}
+    for name in bundle.manifest.files:
+        path = os.path.join(base, name)
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            out[path] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 class _StaleSlot(Exception):
