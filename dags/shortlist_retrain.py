@@ -231,7 +231,12 @@ def shortlist_retrain() -> None:
             report = stage.run(params, root=bundles, slot="live")
             if report["passed"]:
                 return {**promoted, "live_canary": "passed"}
-            back = release.rollback_live(params, root=bundles, reason="post-promotion canary")
+            back = release.rollback_live(
+                params,
+                root=bundles,
+                reason="post-promotion canary",
+                expected_live=report["bundle_id"],  # only the bundle it measured, if still live
+            )
         raise AirflowFailException(f"live canary failed, rolled back to {back['bundle_id']}")
 
     data = train_ranker(train_towers(split(validate())))
