@@ -1,8 +1,9 @@
 """
 ### shortlist_data: ingest → validate → split
 
-Imports the configured source (`data.source` at `data.path`, or the synthetic
-generator when `data.source` is `synth`) into `data.dir`, runs the data contract
+Imports the configured source (`data.source` at `data.path`; with `data.path` empty the
+embedded default: MovieLens 100K from `../shared/datasets/ml-100k` when present, else the
+synthetic generator, as `make demo` and `dvc repro` do) into `data.dir`, runs the data contract
 (Great Expectations) and, only if it passes, splits the snapshot by time into
 `split.dir`.
 
@@ -10,7 +11,8 @@ generator when `data.source` is `synth`) into `data.dir`, runs the data contract
   (the data is wrong, not the machine); `split` does not run.
 * On success `validate` emits the asset `shortlist://validated-data` and `split`
   emits `shortlist://split`; DAGs scheduled on those assets start from here.
-* Schedule: `schedules.data` in params.yaml. Retries: 2, with exponential backoff.
+* Schedule: `schedules.data` in params.yaml (UTC; unpausing never starts a run for a
+  past tick). Retries: 2, with exponential backoff.
 * Run conf (all optional): `{"params_file": "...", "overrides": ["key=value", ...]}`.
 
 The stages are the functions `shortlist ingest|validate|split` and `dvc repro` call
@@ -32,10 +34,13 @@ if str(Path(__file__).parent) not in sys.path:  # the DAGs folder is on sys.path
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
     START_DATE,
+    cron_schedule,
+    describe_cron,
     in_project_dir,
     parse_time_params,
     run_params,
     run_params_spec,
+    task_logging,
     where,
 )
 
@@ -49,7 +54,9 @@ SPLIT_DATA = Asset("shortlist://split")
 
 @dag(
     dag_id="shortlist_data",
-    schedule=parse_time_params().schedules.data,
+    schedule=cron_schedule(parse_time_params().schedules.data),
+    description="Ingest, validate, split; emits shortlist://validated-data. Runs "
+    f"{describe_cron(parse_time_params().schedules.data)}.",
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -63,17 +70,13 @@ def shortlist_data() -> None:
     def ingest() -> dict[str, Any]:
         params, root = run_params(get_current_context())
         out_dir = where(root, params.data.dir)
-        with in_project_dir(root):
-            if params.data.source == "synth":
-                from pipelines import synth
+        with in_project_dir(root), task_logging(log):
+            from shortlist.demo import default_dataset, ingest_data
 
-                manifest = synth.run(params, out_dir=out_dir)
-            else:
-                from pipelines import ingest as ingest_stage
-
-                manifest = ingest_stage.run(
-                    params, source=params.data.source, path=params.data.path, out_dir=out_dir
-                )
+            dataset, fallback = default_dataset(params)
+            local = params.with_overrides({"data.dir": out_dir})
+            manifest, what = ingest_data(local, dataset, fallback=fallback)
+        log.info("source: %s", what)
         log.info(
             "ingested %s into %s (snapshot %s)", manifest["rows"], out_dir, manifest["snapshot_id"]
         )
@@ -96,7 +99,7 @@ def shortlist_data() -> None:
 
         context = get_current_context()
         params, root = run_params(context)
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             report = validate_stage.run(params, data_dir=ingested["data_dir"])
         log.info("%s", report.summary())
         if not report.success:
@@ -118,7 +121,7 @@ def shortlist_data() -> None:
         context = get_current_context()
         params, root = run_params(context)
         out_dir = where(root, params.split.dir)
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             manifest = split_stage.run(params, data_dir=validated["data_dir"], out_dir=out_dir)
         log.info("split %s into %s: %s", validated["snapshot_id"], out_dir, manifest["counts"])
         context["outlet_events"][SPLIT_DATA].extra = {

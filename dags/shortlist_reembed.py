@@ -7,7 +7,8 @@ canary and promotes **without approval**: the model version is the same, so the 
 user tower stays consistent with the new item embeddings by construction. The registry
 keeps `champion` on the same version; the version is tagged with the new bundle id.
 
-Schedule: `schedules.reembed` (daily). `max_active_runs=1`. Nothing is promoted when
+Schedule: `schedules.reembed` (daily, UTC; unpausing never starts a run for a past
+tick). `max_active_runs=1`. Nothing is promoted when
 there is no live bundle yet (the retrain DAG makes the first one) or the canary fails.
 """
 
@@ -27,11 +28,14 @@ if str(Path(__file__).parent) not in sys.path:
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
     START_DATE,
+    cron_schedule,
+    describe_cron,
     in_project_dir,
     parse_time_params,
     run_key,
     run_params,
     run_params_spec,
+    task_logging,
     where,
 )
 
@@ -41,7 +45,9 @@ P = parse_time_params()
 
 @dag(
     dag_id="shortlist_reembed",
-    schedule=P.schedules.reembed,
+    schedule=cron_schedule(P.schedules.reembed),
+    description="Re-embed the catalog with the live model, no approval needed. Runs "
+    f"{describe_cron(P.schedules.reembed)}.",
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -79,7 +85,7 @@ def shortlist_reembed() -> None:
         from pipelines import build_bundle as stage
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             built = stage.run(
                 params,
                 model_dir=model["model_dir"],
@@ -97,7 +103,7 @@ def shortlist_reembed() -> None:
 
         params, root = run_params(ctx())
         bundles = where(root, params.bundle.root)
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             report = canary.run(params, root=bundles, slot="idle")
             if not report["passed"]:
                 raise AirflowFailException("canary failed: " + "; ".join(report["reasons"]))

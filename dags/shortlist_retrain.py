@@ -6,19 +6,40 @@ the idle slot (embed every item, FAISS index) → canary → register the challe
 MLflow → **await approval** → promote (one pointer flip) → canary on live → roll back
 automatically if that fails.
 
-* **Approval** is a person moving the `champion` alias of the registered model
-  (`promotion.registered_model`) to the challenger version in the MLflow UI. The
-  `await_approval` sensor polls MLflow; when `promotion.approval_timeout_seconds`
-  passes, the run ends *not approved* (the sensor is skipped) and nothing changes.
-  `promotion.auto_approve: true` approves unattended (recorded as `approved_by=auto`).
+**Approve** (a person, in the MLflow UI): the `await_approval` task log names the version
+and links its page (Models → `promotion.registered_model` → the version with the
+`challenger` alias). The page compares challenger and champion metric by metric, with
+the threshold that applied, and links the plots. To approve, click the pencil beside
+*Aliases*, add `champion`, Save; within `promotion.poll_seconds` the sensor sees it,
+the live pointer flips, `challenger` is removed and the description records the
+approval. Not approved within `promotion.approval_timeout_seconds` (8 h by default):
+the run ends *skipped*, nothing changes. `promotion.auto_approve: true` approves
+unattended (`approved_by=auto`).
+
+**Trigger by hand** with the ▶ button; the form's fields are optional: `params_file`
+(another params.yaml) and `overrides` (`["section.key=value", ...]`, as `shortlist
+--set`, e.g. `promotion.auto_approve=true`). Every DAG starts paused; unpausing never
+starts a run for a past schedule tick.
+
+**Schedule:** `schedules.retrain` (UTC cron; `@weekly` = Sunday 00:00) *or* each new
+`shortlist://validated-data` asset event (the `shortlist_data` DAG emits it), whichever
+comes first; the UI's "Next Run" shows the next cron tick.
+
+**Queued or stuck runs:** `max_active_runs=1`, so promotions never overlap: a run waits
+(*queued*) while another one is running, including one whose `await_approval` is still
+waiting for a person (*up_for_reschedule*). To free the slot, approve or reject in
+MLflow, or mark that run failed (Browse → Runs → the run → *Mark as failed*): its
+challenger is simply never promoted. A task that failed on a transient error retries
+twice with backoff; `validate` and `register` never retry.
+
 * **Gates:** a NOT_BLESSED challenger (it must beat every baseline and the champion)
   or a failed canary short-circuits everything after it; a version that is not blessed
   or failed its canary is refused at promotion even if `champion` points at it.
 * **Idempotent:** outputs live under `<work_dir>/runs/<data interval>/`; a retry reuses
   a finished model, rebuilds only the idle slot, finds the registry version by bundle
   id; only `promote` and `rollback_on_failure` touch the live pointer.
-* Schedule: `schedules.retrain`, and every update of the `shortlist://validated-data`
-  asset. `max_active_runs=1`: promotions never overlap.
+* **Task logs:** long stages write a progress line every 30 s (step, elapsed<ETA,
+  loss, validation metric).
 """
 
 from __future__ import annotations
@@ -28,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, dag, task
 from airflow.sdk import get_current_context as ctx
 
 if str(Path(__file__).parent) not in sys.path:
@@ -37,11 +58,14 @@ if str(Path(__file__).parent) not in sys.path:
 from _common import (  # noqa: E402
     DEFAULT_ARGS,
     START_DATE,
+    cron_schedule,
+    describe_cron,
     in_project_dir,
     parse_time_params,
     run_key,
     run_params,
     run_params_spec,
+    task_logging,
     where,
 )
 
@@ -51,6 +75,12 @@ VALIDATED_DATA = Asset("shortlist://validated-data")
 LIVE_BUNDLE = Asset("shortlist://live-bundle")
 
 
+def _duration(seconds: float) -> str:
+    """Seconds as "7h 59m" / "4m 10s" for the sensor's log line."""
+    s = int(seconds)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
 def _run_dir(params, root: Path) -> Path:
     return Path(where(root, params.project.work_dir)) / "runs" / run_key(ctx())
 
@@ -58,9 +88,10 @@ def _run_dir(params, root: Path) -> Path:
 @dag(
     dag_id="shortlist_retrain",
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(P.schedules.retrain, timezone="UTC"),
-        assets=VALIDATED_DATA,
+        timetable=cron_schedule(P.schedules.retrain), assets=VALIDATED_DATA
     ),
+    description="Train, bless, approve in MLflow, promote. Runs "
+    f"{describe_cron(P.schedules.retrain)} and on each validated data batch.",
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -78,7 +109,7 @@ def shortlist_retrain() -> None:
 
         params, root = run_params(ctx())
         data_dir = where(root, params.data.dir)
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             report = stage.run(params, data_dir=data_dir)
         log.info("%s", report.summary())
         if not report.success:
@@ -91,7 +122,7 @@ def shortlist_retrain() -> None:
 
         params, root = run_params(ctx())
         out = _run_dir(params, root) / "split"
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             manifest = stage.run(params, data_dir=validated["data_dir"], out_dir=str(out))
         return {**validated, "split_dir": str(out), "counts": manifest["counts"]}
 
@@ -105,7 +136,7 @@ def shortlist_retrain() -> None:
         if done.exists() and data["snapshot_id"] in done.read_text():
             log.info("towers for snapshot %s already trained in %s", data["snapshot_id"], out)
         else:
-            with in_project_dir(root):
+            with in_project_dir(root), task_logging(log):
                 stage.run(params, split_dir=data["split_dir"], out_dir=str(out))
         return {**data, "model_dir": str(out)}
 
@@ -115,7 +146,7 @@ def shortlist_retrain() -> None:
 
         params, root = run_params(ctx())
         if not (Path(data["model_dir"]) / "ranker.json").exists():
-            with in_project_dir(root):
+            with in_project_dir(root), task_logging(log):
                 stage.run(params, split_dir=data["split_dir"], model_dir=data["model_dir"])
         return data
 
@@ -124,7 +155,7 @@ def shortlist_retrain() -> None:
         from pipelines import bless
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             result = bless.run(
                 params,
                 model_dir=data["model_dir"],
@@ -144,7 +175,7 @@ def shortlist_retrain() -> None:
         from pipelines import build_bundle as stage
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             built = stage.run(
                 params,
                 model_dir=data["model_dir"],
@@ -158,7 +189,7 @@ def shortlist_retrain() -> None:
         from pipelines import canary as stage
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             report = stage.run(params, root=where(root, params.bundle.root), slot="idle")
         return {**data, "canary_passed": bool(report["passed"]), "canary": report}
 
@@ -167,12 +198,22 @@ def shortlist_retrain() -> None:
         from pipelines import release
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             reg = release.register_challenger(
                 params, evaluation=data["evaluation"], root=where(root, params.bundle.root)
             )
         import time
 
+        from shortlist.review import version_url
+
+        log.info(
+            "registered version %s (bundle %s, blessed=%s, canary passed=%s): %s",
+            reg["version"],
+            reg["bundle_id"],
+            reg["blessed"],
+            reg["canary_passed"],
+            version_url(params, reg["version"]),
+        )
         return {"bundle_id": data["bundle_id"], **reg, "registered_at": time.time()}
 
     @task.short_circuit(doc_md="Stop here (nothing changes) when the canary failed.")
@@ -195,26 +236,43 @@ def shortlist_retrain() -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from pipelines import release
+        from shortlist.review import version_url
 
         params, root = run_params(ctx())
-        if release.await_approval(params, version=reg["version"], timeout_s=0):
+        with task_logging(log):
+            approved = release.await_approval(params, version=reg["version"], timeout_s=0)
+        if approved:
+            log.info("version %s approved: `champion` points at it", reg["version"])
             return PokeReturnValue(is_done=True, xcom_value=reg)
         waited = time.time() - reg["registered_at"]
-        if waited >= params.promotion.approval_timeout_seconds:
+        left = params.promotion.approval_timeout_seconds - waited
+        if left <= 0:
             raise AirflowSkipException(
                 f"version {reg['version']} not approved within {waited:.0f}s: nothing changes"
             )
+        log.info(
+            "waiting for approval of version %s (bundle %s): move the `champion` alias to it "
+            "at %s ; %s left (until %s), next check in %ss",
+            reg["version"],
+            reg["bundle_id"],
+            version_url(params, reg["version"]),
+            _duration(left),
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + left)),
+            params.promotion.poll_seconds,
+        )
         return PokeReturnValue(is_done=False)
 
     @task(retries=0, outlets=[LIVE_BUNDLE], doc_md="Flip the live pointer to the approved bundle.")
     def promote(reg: dict[str, Any]) -> dict[str, Any]:
         from pipelines import release
+        from shortlist import review
 
         params, root = run_params(ctx())
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             pointer = release.promote_approved(
                 params, version=reg["version"], root=where(root, params.bundle.root)
             )
+            review.record_promotion(params, reg["version"])
         log.info("live: %s", pointer)
         return {**reg, "pointer": pointer}
 
@@ -227,7 +285,7 @@ def shortlist_retrain() -> None:
 
         params, root = run_params(ctx())
         bundles = where(root, params.bundle.root)
-        with in_project_dir(root):
+        with in_project_dir(root), task_logging(log):
             report = stage.run(params, root=bundles, slot="live")
             if report["passed"]:
                 return {**promoted, "live_canary": "passed"}

@@ -4,7 +4,9 @@ Reads a split directory, evaluates the two-tower model and each baseline of
 params.evaluation.baselines with `shortlist.eval.harness.evaluate` on the test part (or on
 validation when the test part is empty), and writes to OUT_DIR (default MODEL_DIR/eval):
 metrics.json (what `dvc metrics show` and the promotion gate read), report.md, and plots
-(recall_at_k.json for `dvc plots`, PNGs). Everything is also logged to one MLflow run.
+(recall_at_k.json for `dvc plots`, PNGs). With a champion (the live model), it is a row
+of every table and a line/bar of every plot, beside the challenger and the baselines.
+Everything is also logged to one MLflow run.
 
 Baselines tune on validation and refit on train + validation before a test evaluation.
 When validation itself is the evaluated part, they still tune on it but fit on train only:
@@ -39,6 +41,7 @@ METRICS = "metrics.json"
 BLESSING = "blessing.json"
 REPORT = "report.md"
 CURVE = "plots/recall_at_k.json"
+CHAMPION = "champion"  # the live model's row in the report, plots and MLflow metrics
 
 
 def load_model(model_dir: str, params: Params, split: Split, seen: pd.DataFrame) -> Recommender:
@@ -93,9 +96,10 @@ def run(
     model = load_model(str(model_dir), params, split, seen)
     results = {model.name: evaluate(model, seen, target, split.items, **common)}
     champion = None
-    if champion_dir is not None:
+    if champion_dir is not None:  # beside the challenger in every table and plot
         live = load_model(str(champion_dir), params, split, seen)
-        champion = _all_segment(evaluate(live, seen, target, split.items, **common))
+        results[CHAMPION] = evaluate(live, seen, target, split.items, **common)
+        champion = _all_segment(results[CHAMPION])
     tuned: dict[str, dict[str, Any]] = {}
     for name in ev.baselines:
         base = make_baseline(name, params)
@@ -111,7 +115,9 @@ def run(
         "model": model.name,
         "primary_metric": ev.primary_metric,
         "challenger": _all_segment(results[model.name]),
-        "baselines": {n: _all_segment(r) for n, r in results.items() if n != model.name},
+        "baselines": {
+            n: _all_segment(r) for n, r in results.items() if n not in (model.name, CHAMPION)
+        },
         "champion": champion,
         "results": results,
         "baseline_tuning": tuned,

@@ -53,7 +53,7 @@ def test_register_is_idempotent_and_sets_challenger(reg_params, tmp_path) -> Non
     assert again == version
     mv = registry.alias_version(reg_params, registry.CHALLENGER)
     assert mv.version == version
-    assert mv.tags["bundle_id"] == "b1" and mv.tags["metric.recall_at_20"] == "0.3100"
+    assert mv.tags["bundle_id"] == "b1" and len(mv.tags) <= 6  # metrics live in the run
     assert "BLESSED" in mv.description and "champion" in mv.description
 
 

@@ -20,7 +20,8 @@ class Blessing:
     metric: str
     challenger: float
     reasons: list[str] = field(default_factory=list)
-    compared: dict[str, float] = field(default_factory=dict)
+    compared: dict[str, float] = field(default_factory=dict)  # rival -> its score
+    thresholds: dict[str, float] = field(default_factory=dict)  # rival -> score to beat
 
     @property
     def verdict(self) -> str:
@@ -66,12 +67,15 @@ def bless(
         other = float(metrics[metric])
         needed = other * (1 + gain)
         verdict.compared[label] = other
+        verdict.thresholds[label] = needed
+        # Both scores and the threshold, so a reader never mistakes one for the other.
+        versus = f"{metric} {value:.4f} vs {label} {other:.4f}" + (
+            f", threshold {needed:.4f} ({other:.4f} x (1 + {gain:g}))" if gain else ""
+        )
+        change = f", {(value - other) / other:+.1%}" if other else ""
         if value > needed:
-            verdict.reasons.append(f"beats {label}: {metric} {value:.4f} > {needed:.4f}")
+            verdict.reasons.append(f"beats {label}: {versus}{change}")
         else:
             verdict.blessed = False
-            verdict.reasons.append(
-                f"does not beat {label}: {metric} {value:.4f} <= {needed:.4f}"
-                f" ({other:.4f} x (1 + {gain:g}))"
-            )
+            verdict.reasons.append(f"does not beat {label}: {versus}{change}")
     return verdict

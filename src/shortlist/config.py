@@ -293,7 +293,7 @@ class BundleParams(_Section):
 class PromotionParams(_Section):
     registered_model: str = "shortlist-bundle"
     auto_approve: bool = False
-    approval_timeout_seconds: int = Field(24 * 3600, gt=0)
+    approval_timeout_seconds: int = Field(8 * 3600, gt=0)  # a working day, then "not approved"
     poll_seconds: int = Field(30, gt=0)
 
 

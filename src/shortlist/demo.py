@@ -70,17 +70,26 @@ class Step:
     run: Callable[[Demo], dict[str, str]]
 
 
-def ingest_data(params: Params, dataset: Path) -> tuple[dict, str]:
-    """Import the embedded default or the configured source; returns (manifest, what).
+def default_dataset(params: Params) -> tuple[Path, bool]:
+    """The dataset to import and whether synthetic data may stand in for it: data.path
+    when set (imported as configured, no stand-in), else DEFAULT_DATASET (relative to
+    the current directory, the project root) with the synthetic fallback."""
+    if params.data.path:
+        return Path(params.data.path), False
+    return Path(DEFAULT_DATASET), True
 
-    With data.source `movielens-100k` (the default) the dataset directory is imported
-    when it holds MovieLens 100K, else the synthetic generator (params' `synth:`) stands
-    in, so a fresh clone runs without any edit. Any other source is imported from
-    `dataset` as configured, and `synth` always generates.
+
+def ingest_data(params: Params, dataset: Path, fallback: bool = True) -> tuple[dict, str]:
+    """Import `dataset` as data.source says into data.dir; returns (manifest, what).
+
+    With data.source `movielens-100k` (the default) and `fallback`, the synthetic
+    generator (params' `synth:`) stands in when `dataset` holds no MovieLens 100K, so a
+    fresh clone runs the demo, `dvc repro` and the data DAG without any edit. `synth`
+    always generates.
     """
     p = params
     source = p.data.source
-    if source == "movielens-100k" and not (dataset / "u.data").is_file():
+    if source == "movielens-100k" and fallback and not (dataset / "u.data").is_file():
         source, what = "synth", f"synthetic data ({dataset} has no MovieLens 100K)"
     else:
         what = f"{source} from {dataset}" if source != "synth" else "synthetic data"
@@ -318,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params, args.overrides)
         demo = Demo(
             params=absolute_paths(params, Path.cwd()),
-            dataset=Path(args.dataset or params.data.path or DEFAULT_DATASET),
+            dataset=Path(args.dataset) if args.dataset else default_dataset(params)[0],
             mlflow_port=args.mlflow_port,
         )
         run(demo, [s for s in STEPS if s.name in wanted])

@@ -22,14 +22,28 @@ PROBE = r"""
 import json, sys, time
 import airflow.sdk
 from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.encoders import coerce_to_core_timetable
+from airflow.timetables.base import TimeRestriction
 heavy = {HEAVY!r}
 before = {{m for m in heavy if m in sys.modules}}
 bag = DagBag(dag_folder={dags!r})
+
+def first_run(d):
+    # what the scheduler computes right after a person unpauses a DAG that never ran
+    info = coerce_to_core_timetable(d.timetable).next_dagrun_info(
+        last_automated_data_interval=None,
+        restriction=TimeRestriction(earliest=d.start_date, latest=None, catchup=d.catchup),
+    )
+    return None if info is None else info.run_after.timestamp() - time.time()
+
 print(json.dumps({{
     "errors": bag.import_errors,
     "stats": {{s.file: s.duration.total_seconds() for s in bag.dagbag_stats}},
     "dags": {{d.dag_id: {{"fileloc": d.fileloc, "tags": sorted(d.tags),
-              "tasks": [t.task_id for t in d.tasks]}} for d in bag.dags.values()}},
+              "tasks": [t.task_id for t in d.tasks], "description": d.description,
+              "first_run_in_s": first_run(d), "doc": d.doc_md or "",
+              "params": {{k: d.params.get_param(k).schema for k in d.params}}}}
+             for d in bag.dags.values()}},
     "heavy_added": sorted({{m for m in heavy if m in sys.modules}} - before),
 }}))
 """
@@ -75,3 +89,25 @@ def test_shortlist_data_shape(parsed: dict) -> None:
     assert Path(dag["fileloc"]).name == "shortlist_data.py"
     assert set(dag["tasks"]) == {"ingest", "validate", "split"}
     assert "shortlist" in dag["tags"]
+
+
+def test_unpausing_never_starts_a_run_for_a_past_tick(parsed: dict) -> None:
+    """ "Unpause on trigger" in the UI must not queue a scheduled run ahead of the manual one."""
+    assert set(parsed["dags"]) == {
+        "shortlist_data",
+        "shortlist_retrain",
+        "shortlist_reembed",
+        "shortlist_canary",
+    }
+    for dag_id, dag in parsed["dags"].items():
+        assert dag["first_run_in_s"] is None or dag["first_run_in_s"] > 0, (dag_id, dag)
+
+
+def test_retrain_dag_explains_itself(parsed: dict) -> None:
+    dag = parsed["dags"]["shortlist_retrain"]
+    assert "weekly, Sunday 00:00 UTC" in dag["description"]
+    for words in ("Queued or stuck runs", "Mark as failed", "add `champion`", "Schedule"):
+        assert words in dag["doc"], words
+    # both run-level fields may be left empty in the trigger form
+    for name in ("params_file", "overrides"):
+        assert "null" in dag["params"][name]["type"], (name, dag["params"][name])

@@ -1,7 +1,9 @@
 """Readable output of the harness: markdown tables and plots over several models.
 
 `results` everywhere is ``{model_name: evaluate(...) result}``, all measured on the same
-split; the first model is the one under evaluation, the rest are its rivals.
+split; the first model is the one under evaluation (the challenger), the rest are its
+rivals (the live "champion" when there is one, and the baselines). The plots label the
+challenger and draw it and the champion bolder than the baselines.
 matplotlib is imported lazily (Agg backend) so importing this module stays light.
 """
 
@@ -119,10 +121,18 @@ def plot_recall_curve(
     """Recall@K against K, one line per model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, res in results.items():
+    for i, (name, res) in enumerate(results.items()):
         ks = res["ks"]
         vals = [res["segments"].get(segment, {}).get(f"recall@{k}", float("nan")) for k in ks]
-        ax.plot(ks, vals, marker="o", label=name)
+        lead = i == 0 or name == "champion"
+        ax.plot(
+            ks,
+            vals,
+            marker="o",
+            label=_label(i, name),
+            linewidth=2.5 if lead else 1.0,
+            linestyle="-" if lead else "--",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("K")
     ax.set_ylabel("recall@K")
@@ -146,12 +156,16 @@ def plot_segments(
     x = np.arange(len(segs))
     for i, (name, res) in enumerate(results.items()):
         vals = [res["segments"].get(s, {}).get(metric, 0.0) for s in segs]
-        ax.bar(x + i * width, vals, width, label=name)
+        ax.bar(x + i * width, vals, width, label=_label(i, name))
     ax.set_xticks(x + width * (len(results) - 1) / 2, segs, rotation=15)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} by segment")
     ax.legend()
     return _save(fig, path)
+
+
+def _label(position: int, name: str) -> str:
+    return f"{name} (challenger)" if position == 0 else name
 
 
 def _pyplot():
