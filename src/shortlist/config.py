@@ -79,6 +79,16 @@ class ValidationParams(_Section):
     max_id_length: int = Field(128, ge=1)
     min_users: int = Field(10, ge=1)
     min_title_share: float = Field(0.5, ge=0, le=1)
+    # Absolute rules, checked on every batch (the first one has no reference to compare
+    # with): weights finite and at most max_weight (a rating, count or seconds, not 1e38);
+    # ids 1..max_id_length characters without leading/trailing whitespace or control
+    # characters (the serving API accepts ids of at most 128); at least min_users users;
+    # at least min_title_share of the items with a non-blank title (the item tower reads
+    # titles; set 0 for a catalog without titles).
+    max_weight: float = Field(1e6, gt=0)
+    max_id_length: int = Field(128, ge=1)
+    min_users: int = Field(10, ge=1)
+    min_title_share: float = Field(0.5, ge=0, le=1)
 
 
 class SplitParams(_Section):

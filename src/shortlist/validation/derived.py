@@ -99,3 +99,22 @@ def per_user_quantiles(
             {"quantile": q, "reference": r, "observed": o, "fold_change": fold_change(o, r)}
         )
     return pd.DataFrame(rows)
+
+
+def title_share(items: pd.DataFrame | None) -> pd.DataFrame | None:
+    """One row: items, items with a non-blank title, and their share (0 for no items).
+
+    GX's own per-value checks leave nulls out of their denominator, so an all-null title
+    column would pass them; this counts nulls and blanks alike as untitled."""
+    if not _has(items, "title"):
+        return None
+    titles = items["title"]
+    titled = titles.map(lambda t: isinstance(t, str) and bool(t.strip()))
+    n = len(items)
+    return pd.DataFrame(
+        {
+            "items": [n],
+            "titled_items": [int(titled.sum())],
+            "titled_share": [float(titled.mean()) if n else 0.0],
+        }
+    )

@@ -63,6 +63,23 @@ def _examples(target: Target, result: dict[str, Any], kwargs: dict[str, Any], n:
     return []
 
 
+MAX_EXAMPLE_CHARS = 200
+
+
+def _clip(value: Any) -> Any:
+    """Example values as the report keeps them: text over MAX_EXAMPLE_CHARS is cut.
+
+    A 10-million-character id must not make the report (and the quarantined
+    validation.json) ten megabytes long; its length is what the reader needs."""
+    if isinstance(value, str) and len(value) > MAX_EXAMPLE_CHARS:
+        return f"{value[:MAX_EXAMPLE_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, dict):
+        return {k: _clip(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip(v) for v in value]
+    return value
+
+
 def _read_result(target: Target, vr: Any, n: int) -> tuple[list[Check], list[Failure]]:
     checks, failures = [], []
     for r in vr.results:
@@ -82,8 +99,9 @@ def _read_result(target: Target, vr: Any, n: int) -> tuple[list[Check], list[Fai
                 unexpected_count=result.get("unexpected_count"),
                 element_count=result.get("element_count"),
                 observed_value=jsonable(result.get("observed_value")),
-                examples=jsonable([] if error else _examples(target, result, kwargs, n)),
+                examples=_clip(jsonable([] if error else _examples(target, result, kwargs, n))),
                 error=error,
+                description=cfg.description,
             )
         )
     return checks, failures

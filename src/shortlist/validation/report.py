@@ -68,6 +68,7 @@ class Failure:
     observed_value: Any = None
     examples: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    description: str | None = None  # the rule in words, naming its params key
 
     @property
     def column(self) -> str | None:
@@ -76,12 +77,13 @@ class Failure:
     def headline(self) -> str:
         args = ", ".join(f"{k}={_short(v)}" for k, v in self.kwargs.items())
         text = f"[{self.table}] {self.expectation}({args})"
+        rule = f" (rule: {self.description})" if self.description else ""
         if self.error:
-            return f"{text}: could not be evaluated: {self.error}"
+            return f"{text}: could not be evaluated: {self.error}{rule}"
         if self.unexpected_count is not None:
             of = f" of {self.element_count}" if self.element_count is not None else ""
-            return f"{text}: {self.unexpected_count} unexpected{of}"
-        return f"{text}: observed {_short(self.observed_value)}"
+            return f"{text}: {self.unexpected_count} unexpected{of}{rule}"
+        return f"{text}: observed {_short(self.observed_value)}{rule}"
 
 
 def _short(value: Any, limit: int = 60) -> str:

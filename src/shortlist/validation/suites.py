@@ -1,9 +1,11 @@
 """The expectation suites of the data contract, one target frame each.
 
 A `Target` is a frame plus the GX expectations to run on it: the three tables, the
-snapshot's file integrity, referential integrity, and (against a reference) volume and
-drift. Thresholds come only from `params.validation`. Volume and drift need a reference;
-without one they are left out and a note says so.
+snapshot's file integrity, referential integrity, absolute rules (finite, bounded
+weights; id length and whitespace; a minimum of users and of titled items), and (against a
+reference) volume and drift. Thresholds come only from `params.validation`. Volume and
+drift need a reference; without one they are left out and a note says so, which is why
+the absolute rules hold for every batch: the first batch is checked by them alone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from shortlist.validation.batch import Batch
 
 if TYPE_CHECKING:
     from shortlist.config import ValidationParams
+
+# An id: no leading/trailing whitespace (so not blank) and no control characters.
+ID_REGEX = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?\Z"
 
 NO_REFERENCE_NOTE = "no reference yet: volume and drift checks skipped (first accepted batch)"
 
@@ -57,7 +62,24 @@ def _volume(gxe, table: str, reference: Batch | None, tolerance: float) -> list[
     ]
 
 
-def _key_table(gxe, key: str, required: dict[str, Any]) -> list[Any]:
+def _id_rules(gxe, column: str, max_length: int) -> list[Any]:
+    """An id column's contract: 1..max_length characters, no outer whitespace or controls."""
+    return [
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column=column,
+            min_value=1,
+            max_value=int(max_length),
+            description=f"{column}: 1 to {max_length} characters (validation.max_id_length)",
+        ),
+        gxe.ExpectColumnValuesToMatchRegex(
+            column=column,
+            regex=ID_REGEX,
+            description=f"{column}: no leading or trailing whitespace, no control characters",
+        ),
+    ]
+
+
+def _key_table(gxe, key: str, required: dict[str, Any], max_id_length: int) -> list[Any]:
     out: list[Any] = [gxe.ExpectTableRowCountToBeBetween(min_value=1, description="not empty")]
     out += [gxe.ExpectColumnToExist(column=c) for c in required]
     out += [
@@ -65,7 +87,7 @@ def _key_table(gxe, key: str, required: dict[str, Any]) -> list[Any]:
         gxe.ExpectColumnValuesToNotBeNull(column=key),
         gxe.ExpectColumnValuesToBeUnique(column=key, description=f"one row per {key}"),
     ]
-    return out
+    return out + _id_rules(gxe, key, max_id_length)
 
 
 def build_targets(
@@ -105,7 +127,17 @@ def build_targets(
                 column_list=[schema.USER_ID, schema.ITEM_ID, schema.TIMESTAMP],
                 description="no duplicated (user, item, timestamp) rows",
             ),
-            gxe.ExpectColumnValuesToBeBetween(column=schema.WEIGHT, min_value=0.0),
+            gxe.ExpectColumnValuesToBeBetween(
+                column=schema.WEIGHT,
+                min_value=0.0,
+                max_value=float(vp.max_weight),
+                description="finite, 0 to validation.max_weight",
+            ),
+            gxe.ExpectColumnUniqueValueCountToBeBetween(
+                column=schema.USER_ID,
+                min_value=int(vp.min_users),
+                description="at least validation.min_users distinct users",
+            ),
             gxe.ExpectColumnValuesToBeBetween(
                 column=schema.TIMESTAMP,
                 min_value=int(vp.min_timestamp),
@@ -113,14 +145,16 @@ def build_targets(
                 description="unix seconds, not before min_timestamp, not in the future",
             ),
         ]
+        exp += _id_rules(gxe, schema.USER_ID, vp.max_id_length)
+        exp += _id_rules(gxe, schema.ITEM_ID, vp.max_id_length)
         exp += _volume(gxe, "interactions", reference, vp.volume_tolerance)
         targets.append(Target("interactions", inter, exp, inter))
     if items is not None:
-        exp = _key_table(gxe, schema.ITEM_ID, schema.ITEM_REQUIRED)
+        exp = _key_table(gxe, schema.ITEM_ID, schema.ITEM_REQUIRED, vp.max_id_length)
         exp += _volume(gxe, "items", reference, vp.volume_tolerance)
         targets.append(Target("items", items, exp, items))
     if users is not None:
-        exp = _key_table(gxe, schema.USER_ID, schema.USER_REQUIRED)
+        exp = _key_table(gxe, schema.USER_ID, schema.USER_REQUIRED, vp.max_id_length)
         exp += _volume(gxe, "users", reference, vp.volume_tolerance)
         targets.append(Target("users", users, exp, users))
 
@@ -147,6 +181,25 @@ def build_targets(
         )
     elif inter is not None:
         notes.append("referential integrity not checked: a key column or table is missing")
+
+    titles = derived.title_share(items)
+    if titles is not None:
+        targets.append(
+            Target(
+                "items_titles",
+                titles,
+                [
+                    gxe.ExpectColumnValuesToBeBetween(
+                        column="titled_share",
+                        min_value=float(vp.min_title_share),
+                        max_value=1.0,
+                        description="share of items with a non-blank title is at least "
+                        "validation.min_title_share",
+                    )
+                ],
+                titles,
+            )
+        )
 
     if reference is None:
         notes.append(NO_REFERENCE_NOTE)
