@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 DATASET ?= ../shared/datasets/ml-100k
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install lock test lint format demo repro up down clean
+.PHONY: install lock test lint format demo repro up down clean screenshots
 
 $(BIN)/.installed: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,14 +42,18 @@ format: install
 demo: install ## the main job end to end on the embedded defaults
 	$(BIN)/python -m shortlist.demo --dataset "$(DATASET)"
 
-repro: install ## dvc repro of dvc.yaml (set data.path in params.yaml first); stages call `shortlist`
+repro: install ## dvc repro of dvc.yaml on the embedded default data (or data.path), then its metrics
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc metrics show
 
 clean:
 	rm -rf .shortlist
 
-up: install ## start MLflow UI (:5000), Airflow standalone (:8080) and the API in the background
+up: install ## start the local stack (MLflow :5000, Airflow :8080, API); prints URLs and logins
 	$(BIN)/python -m shortlist.stack up
 
-down: ## stop what `make up` started
+down: ## stop the local stack (what `make up` and `make demo` started), cleanly
 	$(BIN)/python -m shortlist.stack down
+
+screenshots: install ## the browser tests, keeping their screenshots in docs/ (README pictures)
+	SHORTLIST_SCREENSHOTS="$(CURDIR)/docs" $(BIN)/python -m pytest -q tests/ui
