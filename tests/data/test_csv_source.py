@@ -70,7 +70,7 @@ def test_iso_timestamps(tmp_path: Path):
     interactions, *_ = csv_source.load_csv(f)
     assert interactions["timestamp"].tolist() == [1704067200, 1704070800]
     f.write_text("user_id,item_id,timestamp\n1,a,yesterday\n")
-    with pytest.raises(ShortlistError, match="neither unix seconds nor a date"):
+    with pytest.raises(ShortlistError, match="neither unix seconds nor ISO 8601"):
         csv_source.load_csv(f)
 
 
@@ -95,3 +95,55 @@ def test_missing_columns_and_duplicates_are_named(tmp_path: Path):
     dup.write_text("item_id,title\n2,a\n2,b\n")
     with pytest.raises(ShortlistError, match="duplicate item_id"):
         csv_source.load_csv(ok, items_path=dup)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"", "empty file"),
+        (b"  \n", "empty file"),
+        (b"user_id,item_id,timestamp\n", r"no data rows \(columns: user_id, item_id, timestamp\)"),
+        (b"user_id,item_id\nu\xe9,i1\n", "not UTF-8 text \\(byte 0xe9 on line 2\\)"),
+        (b'user_id,item_id\n"u1,i1\n', "not a readable CSV file"),
+        (
+            b"user_id,item_id,timestamp\nu1,i1,2024-01-01\nu2,i2,2024-01-02\nu3,i3,soon\n",
+            "1 value\\(s\\) are neither unix seconds nor ISO 8601 date-times, e.g. data row 3: 'soon'",
+        ),
+        (
+            b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,2024-01-02\n",
+            "mixes unix seconds \\(data row 1: '1700000000'\\) and date-times \\(data row 2",
+        ),
+        (b"user_id,item_id,timestamp\nu1,i1,\nu2,i2,5\n", "1 empty value\\(s\\), e.g. data row 1$"),
+        (b"user_id,item_id,weight\nu1,i1,1\nu2,i2,lots\n", "column weight: .* data row 2: 'lots'"),
+    ],
+)
+def test_bad_files_are_errors_naming_the_file_and_the_rule(tmp_path: Path, content, needle):
+    f = tmp_path / "events.csv"
+    f.write_bytes(content)
+    with pytest.raises(ShortlistError, match=r"events\.csv: .*" + needle):
+        csv_source.load_csv(f)
+
+
+def test_header_only_items_file_and_unreadable_parquet_are_named(tmp_path: Path):
+    inter = tmp_path / "events.csv"
+    inter.write_text("user_id,item_id\nu1,i1\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,title\n")
+    with pytest.raises(ShortlistError, match=r"items\.csv: no data rows"):
+        csv_source.load_csv(inter, items_path=items)
+    broken = tmp_path / "events.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(ShortlistError, match=r"events\.parquet: not a readable Parquet file"):
+        csv_source.load_csv(broken)
+
+
+def test_a_table_the_contract_cannot_hold_is_named_when_written(tmp_path: Path):
+    from shortlist.data.io import write_dataset
+
+    inter = pd.DataFrame(
+        {"user_id": ["u1"], "item_id": ["i1"], "timestamp": [1], "weight": [np.nan]}
+    )
+    items = pd.DataFrame({"item_id": ["i1"], "title": ["t"], "genres": [["g"]]})
+    users = pd.DataFrame({"user_id": ["u1"]})
+    with pytest.raises(ShortlistError, match=r"data/interactions\.parquet: does not fit .*weight"):
+        write_dataset(str(tmp_path / "data"), inter, items, users, source="test")

@@ -42,18 +42,42 @@ def _read_bytes(path: str) -> bytes:
 
 
 def read_frame(path: str | Path, id_columns: list[str]) -> pd.DataFrame:
-    """A CSV (header row) or Parquet file as a DataFrame; id columns read as text."""
+    """A CSV (UTF-8, header row) or Parquet file as a DataFrame; id columns read as text.
+
+    An empty file, a header without rows, text that is not UTF-8 or a file that does not
+    parse is a ShortlistError naming the file and what is wrong, never a bare parser or
+    Arrow error from deeper down."""
     text = str(path)
     data = _read_bytes(text)
+    if not data.strip():
+        raise ShortlistError(f"{text}: empty file (expected a header row, then data rows)")
     if text.lower().endswith(_PARQUET_SUFFIXES):
-        df = pd.read_parquet(io.BytesIO(data))
+        try:
+            df = pd.read_parquet(io.BytesIO(data))
+        except Exception as exc:  # noqa: BLE001 - any Arrow/parquet error: name the file
+            raise ShortlistError(f"{text}: not a readable Parquet file: {exc}") from None
         for col in id_columns:
             if col in df.columns:
                 df[col] = df[col].astype(str)
-        return df
-    header = pd.read_csv(io.BytesIO(data), nrows=0).columns
-    dtypes = {c: str for c in id_columns if c in header}
-    return pd.read_csv(io.BytesIO(data), dtype=dtypes, keep_default_na=True)
+    else:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise ShortlistError(
+                f"{text}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                "save the file as UTF-8"
+            ) from None
+        try:
+            header = pd.read_csv(io.BytesIO(data), nrows=0).columns
+            dtypes = {c: str for c in id_columns if c in header}
+            df = pd.read_csv(io.BytesIO(data), dtype=dtypes, keep_default_na=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+            raise ShortlistError(f"{text}: not a readable CSV file: {exc}") from None
+    if len(df) == 0:
+        columns = ", ".join(map(str, df.columns)) or "none"
+        raise ShortlistError(f"{text}: no data rows (columns: {columns})")
+    return df
 
 
 def _renamer(column_map: dict[str, str] | None, df: pd.DataFrame) -> dict[str, str]:
@@ -99,19 +123,64 @@ def _features(df: pd.DataFrame, id_col: str, text_required: dict[str, Any]) -> p
     return out
 
 
+def _rows_named(mask: pd.Series, values: pd.Series, limit: int = 3) -> str:
+    """'data row 3: 'x', data row 7: 'y'' for the first rows where mask is true (1-based)."""
+    positions = np.flatnonzero(mask.to_numpy())[:limit]
+    return ", ".join(f"data row {p + 1}: {values.iloc[p]!r}" for p in positions)
+
+
+def _numbers(values: pd.Series, where: str, column: str) -> pd.Series:
+    """A numeric column, or a ShortlistError naming the file, column and first bad rows."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values
+    numeric = pd.to_numeric(values, errors="coerce")
+    bad = numeric.isna() & values.notna()
+    if bad.any():
+        raise ShortlistError(
+            f"{where}: column {column}: {int(bad.sum())} value(s) are not numbers, e.g. "
+            + _rows_named(bad, values)
+        )
+    return numeric
+
+
 def _unix_seconds(values: pd.Series, where: str) -> pd.Series:
-    """Unix seconds from numbers, or from date-time text (ISO 8601; UTC unless it says)."""
+    """Unix seconds from numbers, or from date-time text (ISO 8601; UTC unless it says).
+
+    One column holds one kind: a mix of numbers and dates is an error, and every error
+    quotes the rows that break the rule (not a value that is fine)."""
     if values.isna().any():
-        raise ShortlistError(f"{where}: timestamp has {int(values.isna().sum())} empty value(s)")
-    try:
-        return pd.to_numeric(values, errors="raise").astype("int64")
-    except (ValueError, TypeError):
-        pass
-    try:
-        when = pd.to_datetime(values, utc=True, format="ISO8601")
-    except (ValueError, TypeError) as exc:
-        msg = f"{where}: timestamp is neither unix seconds nor a date: {exc}"
-        raise ShortlistError(msg) from None
+        raise ShortlistError(
+            f"{where}: column timestamp: {int(values.isna().sum())} empty value(s), e.g. "
+            + ", ".join(f"data row {p + 1}" for p in np.flatnonzero(values.isna().to_numpy())[:3])
+        )
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numeric = values.astype("float64")
+    else:
+        numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        finite = np.isfinite(numeric.to_numpy())
+        if not finite.all():
+            raise ShortlistError(
+                f"{where}: column timestamp: non-finite unix seconds, e.g. "
+                + _rows_named(pd.Series(~finite), values)
+            )
+        return numeric.astype("int64")
+    text = values.astype(str)
+    when = pd.to_datetime(text.where(numeric.isna()), utc=True, format="ISO8601", errors="coerce")
+    bad = numeric.isna() & when.isna()
+    if bad.any():
+        raise ShortlistError(
+            f"{where}: column timestamp: {int(bad.sum())} value(s) are neither unix seconds "
+            "nor ISO 8601 date-times, e.g. " + _rows_named(bad, values)
+        )
+    if numeric.notna().any():
+        raise ShortlistError(
+            f"{where}: column timestamp mixes unix seconds ("
+            + _rows_named(numeric.notna(), values, 1)
+            + ") and date-times ("
+            + _rows_named(numeric.isna(), values, 1)
+            + "); use one kind"
+        )
     return ((when - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).astype("int64")
 
 
@@ -147,7 +216,7 @@ def load_csv(
             f"timestamps {SYNTHETIC_T0} + row index (seconds)"
         )
     if schema.WEIGHT in raw.columns:
-        weights = pd.to_numeric(raw[schema.WEIGHT], errors="raise").astype("float32")
+        weights = _numbers(raw[schema.WEIGHT], str(path), schema.WEIGHT).astype("float32")
     else:
         weights = pd.Series(np.ones(n, dtype=np.float32))
         extra["implicit_weights"] = "no weight column: every interaction weighs 1.0"

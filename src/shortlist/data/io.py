@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shortlist.data import schema
+from shortlist.errors import ShortlistError
 from shortlist.storage import Store, open_store
 
 
@@ -111,13 +112,31 @@ def write_dataset(
     """
     store = open_store(uri)
     blobs = {
-        schema.INTERACTIONS: table_to_bytes(
-            normalise_interactions(interactions), schema.INTERACTIONS_SCHEMA
+        schema.INTERACTIONS: _contract_bytes(
+            uri,
+            schema.INTERACTIONS,
+            lambda: table_to_bytes(
+                normalise_interactions(interactions), schema.INTERACTIONS_SCHEMA
+            ),
         ),
-        schema.ITEMS: table_to_bytes(feature_table(items, schema.ITEM_REQUIRED)),
-        schema.USERS: table_to_bytes(feature_table(users, schema.USER_REQUIRED)),
+        schema.ITEMS: _contract_bytes(
+            uri, schema.ITEMS, lambda: table_to_bytes(feature_table(items, schema.ITEM_REQUIRED))
+        ),
+        schema.USERS: _contract_bytes(
+            uri, schema.USERS, lambda: table_to_bytes(feature_table(users, schema.USER_REQUIRED))
+        ),
     }
     return _write_blobs(store, blobs, source, extra)
+
+
+def _contract_bytes(uri: str, name: str, build) -> bytes:
+    """Parquet bytes of one table; a value the contract cannot hold names the table."""
+    try:
+        return build()
+    except (pa.ArrowException, ValueError, TypeError, KeyError) as exc:
+        raise ShortlistError(
+            f"{uri}/{name}: does not fit the data contract (shortlist.data.schema): {exc}"
+        ) from None
 
 
 def _write_blobs(
