@@ -160,3 +160,50 @@ def live_root(world: World, tmp_path: Path) -> tuple[str, str, str]:
     shutil.copytree(cache, root)
     a, b = (cache / "ids.txt").read_text().split()
     return str(root), a, b
+
+
+@dataclass
+class ServeProcess:
+    """A real `shortlist serve` process on 127.0.0.1 (see `start_serve`)."""
+
+    proc: object  # subprocess.Popen
+    url: str
+    log: Path
+    params_file: Path
+
+
+def start_serve(params: Params, root: str, work: Path, timeout: float = 180.0) -> ServeProcess:
+    """Run `shortlist serve --root ROOT` with `params` (written to a file) until /ready.
+
+    The process is the suite's own machinery (tests.servers): its own process group,
+    killed with the test run; `tests.servers.stop` ends it."""
+    import os
+    import sys
+
+    import httpx
+    import yaml
+
+    from tests.servers import _spawn, _start_with_retries, _wait, free_ports
+
+    work.mkdir(parents=True, exist_ok=True)
+    params_file = work / "serve-params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+    log = work / "serve.log"
+
+    def start() -> ServeProcess:
+        (port,) = free_ports(1)
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "shortlist", "serve", "--params", str(params_file)]
+        cmd += ["--root", root, "--host", "127.0.0.1", "--port", str(port)]
+        proc = _spawn(cmd, dict(os.environ), log, work)
+
+        def ready() -> bool:
+            try:
+                return httpx.get(url + "/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(proc, ready, "shortlist serve", log, timeout)
+        return ServeProcess(proc, url, log, params_file)
+
+    return _start_with_retries(start)
