@@ -182,7 +182,7 @@ def served_cold_share(recs: pd.DataFrame, known: pd.DataFrame) -> float:
 
 
 def run_product(
-    name: str, seed: int, known, test, items, users, timed, overrides, work: Path
+    name: str, seed: int, known, test, items, users, timed, overrides, work: Path, tune_minutes
 ) -> dict[str, Any]:
     files = write_user_files(known, items, users, timed, work / "user-files")
     data, split, model = work / "data", work / "split", work / "model"
@@ -191,6 +191,7 @@ def run_product(
         f"project.seed={seed}",
         f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
         f"project.work_dir={work / 'wd'}",
+        f"tuning.path={work / 'tuning.json'}",
         *overrides,
     ]
     t = {}
@@ -200,6 +201,10 @@ def run_product(
         [], log,
     )  # fmt: skip
     t["split"] = shortlist(["split", str(data), "--out", str(split)], sets, log)
+    if tune_minutes:
+        t["tune"] = shortlist(
+            ["tune", str(split), "--budget-minutes", str(tune_minutes)], sets, log
+        )
     t["towers"] = shortlist(["train-towers", str(split), "--out", str(model)], sets, log)
     t["ranker"] = shortlist(["train-ranker", str(split), "--model", str(model)], sets, log)
     users_csv = work / "test_users.csv"
@@ -225,6 +230,10 @@ def run_product(
     out["ranker_shipped"] = bool(ranker_info.get("shipped", True))
     out["ranker_decision"] = ranker_info.get("decision", {})
     out["split"] = {k: split_info.get(k) for k in ("mode", "rule", "counts", "cold", "sizes")}
+    tuning = work / "tuning.json"
+    if tuning.exists():
+        doc = json.loads(tuning.read_text())
+        out["tuning"] = {k: doc[k] for k in ("best", "towers", "ranker", "seconds")}
     out["seconds"] = {k: round(v, 1) for k, v in t.items()}
     out["train_seconds"] = round(t["split"] + t["towers"] + t["ranker"], 1)
     return out
@@ -285,6 +294,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--label", default="defaults", help="name of this configuration")
+    ap.add_argument(
+        "--tune-minutes",
+        type=float,
+        default=0.0,
+        help="run `shortlist tune` with this budget after the split (0: defaults only)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     ap.add_argument("--keep", help="keep the work directories under this path")
     a = ap.parse_args()

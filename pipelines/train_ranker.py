@@ -36,12 +36,14 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     from shortlist.models.train import EARLY_STOPPED
     from shortlist.models.two_tower import TwoTowerRetriever
     from shortlist.ranking.train import train_ranker
+    from shortlist.tuning import apply_tuning
 
     if not (Path(model_dir) / "towers.json").exists():
         raise ShortlistError(
             f"no two-tower model in {model_dir}: run `shortlist train-towers` first"
         )
     split = load_split(split_dir)
+    params, tuning = apply_tuning(params, split.manifest)
     if split.validation.empty:
         raise ShortlistError(
             "the ranker trains on the validation part (towers memorise train): "
@@ -62,6 +64,7 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
         "model_dir": str(model_dir),
         "snapshot_id": split.snapshot_id,
         "files": checksums,
+        "tuning": tuning,
         **{k: v for k, v in summary.items()},
     }
     Path(model_dir, METRICS).write_text(json.dumps(out, indent=2, default=str))

@@ -5,27 +5,33 @@ Trains on the split's train part with early stopping on its validation part
 towers.safetensors (weights), towers.json (architecture, preprocessing state, snapshot
 id, MLflow run id, validation metrics), items.parquet (the catalog it was trained with),
 history.json / history.png (per-epoch curves) and metrics.json (for `dvc metrics`).
+A tuning file (`shortlist tune`) whose data shape matches the split is applied first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from shortlist.config import Params
 
 METRICS = "metrics.json"
+log = logging.getLogger(__name__)
 
 
 def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
     """Train the towers on SPLIT_DIR into OUT_DIR; returns a summary of the run."""
     from shortlist.data.split_io import load_split
     from shortlist.models.train import train_two_tower
+    from shortlist.tuning import apply_tuning
 
     split = load_split(str(split_dir))
     if not len(split.train):
         raise ValueError(f"{split_dir}: the train part is empty")
+    params, tuning = apply_tuning(params, split.manifest)
+    log.info("tuning: %s", tuning)
     model, report = train_two_tower(
         params,
         split.train,
@@ -46,6 +52,7 @@ def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
         "epochs_run": report["epochs_run"],
         "history_mode": report["history_mode"],
         "split_mode": split.manifest.get("mode"),
+        "tuning": tuning,
         "train_seconds": report["timings"]["train_seconds"],
     }
     Path(out_dir, METRICS).write_text(json.dumps(metrics, indent=2))

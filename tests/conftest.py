@@ -45,5 +45,6 @@ def params(tmp_path: Path) -> Params:
             "bundle.cache_dir": str(work / "bundle-cache"),
             "serving.impressions_dir": str(work / "impressions"),
             "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
+            "tuning.path": str(work / "tuning" / "best.json"),
         }
     )

@@ -60,6 +60,19 @@ def _split(p: Params, a: argparse.Namespace) -> None:
     print(json.dumps(manifest["counts"]))
 
 
+def _tune(p: Params, a: argparse.Namespace) -> None:
+    from pipelines import tune
+
+    doc = tune.run(p, split_dir=a.split, budget_minutes=a.budget_minutes, out_path=a.out)
+    towers = doc["towers"]
+    print(
+        f"validation score defaults {towers['defaults']:.4f} -> tuned {towers['best']:.4f} "
+        f"({sum(towers['trials'].values())} towers trials, {doc['seconds']:.0f} s); "
+        f"wrote {a.out or p.tuning.path}"
+    )
+    print(json.dumps(doc["best"], indent=2))
+
+
 def _train_towers(p: Params, a: argparse.Namespace) -> None:
     from pipelines import train_towers
 
@@ -195,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("split", _split, "temporal train/validation/test split")
     c.add_argument("data")
     c.add_argument("--out", required=True)
+
+    c = add("tune", _tune, "search the towers' and ranker's knobs on validation, in a budget")
+    c.add_argument("split")
+    c.add_argument("--budget-minutes", type=float, default=None)
+    c.add_argument("--out", help="tuning file (default: params tuning.path)")
 
     c = add("train-towers", _train_towers, "train the two-tower retrieval model")
     c.add_argument("split")

@@ -79,16 +79,6 @@ class ValidationParams(_Section):
     max_id_length: int = Field(128, ge=1)
     min_users: int = Field(10, ge=1)
     min_title_share: float = Field(0.5, ge=0, le=1)
-    # Absolute rules, checked on every batch (the first one has no reference to compare
-    # with): weights finite and at most max_weight (a rating, count or seconds, not 1e38);
-    # ids 1..max_id_length characters without leading/trailing whitespace or control
-    # characters (the serving API accepts ids of at most 128); at least min_users users;
-    # at least min_title_share of the items with a non-blank title (the item tower reads
-    # titles; set 0 for a catalog without titles).
-    max_weight: float = Field(1e6, gt=0)
-    max_id_length: int = Field(128, ge=1)
-    min_users: int = Field(10, ge=1)
-    min_title_share: float = Field(0.5, ge=0, le=1)
 
 
 class SplitParams(_Section):
@@ -206,6 +196,16 @@ class RankerParams(_Section):
     # retrieval order by more than this many standard errors (shortlist.ranking.decision);
     # otherwise the bundle serves the retrieval order.
     ship_min_z: float = 1.0
+
+
+class TuningParams(_Section):
+    """`shortlist tune`: a budgeted search on validation whose result later runs reuse."""
+
+    path: str = ".shortlist/tuning/best.json"
+    budget_minutes: float = Field(10.0, gt=0)
+    ranker_share: float = Field(0.3, ge=0, lt=1)  # of the budget, for the ranker's knobs
+    # train-towers and train-ranker apply a tuning file whose data shape matches the split.
+    use: bool = True
 
 
 class BaselineGridParams(_Section):
@@ -332,6 +332,7 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     towers: TowerParams = TowerParams()
     ranker: RankerParams = RankerParams()
+    tuning: TuningParams = TuningParams()
     evaluation: EvaluationParams = EvaluationParams()
     index: IndexParams = IndexParams()
     canary: CanaryParams = CanaryParams()

@@ -16,6 +16,7 @@ import copy
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,9 +362,11 @@ def _fit(
     validation: pd.DataFrame | None,
     progress: bool,
     desc: str,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[_Fitted, ValidationSet | None, pd.DataFrame]:
     """Train from scratch (seeded) for at most `epochs`; with `validation`, evaluate every
-    epoch and stop early, keeping the best epoch's weights; without, keep the last."""
+    epoch and stop early, keeping the best epoch's weights; without, keep the last.
+    `on_epoch` sees each epoch's row (loss, validation metrics) as it is recorded."""
     from tqdm.auto import tqdm
 
     _seed_everything(seed)
@@ -436,6 +439,8 @@ def _fit(
             bar.set_postfix(loss=f"{row['loss']:.3f}", **{metric_key: f"{metrics[metric_key]:.4f}"})
         row["train_seconds"] = train_seconds
         history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
         if vset is None:
             best["epoch"] = epoch
             continue
@@ -484,6 +489,7 @@ def train_two_tower(
     snapshot_id: str = "",
     out_dir: str | None = None,
     real_time: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[TwoTowerRetriever, dict[str, Any]]:
     """Train on `train`, stop early on `validation`; returns (model, report).
 
@@ -491,7 +497,8 @@ def train_two_tower(
     is then retrained from scratch, same seed, on train + validation for the best epoch
     count, as the baselines refit after tuning; otherwise it is the best early-stopping
     model. `real_time` (False when the split says timestamps were synthesised) resolves
-    `towers.history_mode: auto`. The report holds the early-stopping run's per-epoch history (loss, validation
+    `towers.history_mode: auto`; `on_epoch` sees each early-stopping epoch's row (a
+    tuner prunes from it). The report holds the early-stopping run's per-epoch history (loss, validation
     metrics, seconds), best epoch and validation metrics (with and without the inference
     popularity term; measured before any refit, as the refit model has seen validation),
     the refit's own history, timings and, when logged, the MLflow run id. With out_dir
@@ -505,7 +512,7 @@ def train_two_tower(
     t_start = time.perf_counter()
 
     es, vset, catalog = _fit(
-        tp, train, items, users, seed, tp.epochs, validation, progress, "train towers"
+        tp, train, items, users, seed, tp.epochs, validation, progress, "train towers", on_epoch
     )
     assert vset is not None
     ks = tuple(sorted({tp.eval_k, *VALIDATION_KS}))
