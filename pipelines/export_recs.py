@@ -6,7 +6,8 @@ supply the history and request context; the catalog is DATA_DIR's item table, em
 the model's item tower (items unseen at training are reached through content). Scores are
 the exact inner product of `query_vectors` and `item_vectors` (what a flat index serves).
 Stage "funnel" re-ranks with the ranker when MODEL_DIR has one; without a ranker it is the
-retrieval stage.
+retrieval stage. Items without interactions in the model's training data take at most
+`serving.max_cold_share` of each list, as in serving.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def run(
     from shortlist.data import schema
     from shortlist.data.io import read_dataset
     from shortlist.models.two_tower import TwoTowerRetriever
+    from shortlist.ranking.cold_share import cap_cold_scores
 
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
@@ -52,6 +54,8 @@ def run(
     item_ids = items[schema.ITEM_ID].astype(str).to_numpy()
     col_of = pd.Index(item_ids)
     item_vecs = model.item_vectors(items)
+    # Items the model never saw an interaction of take at most serving.max_cold_share.
+    cold_cols = np.flatnonzero(model.state.item_index(item_ids) == 0)
     inter = data.interactions
     inter = inter[inter[schema.USER_ID].astype(str).isin(set(user_ids))]
     seen_u = inter[schema.USER_ID].astype(str).to_numpy()
@@ -82,6 +86,7 @@ def run(
             scores = rerank_matrix(
                 ranker, batch, full, scores, item_ids, timestamps, params.ranker.candidates
             )
+        scores = cap_cold_scores(scores, cold_cols, k, params.serving.max_cold_share)
         frames.append(_top_k(batch, scores, item_ids, k))
     out = pd.concat(frames, ignore_index=True) if frames else _top_k([], np.zeros((0, 0)), [], k)
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)

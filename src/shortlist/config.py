@@ -285,6 +285,8 @@ class ServingParams(_Section):
     poll_seconds: float = Field(0.25, gt=0)
     # Keep the previously live bundle in memory so a rollback is a reference swap.
     keep_previous: bool = True
+    # Most of each list that items without interactions (placed by content alone) may take.
+    max_cold_share: float = Field(0.1, ge=0, le=1)
     # 0: deterministic top-k (propensity 1); > 0: Plackett-Luce exploration at this temperature.
     exploration_temperature: float = Field(0.0, ge=0)
     # torch and FAISS threads per request (one query at a time: more threads only contend).
