@@ -1,0 +1,73 @@
+"""The local stack's bookkeeping: one Airflow home and MLflow for demo and stack, and
+`down` stopping exactly the processes its pid files name (the browser tests stop the
+real services; here a stand-in process keeps it cheap)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shortlist import stack
+from shortlist.config import Params
+
+
+def _start(params: Params, name: str) -> subprocess.Popen:
+    folder = stack.stack_dir(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    deadline = time.monotonic() + 10
+    while stack._start_time(proc.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    record = {"pid": proc.pid, "started": stack._start_time(proc.pid), "by": "test"}
+    (folder / f"{name}.pid").write_text(json.dumps(record))
+    return proc
+
+
+def test_demo_and_stack_share_one_airflow_home_and_mlflow(params: Params) -> None:
+    env = stack.stack_env(params, {"mlflow": 5123, "airflow": 8123})
+    assert env["AIRFLOW_HOME"] == str(Path(params.project.work_dir).resolve() / "airflow")
+    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5123"
+    assert env["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:8123"
+    # the demo runs its DAG with only MLflow known: same home, no Airflow port
+    demo_env = stack.stack_env(params, {"mlflow": 5123}, "/somewhere/params.yaml")
+    assert demo_env["AIRFLOW_HOME"] == env["AIRFLOW_HOME"]
+    assert demo_env["SHORTLIST_PARAMS"] == "/somewhere/params.yaml"
+    assert "AIRFLOW__API__PORT" not in demo_env
+
+
+def test_down_stops_what_the_pid_files_name_and_nothing_else(params: Params) -> None:
+    mlflow = _start(params, "mlflow")
+    # a pid file whose process has ended and whose pid now names another process
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
+    )
+    stale = {"pid": other.pid, "started": "1", "by": "test"}
+    (stack.stack_dir(params) / "api.pid").write_text(json.dumps(stale))
+    try:
+        ended = stack.down(params)
+        assert ended == {"mlflow": "clean"}
+        assert mlflow.wait(timeout=10) is not None  # reaped: no zombie counted as alive
+        assert other.poll() is None, "a process the stack did not start was signalled"
+        assert not list(stack.stack_dir(params).glob("*.pid"))
+        assert stack.down(params) == {}
+    finally:
+        for proc in (mlflow, other):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def test_airflow_password_is_read_from_the_generated_file(params: Params) -> None:
+    assert stack.airflow_password(params) is None
+    home = stack.airflow_home(params)
+    home.mkdir(parents=True)
+    (home / stack.PASSWORDS_FILE).write_text('{"admin": "s3cret"}')
+    assert stack.airflow_password(params) == "s3cret"
+    text = stack.login_lines(params, {"airflow": "http://127.0.0.1:8080"}, wait_s=0)
+    assert "user admin   password s3cret" in text
