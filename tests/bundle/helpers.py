@@ -103,6 +103,18 @@ class Shop:
             assert proc.returncode != 0, f"{args} should have failed: {proc.stdout[-2000:]}"
         return proc
 
+    def params(self) -> Params:
+        from shortlist.config import load_params
+
+        return load_params(self.params_file)
+
+    def set(self, overrides: dict) -> None:
+        """Rewrite the params file with `overrides` applied (the CLI reads it each call)."""
+        import yaml
+
+        params = self.params().with_overrides(overrides)
+        self.params_file.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
+
     def pointer(self) -> dict:
         import json
 

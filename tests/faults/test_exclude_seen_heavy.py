@@ -1,0 +1,52 @@
+"""Fault: `exclude_seen` for users whose history is longer than the bundle's window.
+
+ml-100k has 148 users with more than 200 ratings (the bundle's `history_len`); serving
+used to exclude only those last 200, so already-seen items came back in their top 20.
+Against a real `shortlist serve`: no user (the heaviest, 737 ratings, included) gets an
+item they interacted with, and each still gets a full list of 20.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bundle.helpers import make_shop
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shop(ml100k_path, tmp_path_factory, tmp_path):
+    return make_shop(ml100k_path, tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
+
+
+def test_no_heavy_user_gets_an_item_they_have_seen(shop):
+    from shortlist.config import load_params
+    from shortlist.data.io import read_dataset
+
+    window = load_params(shop.params_file).bundle.history_len
+    ds = read_dataset(shop.data)
+    seen = ds.interactions.groupby("user_id")["item_id"].agg(lambda s: set(map(str, s)))
+    heavy = sorted((u for u in seen.index if len(seen[u]) > window), key=lambda u: -len(seen[u]))
+    assert len(heavy) == 148 and len(seen[heavy[0]]) == 737  # user 405
+    a = shop.pointer()["bundle_id"]
+    server = shop.serve()
+    try:
+        server.wait_up()
+        server.wait_for(lambda: server.serving() == a, what=f"serving {a}")
+        repeats = {}
+        for user in heavy:
+            resp = server.post("/recommend", {"user_id": str(user), "k": 20, "exclude_seen": True})
+            assert resp.status_code == 200, resp.text
+            items = [i["item_id"] for i in resp.json()["items"]]
+            assert len(items) == 20 and resp.json()["strategy"] == "personalized"
+            again = set(items) & seen[user]
+            if again:
+                repeats[user] = sorted(again)
+        assert not repeats, f"{len(repeats)} users got seen items: {list(repeats.items())[:3]}"
+        # the check has power: without exclusion the heaviest user does get seen items
+        body = {"user_id": str(heavy[0]), "k": 20, "exclude_seen": False}
+        shown = {i["item_id"] for i in server.post("/recommend", body).json()["items"]}
+        assert shown & seen[heavy[0]]
+    finally:
+        server.stop()
