@@ -147,7 +147,11 @@ def live_root(world: World, tmp_path: Path) -> tuple[str, str, str]:
     """A root with model A's bundle live and model B's bundle built into the idle slot.
 
     Returns (root, bundle_a, bundle_b). Bundles are built once per session and copied."""
-    root = tmp_path / "bundles"
+    return copy_live_root(world, tmp_path / "bundles")
+
+
+def copy_live_root(world: World, root: Path) -> tuple[str, str, str]:
+    """`live_root`'s layout at `root` (for fixtures of other scopes): (root, a, b)."""
     cache = world.work / "root-template"
     if not (cache / "live.json").exists():
         from shortlist.bundle.slots import Slots
