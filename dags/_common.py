@@ -130,28 +130,34 @@ def task_logging(logger: logging.Logger, interval_s: float = PROGRESS_INTERVAL_S
     """Run a stage so the task log is readable while it runs: progress bars (tqdm) redraw
     at most every `interval_s` seconds, each redraw one INFO line (step, elapsed<ETA and
     the loss/metric the stage shows); stderr lines are INFO, not ERROR; MLflow's messages
-    keep their level. Environment and stderr are restored afterwards."""
-    settings = {
-        "TQDM_MININTERVAL": str(interval_s),
-        "TQDM_MAXINTERVAL": str(interval_s),
-        "TQDM_ASCII": "1",
-        "MLFLOW_CONFIGURE_LOGGING": "false",
-    }
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
+    keep their level. tqdm's defaults are set on its class for the duration (its
+    TQDM_* variables are read once, at import, so they cannot be relied on here);
+    tqdm, the environment and stderr are restored afterwards."""
+    import tqdm.std
+
+    original = tqdm.std.tqdm.__init__
+
+    def rare_redraws(bar: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("mininterval", interval_s)
+        kwargs.setdefault("maxinterval", max(interval_s, 10.0))
+        original(bar, *args, **kwargs)
+
+    saved = os.environ.get("MLFLOW_CONFIGURE_LOGGING")
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     if "mlflow" in sys.modules:
         _route_mlflow_logs()
     stream = _LogStream(logger)
+    tqdm.std.tqdm.__init__ = rare_redraws  # subclasses (tqdm.auto) call it too
     try:
         with contextlib.redirect_stderr(stream):
             yield
     finally:
+        tqdm.std.tqdm.__init__ = original
         stream.flush()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        if saved is None:
+            os.environ.pop("MLFLOW_CONFIGURE_LOGGING", None)
+        else:
+            os.environ["MLFLOW_CONFIGURE_LOGGING"] = saved
 
 
 def default_params_file() -> Path:

@@ -73,3 +73,17 @@ def test_mlflow_messages_go_through_python_logging() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["0", "True"], out.stdout
+
+
+def test_redraws_are_rate_limited_even_when_tqdm_was_imported_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from tqdm.auto import tqdm  # imported before task_logging, as in a warm process
+
+    log = logging.getLogger("test.rate")
+    with caplog.at_level(logging.INFO, logger="test.rate"), task_logging(log, 3600.0):
+        for _ in tqdm(range(50), desc="evaluate"):
+            time.sleep(0.001)
+    messages = [r.getMessage() for r in caplog.records]
+    assert 1 <= len(messages) <= 3, messages  # the start and the end, not 50 redraws
+    assert "50/50" in messages[-1]
