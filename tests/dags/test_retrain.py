@@ -137,7 +137,9 @@ def test_first_model_is_approved_in_mlflow_and_goes_live(world: World) -> None:
     assert world.alias("champion") is None
     tags = challenger.tags
     assert tags["blessed"] == "true" and tags["canary_passed"] == "true"
-    assert "Approve by moving the `champion` alias" in challenger.description
+    assert (
+        "awaits approval" in challenger.description and "add `champion`" in challenger.description
+    )
     # A person approves in the UI: the UI moves the alias through this same API call.
     world.client().set_registered_model_alias(MODEL, "champion", challenger.version)
     proc.wait(timeout=900)
@@ -146,6 +148,8 @@ def test_first_model_is_approved_in_mlflow_and_goes_live(world: World) -> None:
     assert pointer["bundle_id"] == tags["bundle_id"]
     approved = world.client().get_model_version(MODEL, challenger.version)
     assert approved.tags["approved_by"] == "mlflow-ui"
+    assert "approved by mlflow-ui" in approved.description
+    assert world.alias("challenger") is None, "promotion leaves no stale challenger alias"
 
     from fastapi.testclient import TestClient
 
