@@ -9,6 +9,7 @@ response reached a client is on disk after a restart, exactly once.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -73,7 +74,10 @@ def test_kill_9_under_load_loses_no_acknowledged_list(world, live_root, tmp_path
     assert in_parquet_at_kill == []  # without the write-ahead file every list would be lost
 
     restarted = start_serve(params, root, tmp_path / "run2")  # replays the WAL before serving
+    metrics = httpx.get(restarted.url + "/metrics", timeout=10).text
     stop(restarted.proc, signal.SIGTERM)
+    replayed = re.search(r"^shortlist_impressions_replayed_lists (\S+)$", metrics, re.M)
+    assert replayed and float(replayed.group(1)) >= len(acked)  # the crash is visible
     log = pd.concat([pd.read_parquet(f) for f in sorted(out.glob("impressions-*.parquet"))])
 
     lost = acknowledged - set(log["request_id"])

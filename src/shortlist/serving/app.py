@@ -235,6 +235,7 @@ def create_app(
     app.state.holder = holder
     app.state.impressions = impressions
     app.state.metrics = metrics
+    metrics.watch_impressions(impressions)
     app.add_middleware(BodyLimit, limit=s.max_body_bytes)
     app.add_middleware(Timing, metrics=metrics)  # added last = outermost: sees every 422
 

@@ -165,6 +165,7 @@ class ImpressionLog:
         self.lists_replayed = 0
         self.rows_replayed = 0
         self.lines_skipped = 0
+        self.wal_errors = 0
         self.replay()
         self._writer = threading.Thread(target=self._run, name="impressions-writer", daemon=True)
         self._writer.start()
@@ -229,6 +230,7 @@ class ImpressionLog:
             self._wal_error_logged = False
             return self._segment
         except OSError:  # a full disk must not stop serving: the row stays in memory
+            self.wal_errors += 1
             if not self._wal_error_logged:
                 log.exception(
                     "could not write the impressions write-ahead file in %s", self.wal_dir

@@ -8,6 +8,10 @@
 - `shortlist_canary_recall{check}`: every recall figure of the live bundle's last canary
   report (`canary.json` beside the bundle), by its dotted key; `shortlist_canary_passed`.
 - `shortlist_impressions_rows_total`: rows handed to the impressions log.
+- `shortlist_impressions_replayed_lists`: served lists a crashed predecessor left in the
+  write-ahead file, recovered into Parquet when this process started (non-zero = a crash).
+- `shortlist_impressions_wal_errors`: appends the write-ahead file refused (e.g. a full
+  disk); those lists are durable only once their Parquet file is written.
 """
 
 from __future__ import annotations
@@ -77,6 +81,20 @@ class ServingMetrics:
             "shortlist_impressions_rows", "Rows handed to the impressions log", registry=r
         )
         self._lock = threading.Lock()
+
+    def watch_impressions(self, log: Any) -> None:
+        """Expose the impressions log's recovery and write-ahead error counts."""
+        r = self.registry
+        Gauge(
+            "shortlist_impressions_replayed_lists",
+            "Served lists recovered from the write-ahead file at start",
+            registry=r,
+        ).set_function(lambda: log.lists_replayed)
+        Gauge(
+            "shortlist_impressions_wal_errors",
+            "Appends the impressions write-ahead file refused",
+            registry=r,
+        ).set_function(lambda: log.wal_errors)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.latency.labels(endpoint).observe(seconds)
