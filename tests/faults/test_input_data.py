@@ -36,10 +36,16 @@ CSV_CASES = {
     "header_only": (b"user_id,item_id,timestamp\n", "no data rows"),
     "empty": (b"", "empty file"),
     "latin1": (b"user_id,item_id\nu\xe9,i1\n", "not UTF-8 text (byte 0xe9 on line 2)"),
+    # The old message blamed row 1's 1700000000 (valid unix seconds) for row 3's fault.
     "bad_timestamp": (
-        b"user_id,item_id,timestamp\nu1,i1,2024-01-01\nu2,i2,2024-01-02\nu3,i3,2024-02-30x\n",
+        b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,1700000100\nu3,i3,yesterday\n",
         "column timestamp: 1 value(s) are neither unix seconds nor ISO 8601 date-times, "
-        "e.g. data row 3: '2024-02-30x'",
+        "e.g. data row 3: 'yesterday'",
+    ),
+    "mixed_timestamps": (
+        b"user_id,item_id,timestamp\nu1,i1,1700000000\nu2,i2,2024-01-02\n",
+        "column timestamp mixes unix seconds (data row 1: '1700000000') and date-times "
+        "(data row 2: '2024-01-02'); use one kind",
     ),
 }
 
@@ -54,7 +60,8 @@ def test_bad_csv_files_are_one_line_errors_naming_the_file(tmp_path, case):
     line = proc.stderr.strip()
     assert "\n" not in line and line.startswith(f"shortlist ingest: {path}: "), line
     assert needle in line
-    assert "2024-01-01" not in line  # the valid values are not blamed
+    if case == "bad_timestamp":
+        assert "1700000000" not in line  # the valid values are not blamed
     assert not (tmp_path / "out" / "snapshot.json").exists()
 
 
