@@ -184,3 +184,15 @@ def test_a_live_logs_segment_is_not_replayed_by_another(tmp_path):
 def test_remote_impressions_need_a_local_write_ahead_dir():
     with pytest.raises(ValueError, match="impressions_wal_dir"):
         ImpressionLog("s3://bucket/impressions", rotate_rows=10)
+
+
+def test_two_logs_of_one_process_never_share_a_file_name(tmp_path):
+    logs = [
+        ImpressionLog(str(tmp_path), rotate_rows=3, wal_dir=str(tmp_path / "wal")) for _ in "ab"
+    ]
+    for n, log in enumerate(logs):
+        _append(log, f"r{n}")  # 3 rows: one rotation each, in the same millisecond or not
+    for log in logs:
+        log.close()
+    assert len(_files(tmp_path)) == 2 and all(log.wal_errors == 0 for log in logs)
+    assert sorted(_rows(tmp_path)["request_id"].unique()) == ["r0", "r1"]

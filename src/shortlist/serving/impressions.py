@@ -19,8 +19,8 @@ between writing the file and deleting the segment never writes a list twice. A l
 log holds an exclusive `flock` on its segment, so another process sharing the directory
 never replays it.
 
-Files are named `impressions-<unix ms>-<pid>-<seq>.parquet` and written atomically (temp
-+ rename locally), so a reader never sees half a file. Columns: request_id, timestamp
+Files are named `impressions-<unix ms>-<pid>-<token>-<seq>.parquet` and written
+atomically (temp + rename locally), so a reader never sees half a file. Columns: request_id, timestamp
 (unix seconds, float64), endpoint, user_id (null for anonymous and similar-items
 requests), bundle_id, item_id, position (0-based), score, retrieval_score (null for the
 popularity prior), propensity (see `shortlist.serving.recommend`: the probability the
@@ -159,6 +159,7 @@ class ImpressionLog:
         self._stop_sync = threading.Event()
         self._closed = False
         self._seq = 0
+        self._token = os.urandom(3).hex()
         self._wal_error_logged = False
         self.files_written = 0
         self.rows_written = 0
@@ -238,20 +239,22 @@ class ImpressionLog:
                 self._wal_error_logged = True
             return None
 
-    def _open_segment(self) -> _Segment:
+    def _next_stem(self) -> str:
+        # The instance token keeps two logs of one process (same pid, same millisecond,
+        # both at seq 1) from ever choosing the same name.
         self._seq += 1
-        name = f"impressions-{int(time.time() * 1000)}-{os.getpid()}-{self._seq:06d}"
-        return _Segment(self.wal_dir / (name + WAL_SUFFIX))
+        ms = int(time.time() * 1000)
+        return f"impressions-{ms}-{os.getpid()}-{self._token}-{self._seq:06d}"
+
+    def _open_segment(self) -> _Segment:
+        return _Segment(self.wal_dir / (self._next_stem() + WAL_SUFFIX))
 
     def _rotate_locked(self) -> None:
         if self._rows:
             seg = self._segment
             self._segment = None
             if seg is None:  # the write-ahead file failed: a name for the Parquet file only
-                self._seq += 1
-                seg = _NoSegment(
-                    f"impressions-{int(time.time() * 1000)}-{os.getpid()}-{self._seq:06d}"
-                )
+                seg = _NoSegment(self._next_stem())
             self._pending.append((self._columns, seg))
             self._columns = _empty()
             self._rows = 0
