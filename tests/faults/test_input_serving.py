@@ -15,6 +15,8 @@ import pytest
 from tests.servers import stop
 from tests.serving.conftest import live_root, start_serve, world  # noqa: F401
 
+pytestmark = pytest.mark.slow  # trains the serving fixtures' models
+
 
 @pytest.fixture
 def server(world, live_root, tmp_path):  # noqa: F811

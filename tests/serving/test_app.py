@@ -299,3 +299,16 @@ def test_api_docs_are_served_from_the_package_without_a_cdn(served):
             asset = client.get(ref)
             assert asset.status_code == 200 and len(asset.content) > 100, ref
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
+
+
+def test_write_ahead_dir_defaults_beside_local_impressions_and_under_work_for_s3(world):
+    from shortlist.serving.app import wal_dir
+
+    local = world.params.with_overrides({"serving.impressions_dir": "/data/imp"})
+    assert wal_dir(local) == "/data/imp/.wal"  # pyarrow dataset readers skip dot-dirs
+    remote = world.params.with_overrides(
+        {"serving.impressions_dir": "s3://bucket/imp", "project.work_dir": "/srv/work"}
+    )
+    assert wal_dir(remote) == "/srv/work/impressions-wal"
+    named = remote.with_overrides({"serving.impressions_wal_dir": "/fast/wal"})
+    assert wal_dir(named) == "/fast/wal"
