@@ -3,9 +3,10 @@
 Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `/health` (the process
 is up), `/ready` (a bundle is loaded; 503 otherwise), `/version` (the live bundle id),
 `/metrics` (Prometheus text), `/docs` and `/redoc` (Swagger UI and ReDoc served from the
-package, no CDN: they work offline and behind egress filters). Every answer that carries items names the bundle that
-produced it; each request reads the holder's reference once, so it is served by one
-bundle even when a swap happens while it runs. Every served list goes to the
+fastapi-offline package's own files under `/static-offline-docs`, no CDN: they work
+offline and behind egress filters). Every answer that carries items names the bundle
+that produced it; each request reads the holder's reference once, so it is served by
+one bundle even when a swap happens while it runs. Every served list goes to the
 impressions log, durably before the response (see `shortlist.serving.impressions`).
 Bad input (k outside 1..serving.max_k, malformed ids, unknown fields, bodies over
 serving.max_body_bytes, NaN or Infinity anywhere in a JSON body) is a 422 with a message
