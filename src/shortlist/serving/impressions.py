@@ -96,7 +96,11 @@ class _Segment:
         self.path = path
         self.stem = path.name[: -len(WAL_SUFFIX)]
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
+        except OSError:
+            os.close(self.fd)
+            raise
         self.io = threading.Lock()  # fsync vs close
         self.dirty = False
         self.new = True  # its directory entry still needs a sync
@@ -219,7 +223,7 @@ class ImpressionLog:
                 self._rotate_locked()
                 self._wake.set()
         if seg is not None and self.fsync_ms <= 0:
-            seg.sync()
+            self.sync()  # this list (and any written beside it) plus a new file's entry
 
     def _write_ahead_locked(self, line: bytes) -> _Segment | None:
         try:
