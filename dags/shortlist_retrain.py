@@ -1,8 +1,9 @@
 """
 ### shortlist_retrain: fresh data to an approved, promoted bundle
 
-validate → split → train towers → train ranker → evaluate & bless → build bundle into
-the idle slot (embed every item, FAISS index) → canary → register the challenger in
+validate → split → tune (when `tuning.in_retrain` and the data changed shape) → train
+towers → train ranker (kept only if it beats the retrieval order) → evaluate & bless →
+build bundle into the idle slot (embed every item, FAISS index) → canary → register the challenger in
 MLflow → **await approval** → promote (one pointer flip) → canary on live → roll back
 automatically if that fails.
 
@@ -126,6 +127,32 @@ def shortlist_retrain() -> None:
             manifest = stage.run(params, data_dir=validated["data_dir"], out_dir=str(out))
         return {**validated, "split_dir": str(out), "counts": manifest["counts"]}
 
+    @task(
+        doc_md="Budgeted search (`shortlist tune`) when `tuning.in_retrain` is on and no "
+        "tuning file fits this data's shape; otherwise it only says which values apply."
+    )
+    def tune(data: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        from shortlist.tuning import apply_tuning
+
+        params, root = run_params(ctx())
+        manifest = json.loads((Path(data["split_dir"]) / "split.json").read_text())
+        with in_project_dir(root):
+            _, record = apply_tuning(params, manifest)
+        if record["applied"] or not params.tuning.in_retrain:
+            log.info("no search this run (tuning.in_retrain=%s): %s", params.tuning.in_retrain,
+                     record)  # fmt: skip
+            return data
+        from pipelines import tune as stage
+
+        log.info("searching for %.1f minutes: %s", params.tuning.budget_minutes, record["reason"])
+        with in_project_dir(root), task_logging(log):
+            doc = stage.run(params, split_dir=data["split_dir"])
+        log.info("validation %s -> %s with %s", doc["towers"]["defaults"],
+                 doc["towers"]["best"], doc["best"])  # fmt: skip
+        return data
+
     @task(doc_md="Two-tower retrieval model (in-batch softmax + logQ); reused on retry.")
     def train_towers(data: dict[str, Any]) -> dict[str, Any]:
         from pipelines import train_towers as stage
@@ -145,7 +172,8 @@ def shortlist_retrain() -> None:
         from pipelines import train_ranker as stage
 
         params, root = run_params(ctx())
-        if not (Path(data["model_dir"]) / "ranker.json").exists():
+        # ranker_metrics.json is written whether or not the ranker shipped.
+        if not (Path(data["model_dir"]) / "ranker_metrics.json").exists():
             with in_project_dir(root), task_logging(log):
                 stage.run(params, split_dir=data["split_dir"], model_dir=data["model_dir"])
         return data
@@ -297,7 +325,7 @@ def shortlist_retrain() -> None:
             )
         raise AirflowFailException(f"live canary failed, rolled back to {back['bundle_id']}")
 
-    data = train_ranker(train_towers(split(validate())))
+    data = train_ranker(train_towers(tune(split(validate()))))
     evaluated = evaluate(data)
     built = build_bundle(evaluated)
     is_blessed(evaluated) >> built

@@ -206,6 +206,9 @@ class TuningParams(_Section):
     ranker_share: float = Field(0.3, ge=0, lt=1)  # of the budget, for the ranker's knobs
     # train-towers and train-ranker apply a tuning file whose data shape matches the split.
     use: bool = True
+    # The retrain DAG runs the search when no tuning file fits the data's shape (off: a
+    # retrain never spends the budget unasked; run `shortlist tune` or turn this on).
+    in_retrain: bool = False
 
 
 class BaselineGridParams(_Section):
