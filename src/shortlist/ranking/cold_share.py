@@ -19,13 +19,19 @@ def cold_slots(k: int, max_share: float) -> int:
     return int(math.floor(max(0.0, min(1.0, max_share)) * k + 1e-9))
 
 
+def surplus_cold(is_cold: np.ndarray, k: int, max_share: float) -> np.ndarray:
+    """Mask of a best-first list's cold items beyond the best `cold_slots(k)` of them:
+    what serving drops from its candidates before it picks (or samples) k."""
+    is_cold = np.asarray(is_cold, dtype=bool)
+    return is_cold & (np.cumsum(is_cold) > cold_slots(k, max_share))
+
+
 def cap_cold_order(is_cold: np.ndarray, k: int, max_share: float) -> np.ndarray:
     """A permutation of a best-first list whose first k hold at most `cold_slots(k)` cold
     items: the best ones; the cold items over the cap move just past the k-th position,
     everything else keeps its relative order."""
-    is_cold = np.asarray(is_cold, dtype=bool)
     n = len(is_cold)
-    over = is_cold & (np.cumsum(is_cold) > cold_slots(k, max_share))
+    over = surplus_cold(is_cold, k, max_share)
     kept, surplus = np.flatnonzero(~over), np.flatnonzero(over)
     if not len(surplus) or n == 0:
         return np.arange(n)

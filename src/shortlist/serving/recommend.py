@@ -5,7 +5,8 @@ looks at the holder again, so a swap in the middle of a request cannot mix two b
 the user tower, the index, the id map and the ranker all come from the same object.
 
 Retrieval: user tower -> index top-N (N = params.ranker.candidates, widened when filters
-remove too much) -> ranker (when the bundle has one) -> top k. Users the bundle does
+remove too much) -> ranker (when the bundle has one) -> at most `serving.max_cold_share`
+of k for items without interactions -> top k. Users the bundle does
 not know and who bring no known recent items get the bundle's popularity prior.
 
 Propensity (logged with every impression, the raw material for de-biasing): the
@@ -31,6 +32,7 @@ import numpy as np
 from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.models.vectors import vector_width, widen_queries
+from shortlist.ranking.cold_share import surplus_cold
 from shortlist.serving.schemas import RecommendRequest
 
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
@@ -47,6 +49,8 @@ class ServingBundle:
     genres: np.ndarray | None  # per index row: sequence of genre strings, or None
     popular_rows: np.ndarray  # index rows by popularity prior, most popular first
     encoder: Any = None  # QueryEncoder over this bundle's retriever and users
+    # per index row: no interaction in the towers' training data (capped per list)
+    cold: np.ndarray | None = None
     loaded_at: float = field(default_factory=time.time)
     canary: dict[str, Any] | None = None
 
@@ -85,7 +89,10 @@ def prepare(bundle: Any, location: str) -> ServingBundle:
         users = users.drop_duplicates("user_id").set_index("user_id")
     else:
         users = None
+    state = getattr(bundle.retriever, "state", None)
+    cold = None if state is None else state.item_index(item_ids) == 0
     return ServingBundle(
+        cold=cold,
         bundle=bundle,
         # The indexed vectors' width (verified at load): embedding + popularity column, if any.
         encoder=QueryEncoder(bundle.retriever, users, width=bundle.manifest.embedding_dim),
@@ -241,6 +248,9 @@ def recommend(
         )
         order = np.argsort(-ranked, kind="stable")
         rows, retrieval, scores = rows[order], retrieval[order], ranked[order]
+    if sb.cold is not None and len(rows):  # items without interactions: a bounded share
+        keep = ~surplus_cold(sb.cold[rows], req.k, params.serving.max_cold_share)
+        rows, retrieval, scores = rows[keep], retrieval[keep], scores[keep]
     pick, prop, policy = choose(scores, req.k, temperature, rng)
     return _served(sb, "personalized", policy, rows[pick], scores[pick], retrieval[pick], prop)
 
