@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 # An id: no leading/trailing whitespace (so not blank) and no control characters.
 ID_REGEX = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?\Z"
 
-NO_REFERENCE_NOTE = "no reference yet: volume and drift checks skipped (first accepted batch)"
+NO_REFERENCE_NOTE = (
+    "no reference yet: volume and drift checks skipped (first batch); the absolute rules "
+    "(weights, ids, validation.min_users, validation.min_title_share) still apply"
+)
 
 
 @dataclass
