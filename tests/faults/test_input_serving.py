@@ -52,6 +52,16 @@ def test_non_finite_numbers_anywhere_are_422_naming_the_rule(server):
     assert 'status="500"' not in metrics
 
 
+def test_values_the_error_body_cannot_echo_verbatim_are_422(server):
+    # 1e999 parses to inf; a lone surrogate cannot be encoded as UTF-8. Both were 500s.
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for raw in (b'{"user_id": "u1", "k": 1e999}', b'{"user_id": "\\ud800"}'):
+            resp = client.post(
+                "/recommend", content=raw, headers={"content-type": "application/json"}
+            )
+            assert resp.status_code == 422, (raw, resp.text)
+
+
 def test_docs_load_with_no_network_beyond_the_server(server):
     with httpx.Client(base_url=server.url, timeout=10) as client:
         for page in ("/docs", "/redoc"):

@@ -312,3 +312,19 @@ def test_write_ahead_dir_defaults_beside_local_impressions_and_under_work_for_s3
     assert wal_dir(remote) == "/srv/work/impressions-wal"
     named = remote.with_overrides({"serving.impressions_wal_dir": "/fast/wal"})
     assert wal_dir(named) == "/fast/wal"
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b'{"user_id": "u1", "k": 1e999}', "finite number"),  # overflows to inf when parsed
+        (b'{"user_id": "u1", "extra": -1e999}', "extra"),
+        (b'{"user_id": "\\ud800"}', "user_id"),  # a lone surrogate: UTF-8 cannot encode it
+        (b'{"user_id": "u1", "genres": ["\\udfff", 7]}', "genres"),
+    ],
+)
+def test_values_json_cannot_echo_back_are_still_a_422(served, raw, needle):
+    client = served[0]
+    resp = client.post("/recommend", content=raw, headers={"content-type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert needle in resp.text

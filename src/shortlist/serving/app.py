@@ -160,20 +160,28 @@ class FiniteJSONRoute(APIRoute):
         return route
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: non-finite floats become their names ('nan', 'inf')."""
+def _encodable(value: Any) -> Any:
+    """JSON-safe copy of an error detail: non-finite floats become their names ('nan',
+    'inf'; also what an overflowing literal such as 1e999 parses to) and text that UTF-8
+    cannot encode (a lone surrogate such as "\\ud800") gets its bad code points escaped."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_encodable(k): _encodable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [_encodable(v) for v in value]
     return value
 
 
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422 body, with every echoed value made encodable."""
-    return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+    return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
 def _items(served: Served) -> list[dict[str, Any]]:
