@@ -123,12 +123,31 @@ def run(
         "baseline_tuning": tuned,
     }
     verdict = bless(metrics["challenger"], metrics["baselines"], ev, champion).to_dict()
+    verdict["ranker"] = ranker_decision(model_dir)
     table += _blessing_markdown(verdict, champion)
+    table += f"\nRanker: {verdict['ranker']['reason']}\n"
     out = Path(out_dir) if out_dir else Path(model_dir) / "eval"
     _write(out, metrics, table, results)
     (out / BLESSING).write_text(json.dumps(_clean(verdict), indent=2) + "\n")
     _log_mlflow(params, metrics, results, out)
     return {"table": table, "metrics": metrics, "blessing": verdict, "out_dir": str(out)}
+
+
+def ranker_decision(model_dir: str) -> dict[str, Any]:
+    """Whether the bundle built from MODEL_DIR will rank with a ranker, and why (from the
+    ranker stage's record: it ships only when it beats the retrieval order on validation)."""
+    path = Path(model_dir) / "ranker_metrics.json"
+    if not path.exists():
+        return {"shipped": False, "reason": "no ranker was trained: the retrieval order serves"}
+    record = json.loads(path.read_text())
+    decision = record.get("decision") or {}
+    shipped = bool(record.get("shipped", True))
+    return {
+        "shipped": shipped,
+        "reason": decision.get("reason", "ranker trained (no decision recorded)"),
+        "gain": decision.get("gain"),
+        "relative_gain": decision.get("relative_gain"),
+    }
 
 
 def _blessing_markdown(verdict: dict[str, Any], champion: dict[str, float] | None) -> str:

@@ -190,6 +190,11 @@ def describe(
         "",
         *[f"- {r}" for r in blessing.get("reasons", [])],
         "",
+        *(
+            [f"**Ranker:** {blessing['ranker'].get('reason', '')}", ""]
+            if blessing.get("ranker")
+            else []
+        ),
         f"**Canary:** {canary_text}"
         + (": " + "; ".join(canary.get("reasons", [])) if canary.get("reasons") else ""),
         "",

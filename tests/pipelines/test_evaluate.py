@@ -36,7 +36,9 @@ def _dataset(path, n_users=40, n_items=24, seed=0):
 def split_dir(tmp_path, params):
     data = tmp_path / "data"
     _dataset(data)
-    p = params.with_overrides({"split.mode": "per_user", "split.test_fraction": 0.2})
+    p = params.with_overrides(
+        {"split.mode": "per_user", "split.test_fraction": 0.2, "split.min_validation_users": 10}
+    )
     split_stage.run(p, data_dir=str(data), out_dir=str(tmp_path / "split"))
     return tmp_path / "split"
 
@@ -78,6 +80,10 @@ def test_evaluate_stage_writes_metrics_report_plots_and_mlflow_run(
     curve = json.loads((out / "plots" / "recall_at_k.json").read_text())
     assert [row["k"] for row in curve] == [5, 10] and "ease" in curve[0]
     assert (out / "plots" / "recall_at_k.png").stat().st_size > 0
+    # The blessing says whether a ranker will serve (none was trained for this model).
+    ranker = json.loads((out / "blessing.json").read_text())["ranker"]
+    assert ranker["shipped"] is False and "retrieval order serves" in ranker["reason"]
+    assert "Ranker: no ranker was trained" in result["table"]
 
     import mlflow
 
