@@ -114,3 +114,19 @@ def test_the_tiny_batch_passes_every_absolute_rule(params, tmp_path):
     assert report.success, report.summary()
     assert {c.table for c in report.checks} >= {"interactions", "items", "users", "items_titles"}
     assert not pd.isna(report.stats["rows"]["interactions"])
+
+
+def test_ids_only_data_from_a_csv_without_items_file_is_not_held_to_titles(params, tmp_path):
+    """An implicit log of (user, item) ids has no titles by nature: the title rule is
+    for item tables that were given, so a plain interactions CSV passes the gate."""
+    from pipelines import ingest
+
+    inter, _, _ = tiny_frames()
+    csv = tmp_path / "plays.csv"
+    inter[["user_id", "item_id"]].to_csv(csv, index=False)
+    data = tmp_path / "data"
+    manifest = ingest.run(params, source="csv", path=str(csv), out_dir=str(data))
+    assert manifest["item_features"] == "none"
+    report = validate.run(params, data_dir=str(data))
+    assert report.success, report.summary()
+    assert "items_titles" not in {c.table for c in report.checks}

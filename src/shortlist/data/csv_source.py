@@ -237,6 +237,7 @@ def load_csv(
         items = _features(df, schema.ITEM_ID, {"title": str, "genres": list})
     else:
         ids = pd.unique(interactions[schema.ITEM_ID])
+        extra["item_features"] = "none"  # ids only: validation expects no titles
         items = pd.DataFrame(
             {schema.ITEM_ID: ids, "title": [""] * len(ids), "genres": [[] for _ in ids]}
         )
