@@ -8,7 +8,6 @@ like; the evaluate stage writes blessing.json (BLESSED / NOT_BLESSED with every 
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +56,3 @@ def run(
         "out_dir": result["out_dir"],
         "table": result["table"],
     }
-
-
-if __name__ == "__main__":  # `python -m pipelines.bless MODEL SPLIT`
-    from shortlist.config import load_params
-
-    res = run(load_params(), model_dir=sys.argv[1], split_dir=sys.argv[2])
-    print(res["table"])
-    print(res["blessing"]["verdict"], *res["blessing"]["reasons"], sep="\n- ")
-    sys.exit(0 if res["blessing"]["blessed"] else 1)

@@ -16,7 +16,7 @@ from shortlist.config import Params
 
 def run(params: Params, *, root: str | None = None, slot: str = "idle") -> dict[str, Any]:
     from shortlist.bundle.bundle import load_bundle
-    from shortlist.bundle.canary import run_checks
+    from shortlist.canary import run_checks
     from shortlist.bundle.slots import Slots
     from shortlist.errors import BundleError
 

@@ -16,7 +16,6 @@ that flatters the baselines, which only makes the gate stricter.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -201,9 +200,3 @@ def _log_mlflow(params: Params, metrics: dict[str, Any], results: dict[str, Any]
             mlflow.log_params({f"{name}.{k}": v for k, v in tuning["best"].items()})
         mlflow.log_artifacts(str(out), artifact_path="eval")
         return run
-
-
-if __name__ == "__main__":  # `python -m pipelines.evaluate MODEL SPLIT [--out DIR]`
-    from shortlist.cli import main
-
-    sys.exit(main(["evaluate", *sys.argv[1:]]))

@@ -12,7 +12,6 @@ retrieval stage. Items without interactions in the model's training data take at
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +120,3 @@ def _top_k(user_ids, scores: np.ndarray, item_ids, k: int) -> pd.DataFrame:
             "rank": ranks[keep],
         }
     )
-
-
-if __name__ == "__main__":  # `python -m pipelines.export_recs ...` is `shortlist export-recs ...`
-    from shortlist.cli import main
-
-    sys.exit(main(["export-recs", *sys.argv[1:]]))

@@ -7,7 +7,6 @@ return the snapshot manifest (its ``rows`` is a dict per table).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from shortlist.config import Params
@@ -44,9 +43,3 @@ def run(
     # Whether time is real decides how the data is split (shortlist.data.split.resolve_mode).
     extra["timestamps"] = "synthetic" if "synthetic_timestamps" in extra else "real"
     return write_dataset(str(out_dir), interactions, items, users, source=source, extra=extra)
-
-
-if __name__ == "__main__":  # `python -m pipelines.ingest ...` is `shortlist ingest ...`
-    from shortlist.cli import main
-
-    sys.exit(main(["ingest", *sys.argv[1:]]))

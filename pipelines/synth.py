@@ -8,7 +8,6 @@ spec, so a dataset can be regenerated bit for bit.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,9 +44,3 @@ def run(
         checksums, rows = write_synth(spec, out_dir)
     extra = {"synth": spec.as_dict()}
     return write_snapshot_manifest(store, checksums, "synth", extra, rows=rows)
-
-
-if __name__ == "__main__":  # `python -m pipelines.synth --users N ...` is `shortlist synth`
-    from shortlist.cli import main
-
-    sys.exit(main(["synth", *sys.argv[1:]]))

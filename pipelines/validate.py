@@ -18,7 +18,6 @@ reference. CLI: `shortlist validate DATA [--reference DIR]` (exit 1 on failure).
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,9 +102,3 @@ def _stats(batch, reference, targets) -> dict:
         if target.name in ("interactions_drift", "interactions_per_user"):
             out[target.name] = target.frame.to_dict("records")
     return out
-
-
-if __name__ == "__main__":
-    from shortlist.cli import main
-
-    sys.exit(main(["validate", *sys.argv[1:]]))
