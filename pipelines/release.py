@@ -42,6 +42,8 @@ def register_challenger(
     idle = slots.idle_slot()
     with local_copy(slots.slot_location(idle)) as bundle_dir:
         manifest = json.loads((Path(bundle_dir) / "manifest.json").read_text())
+        # The platform's own record, beside the canary's: promotion checks these, not tags.
+        slots.write_blessing(idle, {"bundle_id": manifest["bundle_id"], **evaluation["blessing"]})
         canary_file = Path(bundle_dir) / "canary.json"
         canary = json.loads(canary_file.read_text()) if canary_file.exists() else {"passed": False}
         version = registry.register_bundle(
@@ -77,13 +79,35 @@ def promote_approved(params: Params, *, version: str, root: str | None = None) -
     if champion is None or str(champion.version) != str(version):
         raise PromotionRefused(f"`champion` does not point at version {version}: not approved")
     slots = _slots(params, root)
-    idle_bundle = slots.status().get("idle", {}).get("bundle_id")
+    idle = slots.idle_slot()
+    idle_bundle = slots.bundle_id(idle)
     wanted = (champion.tags or {}).get(registry.TAG_BUNDLE)
     if idle_bundle != wanted:
         raise PromotionRefused(
             f"the idle slot holds bundle {idle_bundle}, but version {version} is bundle {wanted}"
         )
+    check_platform_record(slots, idle, wanted)
     return rollout.promote(params, root=root, bundle_id=wanted)
+
+
+def check_platform_record(slots: Any, slot: str, bundle_id: str) -> None:
+    """Refuse unless the pipeline's own records in the bundle store (blessing.json and
+    canary.json in the slot, about this very bundle) say blessed and passed.
+
+    Registry tags are a view anyone with EDIT on the model could set by hand; these
+    records are written only by the pipeline, next to the checksummed bundle."""
+    blessing = slots.blessing(slot) or {}
+    if blessing.get("bundle_id") != bundle_id or blessing.get("blessed") is not True:
+        raise PromotionRefused(
+            f"bundle {bundle_id} is not blessed in the platform's own record "
+            f"({slot}/blessing.json), whatever the registry's tags say: it does not go live"
+        )
+    canary = slots.canary(slot) or {}
+    if canary.get("bundle_id") != bundle_id or canary.get("passed") is not True:
+        raise PromotionRefused(
+            f"bundle {bundle_id} has no passed canary in the platform's own record "
+            f"({slot}/canary.json): it does not go live"
+        )
 
 
 def rollback_live(

@@ -6,7 +6,11 @@ process if it is killed, via PR_SET_PDEATHSIG). Binaries are found beside the ru
 interpreter (the venv's bin dir), never by absolute path.
 
 Fixtures:
-    mlflow_server  (session)  MlflowServer: .url (tracking URI), .artifacts_dir
+    mlflow_server  (session)  MlflowServer: .url (tracking URI), .artifacts_dir; runs with
+                              MLflow's basic-auth app: .admin and .pipeline are accounts
+                              (username, password), .create_user() and .grant() manage
+                              others; the pipeline's credentials are in the environment
+                              (MLFLOW_TRACKING_USERNAME/PASSWORD) for the session
     mlflow_tracking (function) the same, with $MLFLOW_TRACKING_URI pointing at it
     s3_server      (session)  S3Server: .endpoint_url, .access_key, .secret_key, .region,
                               .new_bucket(), .client()
@@ -185,6 +189,9 @@ def _start_with_retries(start: Any) -> Any:
 # --------------------------------------------------------------------------- MLflow
 
 
+PIPELINE_USER = "shortlist-pipeline"
+
+
 @dataclass
 class MlflowServer:
     url: str
@@ -193,10 +200,88 @@ class MlflowServer:
     artifacts_dir: Path
     log: Path
     process: subprocess.Popen = field(repr=False)
+    admin: tuple[str, str] | None = None  # basic-auth admin (username, password)
+    pipeline: tuple[str, str] | None = None  # the service account the pipeline writes with
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables an MLflow client needs to act as the pipeline's service account."""
+        out = {"MLFLOW_TRACKING_URI": self.url}
+        if self.pipeline:
+            out["MLFLOW_TRACKING_USERNAME"], out["MLFLOW_TRACKING_PASSWORD"] = self.pipeline
+        return out
+
+    def api(
+        self, method: str, path: str, body: dict | None = None, auth: tuple[str, str] | None = None
+    ) -> tuple[int, dict]:
+        """One REST call (auth None: anonymous); (status, JSON body)."""
+        import base64
+        import json
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if auth is not None:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        try:
+            return status, json.loads(raw or b"{}")
+        except ValueError:
+            return status, {"text": raw.decode(errors="replace")[:500]}
+
+    def create_user(self, username: str) -> tuple[str, str]:
+        """A new account (default permission: READ); returns (username, password)."""
+        password = uuid.uuid4().hex
+        status, body = self.api(
+            "POST",
+            "/api/2.0/mlflow/users/create",
+            {"username": username, "password": password},
+            self.admin,
+        )
+        if status != 200:
+            raise RuntimeError(f"creating MLflow user {username}: {status} {body}")
+        return username, password
+
+    def grant(
+        self, model: str, username: str, permission: str = "EDIT", by: tuple[str, str] | None = None
+    ) -> None:
+        """Grant `username` a permission on one registered model, as `by` (an account with
+        MANAGE on it, such as the pipeline that created it; default the admin)."""
+        status, body = self.api(
+            "POST",
+            "/api/3.0/mlflow/users/permissions/grant",
+            {
+                "username": username,
+                "resource_type": "registered_model",
+                "resource_id": model,
+                "permission": permission,
+            },
+            by or self.admin,
+        )
+        if status != 200:
+            raise RuntimeError(f"granting {permission} on {model} to {username}: {status} {body}")
 
 
-def start_mlflow(root: Path, timeout: float = 300.0) -> MlflowServer:
+AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{db}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+
+
+def start_mlflow(root: Path, timeout: float = 300.0, *, auth: bool = True) -> MlflowServer:
     """`mlflow server` on SQLite with proxied artifacts in root/artifacts, waited on /health.
+
+    auth (default): MLflow's basic-auth app (`--app-name basic-auth`), users and grants in
+    root/basic_auth.db, an admin with a random password, and the pipeline's service
+    account created (it owns what it registers); anonymous requests are refused.
 
     Start-up is ~6 s on an idle machine but imports mlflow twice (CLI, then the uvicorn
     worker) and was seen taking 150 s on two busy cores: hence the long timeout.
@@ -215,6 +300,14 @@ def start_mlflow(root: Path, timeout: float = 300.0) -> MlflowServer:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("MLFLOW_TRACKING_URI", None)
+        if auth:
+            config = root / "basic_auth.ini"
+            config.write_text(AUTH_CONFIG.format(db=root / "basic_auth.db"))
+            env.update(
+                MLFLOW_AUTH_CONFIG_PATH=str(config),
+                MLFLOW_AUTH_ADMIN_PASSWORD=admin_password,
+                MLFLOW_FLASK_SERVER_SECRET_KEY=uuid.uuid4().hex,
+            )
         cmd = [
             str(binary("mlflow")),
             "server",
@@ -228,6 +321,7 @@ def start_mlflow(root: Path, timeout: float = 300.0) -> MlflowServer:
             str(port),
             "--workers",
             "1",
+            *(["--app-name", "basic-auth"] if auth else []),
         ]
         proc = _spawn(cmd, env, log, root)
         url = f"http://{HOST}:{port}"
@@ -244,9 +338,34 @@ def start_mlflow(root: Path, timeout: float = 300.0) -> MlflowServer:
         except BaseException:
             stop(proc)
             raise
-        return MlflowServer(url, port, backend, artifacts, log, proc)
+        server = MlflowServer(url, port, backend, artifacts, log, proc)
+        if auth:
+            server.admin = ("admin", admin_password)
+            try:
+                server.pipeline = _existing_or_new_user(server, PIPELINE_USER)
+            except BaseException:
+                stop(proc)
+                raise
+        return server
 
+    admin_password = uuid.uuid4().hex  # the same across retries: the user store persists
     return _start_with_retries(start)
+
+
+def _existing_or_new_user(server: MlflowServer, username: str) -> tuple[str, str]:
+    status, _ = server.api(
+        "GET", f"/api/2.0/mlflow/users/get?username={username}", auth=server.admin
+    )
+    if status == 200:  # a retried start reuses the user store: reset the password
+        password = uuid.uuid4().hex
+        server.api(
+            "PATCH",
+            "/api/2.0/mlflow/users/update-password",
+            {"username": username, "password": password},
+            server.admin,
+        )
+        return username, password
+    return server.create_user(username)
 
 
 # --------------------------------------------------------------------------- S3
@@ -370,17 +489,29 @@ def start_s3(root: Path, timeout: float = 120.0) -> S3Server:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """The session's MLflow server with basic-auth; the pipeline's service account is in
+    the environment for the session (restored after), as a deployment would set it."""
     server = start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: v for k, v in server.env.items() if k in names})
     try:
         yield server
     finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         stop(server.process)
 
 
 @pytest.fixture
 def mlflow_tracking(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> MlflowServer:
-    """The session's MLflow server, with $MLFLOW_TRACKING_URI set for this test."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    """The session's MLflow server, with $MLFLOW_TRACKING_URI (and the pipeline's
+    credentials) set for this test."""
+    for name, value in mlflow_server.env.items():
+        monkeypatch.setenv(name, value)
     return mlflow_server
 
 

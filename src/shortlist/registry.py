@@ -191,7 +191,7 @@ def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from shortlist.registry_model import BundlePyfunc
+    from shortlist import registry_model
 
     name = params.promotion.registered_model
     client = mlflow.MlflowClient()
@@ -232,7 +232,7 @@ def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics
             mlflow.log_artifacts(comparison_dir, artifact_path="comparison")
         info = mlflow.pyfunc.log_model(
             name="bundle",
-            python_model=BundlePyfunc(),
+            python_model=registry_model.__file__,  # models from code: no pickle
             artifacts={"bundle": str(bundle_dir)},
             signature=signature,
             input_example=pd.DataFrame({"user_id": ["1"], "k": [10]}),
@@ -271,14 +271,18 @@ def await_approval(
     """Wait until `champion` points at `version` (a person moved it); False on timeout.
 
     With params.promotion.auto_approve the alias is moved here and the version tagged
-    approved_by=auto, for unattended setups.
+    approved_by=auto (with the account the pipeline writes as), for unattended setups.
+    A person's approval is recorded only as far as the server can tell (`approver`):
+    MLflow keeps no author for an alias move, so no name is invented for it.
     """
     _, client = _client(params)
     name = params.promotion.registered_model
     if params.promotion.auto_approve:
         check_promotable(params, version)
         client.set_registered_model_alias(name, CHAMPION, str(version))
-        client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, "auto")
+        account = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        auto = f"auto (service account {account})" if account else "auto"
+        client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, auto)
         return True
     timeout = params.promotion.approval_timeout_seconds if timeout_s is None else timeout_s
     poll = params.promotion.poll_seconds if poll_s is None else poll_s
@@ -287,11 +291,27 @@ def await_approval(
         champ = alias_version(params, CHAMPION)
         if champ is not None and str(champ.version) == str(version):
             if not (champ.tags or {}).get(TAG_APPROVED_BY):
-                client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, "mlflow-ui")
+                client.set_model_version_tag(name, str(version), TAG_APPROVED_BY, approver(params))
             return True
         if time.monotonic() >= deadline:
             return False
         sleep(poll)
+
+
+def approver(params: Params) -> str:
+    """Who moved `champion`, as far as the tracking server can tell. MLflow records no
+    author for an alias move; with its basic-auth app on, only accounts granted EDIT or
+    MANAGE on the registered model can make one, and that is what is recorded."""
+    from shortlist.tracking import tracking_uri
+
+    uri = tracking_uri(params)
+    name = params.promotion.registered_model
+    if uri.startswith(("http://", "https://")) and os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        return (
+            f"mlflow-ui: an account granted EDIT or MANAGE on {name} (the MLflow server "
+            "records no author for an alias move)"
+        )
+    return "mlflow-ui: unauthenticated registry (anyone who reaches it can move an alias)"
 
 
 def set_champion(params: Params, version: str, approved_by: str) -> None:

@@ -4,10 +4,15 @@
 the version's own artifacts, verifies its manifest and checksums (exactly as serving
 does) and answers top-k requests through the same code path as the HTTP API, so what
 a reviewer scores from the registry is what production serves.
+
+Logged as MLflow "models from code": the version stores this source file, not a
+pickle, and loading it runs this file and the installed `shortlist` package; nothing a
+registry writer uploads is unpickled. The artifacts are the bundle files only.
 """
 
 from __future__ import annotations
 
+import mlflow.models
 import mlflow.pyfunc
 
 
@@ -52,3 +57,7 @@ class BundlePyfunc(mlflow.pyfunc.PythonModel):
                     }
                 )
         return pd.DataFrame(rows, columns=["user_id", "item_id", "rank", "score", "bundle_id"])
+
+
+# Models from code: MLflow runs this file to build the model it serves.
+mlflow.models.set_model(BundlePyfunc())

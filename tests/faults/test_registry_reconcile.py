@@ -50,16 +50,18 @@ def register(params, tmp_path, bundle_id: str, blessing=BLESSED) -> str:
     )
 
 
-def move_champion(url: str, model: str, version: str) -> None:
-    """What the MLflow UI's "Add/Edit alias" sends."""
-    import httpx
-
-    resp = httpx.post(
-        f"{url}/api/2.0/mlflow/registered-models/alias",
-        json={"name": model, "alias": "champion", "version": version},
-        timeout=30,
+def move_champion(server, model: str, version: str) -> None:
+    """What the MLflow UI's "Add/Edit alias" sends, as a reviewer granted EDIT on the
+    model by the pipeline's account (which owns it)."""
+    reviewer = server.create_user(f"reviewer-{uuid.uuid4().hex[:6]}")
+    server.grant(model, reviewer[0], "EDIT", by=server.pipeline)
+    status, body = server.api(
+        "POST",
+        "/api/2.0/mlflow/registered-models/alias",
+        {"name": model, "alias": "champion", "version": version},
+        reviewer,
     )
-    assert resp.status_code == 200, resp.text
+    assert status == 200, body
 
 
 def test_champion_moved_back_is_a_rollback_and_other_moves_are_reported(
@@ -79,7 +81,7 @@ def test_champion_moved_back_is_a_rollback_and_other_moves_are_reported(
     registry.set_champion(params, vb, approved_by="test setup")
     assert release.reconcile(params, root=shop.root)["action"] == "none"
 
-    move_champion(mlflow_server.url, model, va)  # someone moves champion back in the UI
+    move_champion(mlflow_server, model, va)  # someone moves champion back in the UI
     shown = json.loads(shop.cli("status", "--root", shop.root, "--json").stdout)
     assert shown["registry"]["aliases"]["champion"]["bundle_id"] == a
     assert any(f"version {va} (bundle {a})" in d for d in shown["disagreements"])
@@ -92,7 +94,7 @@ def test_champion_moved_back_is_a_rollback_and_other_moves_are_reported(
         json.loads(shop.cli("status", "--root", shop.root, "--json").stdout)["disagreements"] == []
     )
 
-    move_champion(mlflow_server.url, model, vb)  # back to the bundle that was rolled back
+    move_champion(mlflow_server, model, vb)  # back to the bundle that was rolled back
     refused = release.reconcile(params, root=shop.root)
     assert refused["action"] == "disagree" and "was rolled back" in refused["problem"]
     assert shop.pointer()["bundle_id"] == a
@@ -114,7 +116,7 @@ def test_champion_on_an_unpromotable_version_changes_nothing(shop, mlflow_server
     registry.set_champion(params, vb, approved_by="test setup")
     # version A's blessing is taken away, then champion is moved to it
     registry.tag_version(params, va, registry.TAG_BLESSED, "false")
-    move_champion(mlflow_server.url, model, va)
+    move_champion(mlflow_server, model, va)
     result = release.reconcile(params, root=shop.root)
     assert result["action"] == "disagree" and "not blessed" in result["problem"]
     assert shop.pointer()["bundle_id"] == b

@@ -26,6 +26,7 @@ from shortlist.errors import BundleError, PromotionRefused
 from shortlist.storage import PreconditionFailed, Store, open_store
 
 POINTER = "live.json"
+BLESSING = "blessing.json"
 SLOTS = ("blue", "green")
 ROLLED_BACK_KEPT = 50  # bundle ids the pointer remembers as rolled back
 ANY = object()  # `expected_live` not given: any live bundle is acceptable
@@ -99,6 +100,18 @@ class Slots:
 
     def canary(self, slot: str) -> dict[str, Any] | None:
         return self._read_json(f"{self.resolve(slot)}/{CANARY}")
+
+    def blessing(self, slot: str) -> dict[str, Any] | None:
+        """The pipeline's blessing record of the slot's bundle (`blessing.json`), or None.
+
+        With canary.json, the platform's own record of whether a bundle may go live:
+        written by the pipeline into the bundle store, never taken from registry tags."""
+        return self._read_json(f"{self.resolve(slot)}/{BLESSING}")
+
+    def write_blessing(self, slot: str, record: dict[str, Any]) -> None:
+        self.store.write_bytes(
+            f"{self.resolve(slot)}/{BLESSING}", json.dumps(record, indent=2, default=str).encode()
+        )
 
     def write_canary(self, slot: str, report: dict[str, Any]) -> None:
         self.store.write_bytes(
