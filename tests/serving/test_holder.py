@@ -74,3 +74,22 @@ def test_half_built_slot_is_refused(world, live_root):
     # The pointer still names the bundle; its slot no longer proves it: refused.
     assert not holder.refresh()
     assert holder.current.bundle_id == a
+
+
+def test_a_changed_live_file_is_reported_and_never_served(world, live_root):
+    """The holder serves the bytes it verified; a file changed on disk afterwards is
+    detected on the next poll, reported, and cleared when the file is put back."""
+    root, a, _b = live_root
+    holder = BundleHolder(world.params, root)
+    holder.refresh()
+    live = Path(Slots(root).slot_location("live"))
+    before = holder.current.bundle.popularity.copy()
+    saved = (live / "popularity.npy").read_bytes()
+    (live / "popularity.npy").write_bytes(saved[:-4] + b"\x01\x02\x03\x04")
+    assert not holder.refresh()
+    assert holder.current.bundle_id == a and "popularity.npy no longer matches" in holder.tampered
+    assert holder.last_error == holder.tampered
+    assert (holder.current.bundle.popularity == before).all()  # memory holds the verified copy
+    (live / "popularity.npy").write_bytes(saved)
+    holder.refresh()
+    assert holder.tampered is None and holder.last_error is None
