@@ -32,7 +32,9 @@ def dag():  # noqa: ANN201
 def test_dag_definition(dag) -> None:  # noqa: ANN001
     params = load_params(REPO / "params.yaml")
     assert dag.dag_id == "shortlist_data"
-    assert dag.schedule == params.schedules.data  # from params.yaml, at parse time
+    # from params.yaml, at parse time; "@daily" is 0 0 * * * and no past tick runs on unpause
+    assert dag.schedule.expression == "0 0 * * *" and params.schedules.data == "@daily"
+    assert dag.schedule.run_immediately.total_seconds() == 0
     assert dag.doc_md and "validate" in dag.doc_md
     assert {"shortlist", "data"} <= set(dag.tags)
     assert not dag.catchup
