@@ -12,12 +12,13 @@ import time
 from typing import Any
 
 from shortlist.config import Params
+from shortlist.tracking import metric_key
 
 
 def run(params: Params, *, root: str | None = None, slot: str = "idle") -> dict[str, Any]:
     from shortlist.bundle.bundle import load_bundle
-    from shortlist.canary import run_checks
     from shortlist.bundle.slots import Slots
+    from shortlist.canary import run_checks
     from shortlist.errors import BundleError
 
     slots = Slots(root or params.bundle.root, endpoint_url=params.storage.s3_endpoint_url)
@@ -53,6 +54,6 @@ def _log(params: Params, report: dict[str, Any]) -> None:
         for check, values in report.get("checks", {}).items():
             for key, value in values.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
-                    metrics[f"{check}.{key}".replace("@", "_at_")] = float(value)
+                    metrics[metric_key(f"{check}.{key}")] = float(value)
         mlflow.log_metrics(metrics)
         mlflow.log_dict(report, "canary.json")

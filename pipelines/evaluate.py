@@ -27,7 +27,7 @@ from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.data.split_io import Split, load_split
 from shortlist.eval.baselines import make_baseline
-from shortlist.eval.harness import evaluate, flatten, mlflow_key
+from shortlist.eval.harness import evaluate, flatten
 from shortlist.eval.protocol import Recommender
 from shortlist.eval.report import (
     plot_recall_curve,
@@ -35,6 +35,7 @@ from shortlist.eval.report import (
     recall_curve_rows,
     report_markdown,
 )
+from shortlist.tracking import metric_key
 
 METRICS = "metrics.json"
 BLESSING = "blessing.json"
@@ -194,7 +195,7 @@ def _log_mlflow(params: Params, metrics: dict[str, Any], results: dict[str, Any]
         import mlflow
 
         for name, res in results.items():
-            flat = {mlflow_key(f"{name}/{k}"): v for k, v in flatten(res).items() if np.isfinite(v)}
+            flat = {metric_key(f"{name}/{k}"): v for k, v in flatten(res).items() if np.isfinite(v)}
             mlflow.log_metrics(flat)
         for name, tuning in metrics["baseline_tuning"].items():
             mlflow.log_params({f"{name}.{k}": v for k, v in tuning["best"].items()})

@@ -25,8 +25,7 @@ from typing import Any
 
 from shortlist.config import Params
 from shortlist.errors import PromotionRefused
-from shortlist.eval.harness import mlflow_key
-from shortlist.tracking import configure
+from shortlist.tracking import configure, metric_key
 
 CHALLENGER = "challenger"
 CHAMPION = "champion"
@@ -166,7 +165,7 @@ def _review(params, client, mv, bundle_id, blessing, canary, metrics, comparison
         try:
             run_metrics = client.get_run(champion.run_id).data.metrics
             recorded = {
-                k: run_metrics[mlflow_key(k)] for k in metrics if mlflow_key(k) in run_metrics
+                k: run_metrics[metric_key(k)] for k in metrics if metric_key(k) in run_metrics
             }
         except Exception:  # noqa: BLE001 - the recorded column is a courtesy
             recorded = None
@@ -227,7 +226,7 @@ def _log_version(mlflow, params, bundle_dir, manifest, blessing, canary, metrics
     ):
         mlflow.log_dict(blessing, "blessing.json")
         mlflow.log_dict(canary, "canary.json")
-        mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()})
+        mlflow.log_metrics({metric_key(k): v for k, v in metrics.items()})
         if comparison_dir and Path(comparison_dir).exists():
             mlflow.log_artifacts(comparison_dir, artifact_path="comparison")
         info = mlflow.pyfunc.log_model(

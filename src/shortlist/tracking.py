@@ -41,3 +41,8 @@ def start_run(
     all_tags = {"shortlist.stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
         yield run
+
+
+def metric_key(key: str) -> str:
+    """MLflow metric names allow no '@': ``all/recall@20`` -> ``all/recall_at_20``."""
+    return key.replace("@", "_at_")

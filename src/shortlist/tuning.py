@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.config import Params
+from shortlist.tracking import metric_key
 
 FORMAT = 1
 
@@ -183,7 +184,7 @@ def tune(
                     value = row.get(f"val_{key}")
                     if value is None:
                         return
-                    mlflow.log_metric(f"val_{key.replace('@', '_at_')}", value, step=row["epoch"])
+                    mlflow.log_metric(metric_key(f"val_{key}"), value, step=row["epoch"])
                     trial.report(value, row["epoch"])
                     if trial.should_prune():
                         raise optuna.TrialPruned()
@@ -201,7 +202,7 @@ def tune(
                     on_epoch=on_epoch,
                 )
                 score = float(report["validation_with_popularity"][key])
-                mlflow.log_metric(f"score_{key.replace('@', '_at_')}", score)
+                mlflow.log_metric(metric_key(f"score_{key}"), score)
             if not best_model or score > best_model["score"]:
                 best_model.update(score=score, model=model, values=values)
             log(

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shortlist.eval.harness import evaluate, flatten, holdout_last, mlflow_key
+from shortlist.eval.harness import evaluate, flatten, holdout_last
+from shortlist.tracking import metric_key
 
 
 class Fixed:
@@ -150,8 +151,8 @@ def test_holdout_last_takes_the_latest_floor_fraction_per_user():
     assert set(first["user_id"]) == {"u1", "u2"} and len(first) == 10  # u2 below minimum
 
 
-def test_mlflow_key_has_no_at_sign():
-    assert mlflow_key("all/recall@20") == "all/recall_at_20"
+def test_metric_key_has_no_at_sign():
+    assert metric_key("all/recall@20") == "all/recall_at_20"
 
 
 def test_holdout_last_breaks_time_ties_by_numeric_item_id():

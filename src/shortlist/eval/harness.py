@@ -244,11 +244,6 @@ def flatten(result: dict[str, Any], segments: Sequence[str] | None = None) -> di
     return flat
 
 
-def mlflow_key(key: str) -> str:
-    """MLflow metric names allow no '@': ``all/recall@20`` -> ``all/recall_at_20``."""
-    return key.replace("@", "_at_")
-
-
 def holdout_last(
     interactions: pd.DataFrame, fraction: float, min_interactions: int = 5
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

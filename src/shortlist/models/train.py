@@ -31,6 +31,7 @@ from shortlist.data import schema
 from shortlist.models.features import FeatureState, encode_context
 from shortlist.models.logq import StreamingFrequencyEstimator
 from shortlist.models.two_tower import TwoTowerRetriever, build_net, histories_from
+from shortlist.tracking import metric_key
 
 VALIDATION_KS = (20, 200)
 #: Subdirectory of a model dir holding the early-stopping model when the saved one was
@@ -757,10 +758,10 @@ def _log_to_mlflow(
         mlflow.log_params({**flat, "seed": report["seed"]})
         for h in report["history"]:
             mlflow.log_metrics(
-                {_metric_key(k): v for k, v in h.items() if k != "epoch" and np.isfinite(v)},
+                {metric_key(k): v for k, v in h.items() if k != "epoch" and np.isfinite(v)},
                 step=h["epoch"],
             )
-        mlflow.log_metrics({_metric_key(f"best_{k}"): v for k, v in report["validation"].items()})
+        mlflow.log_metrics({metric_key(f"best_{k}"): v for k, v in report["validation"].items()})
         mlflow.log_metrics({"best_epoch": report["best_epoch"], **report["timings"]})
         if out_dir is not None:
             mlflow.log_artifacts(out_dir, artifact_path="model")
@@ -769,11 +770,6 @@ def _log_to_mlflow(
                 write_history(report, tmp)
                 mlflow.log_artifacts(tmp, artifact_path="model")
         return run.info.run_id
-
-
-def _metric_key(key: str) -> str:
-    """MLflow metric names allow no '@': val_recall@20 -> val_recall_at_20."""
-    return key.replace("@", "_at_")
 
 
 def _flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:

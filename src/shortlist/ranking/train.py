@@ -42,6 +42,7 @@ from shortlist.ranking.features import (
     Request,
     popularity_block,
 )
+from shortlist.tracking import metric_key
 
 
 @dataclass
@@ -522,11 +523,7 @@ def train_ranker(
                     import mlflow
 
                     mlflow.log_metrics(
-                        {
-                            prefix + key.replace("@", "_at_"): v
-                            for key, v in row.items()
-                            if key != "epoch"
-                        },
+                        {prefix + metric_key(key): v for key, v in row.items() if key != "epoch"},
                         step=row["epoch"],
                     )
 
@@ -567,12 +564,8 @@ def train_ranker(
         if run is not None:
             import mlflow
 
-            mlflow.log_metrics(
-                {f"stop_ranker_{k.replace('@', '_at_')}": v for k, v in final.items()}
-            )
-            mlflow.log_metrics(
-                {f"stop_retrieval_{k.replace('@', '_at_')}": v for k, v in baseline.items()}
-            )
+            mlflow.log_metrics({metric_key(f"stop_ranker_{k}"): v for k, v in final.items()})
+            mlflow.log_metrics({metric_key(f"stop_retrieval_{k}"): v for k, v in baseline.items()})
             mlflow.set_tags(
                 {
                     "ranker.shipped": str(decision.shipped).lower(),
