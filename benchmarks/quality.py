@@ -262,9 +262,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     def ms(vals):
         return [round(float(np.mean(vals)), 4), round(float(np.std(vals)), 4)]
 
+    def group(r: dict[str, Any]) -> str:
+        label = r.get("label", "defaults")
+        return r["dataset"] if label == "defaults" else f"{r['dataset']} ({label})"
+
     out = {}
-    for ds in dict.fromkeys(r["dataset"] for r in rows):
-        rs = [r for r in rows if r["dataset"] == ds]
+    for ds in dict.fromkeys(group(r) for r in rows):
+        rs = [r for r in rows if group(r) == ds]
         base = {b: ms([r["baselines"][b][f"ndcg@{K}"] for r in rs]) for b in BASELINES}
         best = max(base, key=lambda b: base[b][0])
         funnel = [r["product"]["funnel"][f"ndcg@{K}"] for r in rs]
@@ -307,6 +311,32 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(paths: list[str], out: Path) -> None:
+    """One result from several: every run kept with its own provenance, one summary."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [
+        dict(r, label=r.get("label", d["label"]), provenance=d["provenance"])
+        for d in docs
+        for r in d["runs"]
+    ]
+    summary = summarise(rows)
+    result = {
+        "benchmark": "quality",
+        "label": ", ".join(sorted({d["label"] for d in docs})),
+        "provenance": provenance(__file__),
+        "merged_from": [
+            {"label": d["label"], "provenance": d["provenance"], "overrides": d["overrides"]}
+            for d in docs
+        ],
+        "protocol": docs[0]["protocol"],
+        "summary": summary,
+        "runs": rows,
+    }
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(table(summary))
+    print(f"merged {len(rows)} runs into {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -321,7 +351,16 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
     ap.add_argument("--keep", help="keep the work directories under this path")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine result files of runs made apart (e.g. datasets run in parallel)",
+    )
     a = ap.parse_args()
+    if a.merge:
+        merge(a.merge, Path(a.out))
+        return
     before = provenance(__file__)
     if not (datasets_dir() / "ml-100k").is_dir():
         raise SystemExit(f"datasets not found under {datasets_dir()} (set SHORTLIST_DATASETS)")
@@ -344,6 +383,7 @@ def main() -> None:
                 )
             row = {
                 "dataset": ds,
+                "label": a.label,
                 "seed": seed,
                 "timed": timed,
                 "known_rows": len(known),
