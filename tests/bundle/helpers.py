@@ -1,4 +1,6 @@
-"""Tiny real models and datasets for bundle tests: ml-100k tables, towers with fixed init.
+"""Tiny real models and datasets for bundle tests: ml-100k tables, towers with fixed init,
+and `Shop`: an artifact root driven through the real `shortlist` command line and real
+`shortlist serve` processes (the fault-injection tests use it).
 
 The towers are initialised but not trained (seeded, so deterministic): the bundle and
 canary contracts (checksums, fingerprints, ANN vs exact, serving vs model) do not depend
