@@ -61,7 +61,12 @@ def _split(p: Params, a: argparse.Namespace) -> None:
 
 
 def _tune(p: Params, a: argparse.Namespace) -> None:
+    import logging
+
     from pipelines import tune
+
+    # One line per trial while the budget runs (the stage logs them).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     doc = tune.run(p, split_dir=a.split, budget_minutes=a.budget_minutes, out_path=a.out)
     towers = doc["towers"]
