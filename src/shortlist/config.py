@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PARAMS_ENV = "SHORTLIST_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -189,13 +189,20 @@ class RankerParams(_Section):
     # Item-item neighbours of the `cooccurrence` group: top-k by shrunk cosine similarity.
     cooccurrence_neighbours: int = Field(100, gt=0)
     cooccurrence_shrink: float = Field(10.0, ge=0)
-    # Share of validation users held out of ranker fitting for early stopping and for the
-    # ship decision.
+    # Share of validation users held out of ranker fitting for early stopping.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    # The ranker ships only when its NDCG@eval_k on the held-out users beats the
+    # Another share, disjoint from the first, held out for the ship decision alone.
+    decision_fraction: float = Field(0.2, gt=0, lt=1)
+    # The ranker ships only when its NDCG@eval_k on the decision users beats the
     # retrieval order by more than this many standard errors (shortlist.ranking.decision);
     # otherwise the bundle serves the retrieval order.
     ship_min_z: float = 1.0
+
+    @model_validator(mode="after")
+    def _holdouts_leave_users_to_fit(self) -> RankerParams:
+        if self.holdout_fraction + self.decision_fraction >= 1.0:
+            raise ValueError("holdout_fraction + decision_fraction must be below 1")
+        return self
 
 
 class TuningParams(_Section):

@@ -2,10 +2,11 @@
 
 The ranker re-orders the retrieved candidates. On some data it cannot learn enough to do
 better than the retrieval score it starts from, and then serving it makes every list worse.
-The decision compares, request by request on the held-out users, NDCG@k of the ranker's
-order with NDCG@k of the retrieval order over the same candidates, and ships the ranker
-only when the mean gain exceeds `min_z` standard errors of the paired differences (the
-held-out users also chose the epoch, so a gain within noise is not taken as a win).
+The decision compares, request by request on validation users held out of both fitting
+and early stopping (`ranker.decision_fraction`), NDCG@k of the ranker's order with NDCG@k
+of the retrieval order over the same candidates, and ships the ranker only when the mean
+gain exceeds `min_z` standard errors of the paired differences: a gain within noise is
+not taken as a win.
 """
 
 from __future__ import annotations

@@ -422,13 +422,19 @@ def _mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def _user_draws(user_ids: Sequence[str], seed: int) -> np.ndarray:
+    """A deterministic uniform draw in [0, 1) per user (hash of seed and user id)."""
+    return np.asarray(
+        [
+            int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 0x100000000
+            for u in user_ids
+        ]
+    )
+
+
 def _holdout(user_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     """Deterministic user-level holdout mask (hash of seed and user id)."""
-    h = [
-        int(hashlib.sha256(f"{seed}:{u}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        for u in user_ids
-    ]
-    return np.asarray(h) < fraction
+    return _user_draws(user_ids, seed) < fraction
 
 
 def train_ranker(
@@ -513,9 +519,16 @@ def train_ranker(
                 }
             )
         for k in range(rp.ensemble):
-            # Member k: its own seed and its own early-stopping users (bagging).
-            hold = _holdout(user_ids, rp.holdout_fraction, seed + k)
-            fit_ex, stop_ex = _select(train_rows, ~hold), _select(serve_rows, hold)
+            # Member k: its own seed, its own early-stopping users (bagging) and its own
+            # decision users, disjoint from both: the stop users chose the epoch, so a
+            # gain measured on them is biased upward.
+            draw = _user_draws(user_ids, seed + k)
+            hold = draw < rp.holdout_fraction
+            judge = (draw >= rp.holdout_fraction) & (
+                draw < rp.holdout_fraction + rp.decision_fraction
+            )
+            fit_ex, stop_ex = _select(train_rows, ~hold & ~judge), _select(serve_rows, hold)
+            decide_ex = _select(serve_rows, judge)
             prefix = "" if k == 0 else f"member_{k}."
 
             def on_epoch(row: dict[str, Any], prefix: str = prefix) -> None:
@@ -537,12 +550,13 @@ def train_ranker(
                     "seed": seed + k,
                     "stop_ranker": request_metrics(stop_ex, stop_scores, ks),
                     "stop_retrieval_only": request_metrics(stop_ex, stop_ex.retrieval, ks),
-                    "stop_per_request_ranker": per_request_metrics(
-                        stop_ex, stop_scores, [rp.eval_k]
+                    "decide_per_request_ranker": per_request_metrics(
+                        decide_ex, predict(model, decide_ex), [rp.eval_k]
                     )[f"ndcg@{rp.eval_k}"],
-                    "stop_per_request_retrieval": per_request_metrics(
-                        stop_ex, stop_ex.retrieval, [rp.eval_k]
+                    "decide_per_request_retrieval": per_request_metrics(
+                        decide_ex, decide_ex.retrieval, [rp.eval_k]
                     )[f"ndcg@{rp.eval_k}"],
+                    "decide_requests": len(decide_ex),
                     "best_epoch": int(np.argmax([h[f"ndcg@{rp.eval_k}"] for h in history]) + 1),
                     "fit_requests": len(fit_ex),
                     "fit_rows": int(len(fit_ex.labels)),
@@ -556,8 +570,8 @@ def train_ranker(
         baseline = _mean_metrics([r["stop_retrieval_only"] for r in reports])
         key = f"ndcg@{rp.eval_k}"
         decision = decide(
-            np.concatenate([r.pop("stop_per_request_ranker") for r in reports]),
-            np.concatenate([r.pop("stop_per_request_retrieval") for r in reports]),
+            np.concatenate([r.pop("decide_per_request_ranker") for r in reports]),
+            np.concatenate([r.pop("decide_per_request_retrieval") for r in reports]),
             metric=key,
             min_z=rp.ship_min_z,
         )
