@@ -83,6 +83,13 @@ def test_training_is_deterministic_saved_and_served_consistently(small_params, t
         small_params, retriever, train, val, items, users, progress=False, mlflow_run=False
     )
     assert s1["fit_requests"] > 10 and s1["stop_requests"] > 3
+    # Fit, stop and decision users are disjoint and cover every validation user.
+    first = s1["ensemble"][0]
+    assert first["decide_requests"] > 3
+    n_users = val["user_id"].nunique()
+    assert first["fit_requests"] + first["stop_requests"] + first["decide_requests"] == n_users
+    assert s1["decision"]["requests"] == sum(m["decide_requests"] for m in s1["ensemble"])
+    assert s1["shipped"] is s1["decision"]["shipped"]
     assert s1["fit_positives"] > 0 and s1["fit_rows"] > s1["fit_requests"] * 12
     assert [h["loss"] for h in s1["history"]] == [h["loss"] for h in s2["history"]]
     for (k, a), (_, b) in zip(
