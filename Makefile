@@ -10,7 +10,7 @@ FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),)
 DATASET ?= ../shared/datasets/ml-100k
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install lock test lint format demo repro up down clean screenshots
+.PHONY: install lock test test-e2e lint format demo repro up down clean screenshots
 
 $(BIN)/.installed: requirements/lock.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,13 @@ lock: install ## re-resolve requirements/requirements.in into the lock
 	$(BIN)/uv pip compile requirements/requirements.in --python-version 3.11 $(FIND_LINKS) \
 	  --no-emit-find-links --no-header --no-annotate -o requirements/lock.txt
 
-test: install ## lint, then the whole test suite (starts its own MLflow and S3 servers)
+test: install ## lint, then the test suite but the end-to-end suites (starts its own MLflow and S3 servers)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not e2e"
+
+test-e2e: install ## the end-to-end suites: browser + local stack, fault injection, dvc repro from a clone
+	$(BIN)/python -m pytest -q tests -m e2e
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

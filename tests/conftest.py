@@ -48,3 +48,15 @@ def params(tmp_path: Path) -> Params:
             "tuning.path": str(work / "tuning" / "best.json"),
         }
     )
+
+
+#: Suites that drive whole real processes end to end; `make test-e2e` runs them (CI too).
+E2E_PATHS = ("tests/faults/", "tests/ui/", "tests/test_dvc.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the end-to-end suites `e2e`, so `make test` stays quick and CI runs both."""
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(REPO).as_posix()
+        if rel.startswith(E2E_PATHS):
+            item.add_marker(pytest.mark.e2e)
