@@ -71,3 +71,28 @@ def test_airflow_password_is_read_from_the_generated_file(params: Params) -> Non
     assert stack.airflow_password(params) == "s3cret"
     text = stack.login_lines(params, {"airflow": "http://127.0.0.1:8080"}, wait_s=0)
     assert "user admin   password s3cret" in text
+
+
+def test_mlflow_runs_with_basic_auth_and_secrets_kept_0600_and_reused(params: Params) -> None:
+    svc = stack.services({"mlflow": 5123, "airflow": 0, "api": 0})[0]
+    command = stack._command(svc, params)
+    assert command[-2:] == ["--app-name", "basic-auth"]
+    server_env = stack.mlflow_server_env(params)
+    config = Path(server_env["MLFLOW_AUTH_CONFIG_PATH"])
+    assert config.parent == stack.stack_dir(params)
+    assert "default_permission = READ" in config.read_text()
+    secrets_file = stack.mlflow_auth_file(params)
+    assert secrets_file.parent == Path(params.project.work_dir).resolve()
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    first = json.loads(secrets_file.read_text())
+    assert server_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == first["admin_password"]
+    assert server_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == first["secret_key"]
+    assert len(set(first.values())) == len(first), "every secret is its own"
+    assert stack.mlflow_server_env(params) == server_env  # reused on restart
+    # the processes the stack starts write as the pipeline's service account
+    env = stack.stack_env(params, {"mlflow": 5123, "airflow": 8123})
+    assert env["MLFLOW_TRACKING_USERNAME"] == stack.PIPELINE_USER
+    assert env["MLFLOW_TRACKING_PASSWORD"] == first["pipeline_password"]
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in env
+    text = stack.login_lines(params, {"mlflow": "http://127.0.0.1:5123"}, wait_s=0)
+    assert f"user {stack.REVIEWER_USER}   password {first['reviewer_password']}" in text

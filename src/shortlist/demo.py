@@ -5,7 +5,9 @@
 1. ingest: MovieLens 100K when the dataset directory holds it, else the synthetic
    generator (the embedded default; `dvc repro`'s ingest stage calls this same step);
 2. validate: the data contract, with its Data Docs;
-3. mlflow: the local stack's MLflow server (127.0.0.1:5000, left running: `make down`);
+3. mlflow: the local stack's MLflow server (127.0.0.1:5000, left running: `make down`),
+   with MLflow's basic-auth app: the DAG writes as the pipeline's service account, the
+   reviewer's login is printed;
 4. retrain: the real `shortlist_retrain` Airflow DAG, once, with `airflow dags test` in
    the local stack's Airflow home (the run shows in the Airflow UI of `make up`), with
    promotion auto-approved: split → towers → ranker → evaluate & bless → bundle into the
@@ -135,7 +137,7 @@ def _mlflow(demo: Demo) -> dict[str, str]:
         only={"mlflow"},
         started_by="make demo",
     )
-    return {"mlflow ui": urls["mlflow"]}
+    return {"mlflow ui": urls["mlflow"], "mlflow logins": str(stack.mlflow_auth_file(demo.params))}
 
 
 def _retrain(demo: Demo) -> dict[str, str]:
@@ -287,11 +289,15 @@ def _report(demo: Demo) -> str:
     lines = ["", "Shortlist demo finished.", *demo.notes, "", "Outputs:"]
     lines += [f"  {k:<{width}}  {v}" for k, v in demo.outputs.items()]
     if "mlflow ui" in demo.outputs:
+        from shortlist.stack import mlflow_accounts
+
+        reviewer, password = mlflow_accounts(demo.params)["reviewer"]
         lines += [
             "",
             "Where to look:",
             f"  MLflow UI       {demo.outputs['mlflow ui']}  (Models -> "
             f"{demo.params.promotion.registered_model}: versions, tags, aliases; runs, plots)",
+            f"                  user {reviewer}   password {password}",
             "  Canary report   shortlist status --json; canary.json in the live slot",
             "  Airflow UI      make up, then http://127.0.0.1:8080 (it prints the user and",
             "                  password): DAG shortlist_retrain lists this demo's run",

@@ -3,7 +3,12 @@
 `python -m shortlist.stack up|down` (what `make up` / `make down` run). `make demo` uses
 the same MLflow server and the same Airflow home (`<work_dir>/airflow`), so what the demo
 did is what the UIs show. Each service runs in the background from the project's venv,
-in its own process group, with its log and pid file under `<work_dir>/stack/`. A pid file
+in its own process group, with its log and pid file under `<work_dir>/stack/`. MLflow
+runs with its basic-auth app: the admin password, the Flask secret key and the passwords
+of the pipeline's service account and of the reviewer are generated once into
+`<work_dir>/mlflow-auth.json` (mode 0600) and reused on every restart; requests without
+a login are refused, accounts read unless granted more. Every process the stack starts
+talks to MLflow as the service account (MLFLOW_TRACKING_USERNAME/PASSWORD). A pid file
 also records the process's start time, so `down` never signals a recycled pid: it stops
 exactly the processes `up` (or the demo) started, Airflow with one SIGINT to its leader
 (standalone then stops its scheduler, triggerer, DAG processor and API server itself;
@@ -16,11 +21,15 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
+from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +38,17 @@ from shortlist.config import Params, load_params
 BIN = Path(sys.executable).parent
 AIRFLOW_USER = "admin"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+MLFLOW_ADMIN = "admin"
+PIPELINE_USER = "shortlist-pipeline"  # the service account: creates (so MANAGEs) the model
+REVIEWER_USER = "reviewer"  # granted EDIT on the registered model: moves `champion`
+MLFLOW_AUTH_FILE = "mlflow-auth.json"
+_SECRETS = ("admin_password", "secret_key", "pipeline_password", "reviewer_password")
+AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{db}
+admin_username = {admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
 
 
 @dataclass(frozen=True)
@@ -67,6 +87,124 @@ def airflow_password(params: Params) -> str | None:
     return users.get(AIRFLOW_USER)
 
 
+def mlflow_auth_file(params: Params) -> Path:
+    """The MLflow server's generated secrets (mode 0600, never in git: under work_dir)."""
+    return Path(params.project.work_dir).resolve() / MLFLOW_AUTH_FILE
+
+
+def mlflow_secrets(params: Params) -> dict[str, str]:
+    """The admin password, Flask secret key and account passwords: generated on first
+    use into mlflow_auth_file (mode 0600), the same on every later start."""
+    path = mlflow_auth_file(params)
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        found = {}
+    values = {k: found.get(k) or secrets.token_urlsafe(24) for k in _SECRETS}
+    if values != {k: found.get(k) for k in _SECRETS}:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(values, fh, indent=1)
+        os.replace(tmp, path)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return values
+
+
+def mlflow_accounts(params: Params) -> dict[str, tuple[str, str]]:
+    """(username, password) of the admin, the pipeline's service account and the reviewer."""
+    s = mlflow_secrets(params)
+    return {
+        "admin": (MLFLOW_ADMIN, s["admin_password"]),
+        "pipeline": (PIPELINE_USER, s["pipeline_password"]),
+        "reviewer": (REVIEWER_USER, s["reviewer_password"]),
+    }
+
+
+def mlflow_server_env(params: Params) -> dict[str, str]:
+    """What the MLflow server itself needs for its basic-auth app: the auth config (users
+    and grants in a SQLite file under the stack dir, default permission READ), the admin's
+    password and the session secret."""
+    folder = stack_dir(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "mlflow-basic-auth.ini"
+    config.write_text(AUTH_CONFIG.format(db=folder / "mlflow-auth.db", admin=MLFLOW_ADMIN))
+    s = mlflow_secrets(params)
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": s["admin_password"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": s["secret_key"],
+    }
+
+
+def _mlflow_api(
+    url: str, method: str, path: str, auth: tuple[str, str], body: dict | None = None
+) -> tuple[int, dict]:
+    """One REST call to the MLflow server as `auth`; (status, JSON body)."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"{url}{path}", data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Authorization", "Basic " + b64encode(":".join(auth).encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw, status = resp.read(), resp.status
+    except urllib.error.HTTPError as exc:
+        raw, status = exc.read(), exc.code
+    try:
+        return status, json.loads(raw or b"{}")
+    except ValueError:
+        return status, {"message": raw.decode(errors="replace")[:300]}
+
+
+def ensure_mlflow_accounts(params: Params, url: str) -> None:
+    """Idempotently: the service account and the reviewer exist with the passwords of
+    mlflow_auth_file; the registered model exists (created by the service account, which
+    so MANAGEs it); the reviewer holds EDIT on it. A model or experiment made before auth
+    was on is granted MANAGE to the service account by the admin."""
+    acc = mlflow_accounts(params)
+    admin = acc["admin"]
+
+    def call(method: str, path: str, auth: tuple[str, str], body: dict | None = None) -> dict:
+        status, answer = _mlflow_api(url, method, path, auth, body)
+        if status != 200 and answer.get("error_code") != "RESOURCE_ALREADY_EXISTS":
+            raise SystemExit(f"mlflow: {method} {path} as {auth[0]}: {status} {answer}")
+        return answer
+
+    for name, password in (acc["pipeline"], acc["reviewer"]):
+        q = urllib.parse.urlencode({"username": name})
+        status, _ = _mlflow_api(url, "GET", f"/api/2.0/mlflow/users/get?{q}", admin)
+        if status == 200:
+            body = {"username": name, "password": password}
+            call("PATCH", "/api/2.0/mlflow/users/update-password", admin, body)
+        else:
+            body = {"username": name, "password": password}
+            call("POST", "/api/2.0/mlflow/users/create", admin, body)
+
+    def grant(user: str, kind: str, resource: str, permission: str) -> None:
+        body = {
+            "username": user,
+            "resource_type": kind,
+            "resource_id": resource,
+            "permission": permission,
+        }
+        call("POST", "/api/3.0/mlflow/users/permissions/grant", admin, body)
+
+    model = params.promotion.registered_model
+    q = urllib.parse.urlencode({"name": model})
+    status, _ = _mlflow_api(url, "GET", f"/api/2.0/mlflow/registered-models/get?{q}", admin)
+    if status == 200:
+        grant(PIPELINE_USER, "registered_model", model, "MANAGE")
+    else:
+        call("POST", "/api/2.0/mlflow/registered-models/create", acc["pipeline"], {"name": model})
+    grant(REVIEWER_USER, "registered_model", model, "EDIT")
+    q = urllib.parse.urlencode({"experiment_name": params.mlflow.experiment})
+    status, answer = _mlflow_api(url, "GET", f"/api/2.0/mlflow/experiments/get-by-name?{q}", admin)
+    if status == 200:
+        grant(PIPELINE_USER, "experiment", answer["experiment"]["experiment_id"], "MANAGE")
+
+
 def backend_store(params: Params) -> str:
     """The MLflow server's store: the params' SQLite store, so CLI runs made without a
     server (tracking straight into that file) show up in the UI too."""
@@ -93,6 +231,8 @@ def _command(service: Service, params: Params) -> list[str]:
             str(service.port),
             "--workers",
             "1",
+            "--app-name",
+            "basic-auth",
         ]
     if service.name == "airflow":
         return [str(BIN / "airflow"), "standalone"]
@@ -119,6 +259,8 @@ def stack_env(
     }
     if ports.get("mlflow"):
         env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{ports['mlflow']}"
+        user, password = mlflow_accounts(params)["pipeline"]
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = user, password
     if ports.get("airflow"):
         env["AIRFLOW__API__PORT"] = str(ports["airflow"])
         env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{ports['airflow']}"
@@ -186,11 +328,13 @@ def up(
         running = _running(pid_file)
         if running:
             print(f"{svc.name:8s} already running (pid {running['pid']}): {urls[svc.name]}")
+            if svc.name == "mlflow" and _healthy(svc.port, svc.health):
+                ensure_mlflow_accounts(params, urls["mlflow"])
             continue
         log = open(work / f"{svc.name}.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             _command(svc, params),
-            env=env,
+            env={**env, **mlflow_server_env(params)} if svc.name == "mlflow" else env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -205,15 +349,17 @@ def up(
                 pid_file.unlink(missing_ok=True)
                 raise SystemExit(f"{svc.name} exited; see {work / (svc.name + '.log')}")
             time.sleep(1)
-        state = "up" if _healthy(svc.port, svc.health) else "starting (not healthy yet)"
+        healthy = _healthy(svc.port, svc.health)
+        if svc.name == "mlflow" and healthy:
+            ensure_mlflow_accounts(params, urls["mlflow"])
+        state = "up" if healthy else "starting (not healthy yet)"
         print(f"{svc.name:8s} {state}: {urls[svc.name]}  (log {work / (svc.name + '.log')})")
-    if only is None or "airflow" in only:
-        print(login_lines(params, urls))
+    print(login_lines(params, urls))
     return urls
 
 
 def login_lines(params: Params, urls: dict[str, str], wait_s: float = 30) -> str:
-    """How to log in and approve, with the URLs and the Airflow user name and password."""
+    """How to log in and approve: the URLs, the Airflow and MLflow users and passwords."""
     password = airflow_password(params)
     deadline = time.monotonic() + wait_s
     while password is None and "airflow" in urls and time.monotonic() < deadline:
@@ -227,10 +373,13 @@ def login_lines(params: Params, urls: dict[str, str], wait_s: float = 30) -> str
             "             The DAGs start paused: trigger shortlist_retrain (the play button).",
         ]
     if "mlflow" in urls:
+        reviewer, secret = mlflow_accounts(params)["reviewer"]
         lines += [
-            f"MLflow UI    {urls['mlflow']}   approve: Models -> "
-            f"{params.promotion.registered_model} -> the `challenger` version -> Aliases "
-            "(pencil) -> add `champion`",
+            f"MLflow UI    {urls['mlflow']}   user {reviewer}   password {secret}",
+            f"             (from {mlflow_auth_file(params)}; EDIT on "
+            f"{params.promotion.registered_model})",
+            f"             approve: Models -> {params.promotion.registered_model} -> the "
+            "`challenger` version -> Aliases (pencil) -> add `champion`",
         ]
     if "api" in urls:
         lines += [f"Serving API  {urls['api']}/docs"]

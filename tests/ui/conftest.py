@@ -2,7 +2,9 @@
 free ports in a temporary work dir, started once for the browser tests, and Chromium.
 
 The stack runs the real DAGs with small training settings (few epochs, one thread, one
-baseline) on ml-100k, so a whole retrain run takes minutes, not an hour.
+baseline) on ml-100k, so a whole retrain run takes minutes, not an hour. MLflow runs
+with its basic-auth app, as `make up` starts it: the browser signs in as the reviewer
+(HTTP credentials on its pages), the tests' MLflow client as the pipeline's service account.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class LocalStack:
     params_file: Path
     urls: dict[str, str]
     airflow_password: str
+    mlflow_accounts: dict[str, tuple[str, str]]
+
+    def mlflow_page(self, browser: Any, **kwargs: Any) -> Any:
+        """A browser page signed in to MLflow as the reviewer (HTTP basic credentials)."""
+        username, password = self.mlflow_accounts["reviewer"]
+        return browser.new_page(
+            http_credentials={"username": username, "password": password}, **kwargs
+        )
 
     def airflow_api(self) -> httpx.Client:
         """An Airflow REST client logged in as the stack's admin (JWT from /auth/token)."""
@@ -66,6 +76,8 @@ class LocalStack:
         )
 
     def mlflow_client(self) -> Any:
+        """An MLflow client as the pipeline's service account (the module's environment
+        carries its credentials: MLflow's client reads them from there)."""
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.urls["mlflow"])
@@ -102,6 +114,8 @@ def local_stack(
     ingest.run(params, source="movielens-100k", path=str(ml100k_path), out_dir=params.data.dir)
     m, a, api = free_ports(3)
     before = Path.cwd()
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in names}
     os.chdir(REPO)  # the stack takes the DAGs folder from the project directory
     try:  # stopped whatever happens, also when start-up itself fails or is interrupted
         urls = stack.up(
@@ -114,9 +128,16 @@ def local_stack(
         os.chdir(before)
         password = stack.airflow_password(params)
         assert password, "Airflow wrote no admin password"
-        yield LocalStack(params, params_file, urls, password)
+        accounts = stack.mlflow_accounts(params)
+        os.environ.update(dict(zip(names, accounts["pipeline"], strict=True)))
+        yield LocalStack(params, params_file, urls, password, accounts)
     finally:
         os.chdir(before)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         stack.down(params)
 
 

@@ -5,7 +5,8 @@ In order, on one stack (`shortlist.stack up` with small training settings):
    itself (docs, schedule);
 2. a first retrain run (auto-approved, as a script would trigger it) makes bundle A live
    and the API serves it; unpausing the DAG started no scheduled run of its own;
-3. a second run waits for approval: in MLflow the challenger's version page compares it
+3. a second run waits for approval: MLflow refuses anonymous writes; signed in as the
+   reviewer (EDIT on the model), the challenger's version page compares it
    with the champion; `champion` is moved through the alias editor by clicking; the
    pointer flips to bundle B, `/recommend` answers with B, `challenger` is gone and the
    description says who approved; the task logs name the version, its URL, the time left;
@@ -161,7 +162,14 @@ def test_approval_in_the_mlflow_ui_flips_the_pointer_and_serving(
         assert f"/#/models/{MODEL}/versions/{version.version}" in waiting
         assert " left (until " in waiting and "Poking callable" not in waiting.split("waiting")[-1]
 
-        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        anonymous = httpx.post(
+            f"{local_stack.urls['mlflow']}/api/2.0/mlflow/registered-models/set-tag",
+            json={"name": MODEL, "key": "anonymous", "value": "write"},
+            timeout=30,
+        )
+        assert anonymous.status_code == 401, anonymous.text
+
+        page = local_stack.mlflow_page(browser, viewport={"width": 1280, "height": 860})
         version_page = f"{local_stack.urls['mlflow']}/#/models/{MODEL}/versions/{version.version}"
         page.goto(version_page, wait_until="load")
         page.get_by_title("Edit aliases").wait_for(timeout=120_000)
