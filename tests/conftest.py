@@ -51,7 +51,7 @@ def params(tmp_path: Path) -> Params:
 
 
 #: Suites that drive whole real processes end to end; `make test-e2e` runs them (CI too).
-E2E_PATHS = ("tests/faults/", "tests/ui/", "tests/test_dvc.py")
+E2E_PATHS = ("tests/faults/", "tests/ui/", "tests/test_dvc.py", "tests/dags/test_retrain.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
