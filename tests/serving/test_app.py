@@ -307,9 +307,9 @@ def test_write_ahead_dir_defaults_beside_local_impressions_and_under_work_for_s3
     local = world.params.with_overrides({"serving.impressions_dir": "/data/imp"})
     assert wal_dir(local) == "/data/imp/.wal"  # pyarrow dataset readers skip dot-dirs
     remote = world.params.with_overrides(
-        {"serving.impressions_dir": "s3://bucket/imp", "project.work_dir": "/srv/work"}
+        {"serving.impressions_dir": "s3://bucket/imp", "project.work_dir": "/srv/shortlist"}
     )
-    assert wal_dir(remote) == "/srv/work/impressions-wal"
+    assert wal_dir(remote) == "/srv/shortlist/impressions-wal"
     named = remote.with_overrides({"serving.impressions_wal_dir": "/fast/wal"})
     assert wal_dir(named) == "/fast/wal"
 
