@@ -3,7 +3,8 @@
 (a) ANN recall: the index's top-10/top-100 against exact search over the same item
     embeddings, for real user embeddings (users with a stored history).
 (b) Live-path recall: for held-out users (their most recent interaction removed), the
-    recommendations served through the serving code (user tower -> index -> ranker)
+    recommendations served through the serving code (user tower -> index -> the ranker's
+    candidate union -> ranker)
     recover the held-out item about as often as scoring the catalog exactly with the
     model directly (items re-embedded, histories rebuilt by the model's own
     preprocessing). A gap beyond the tolerance means serving and the model disagree:
@@ -23,6 +24,8 @@ import pandas as pd
 from shortlist.config import Params
 from shortlist.index.ann import exact_search, measure_recall
 from shortlist.models.vectors import serving_item_vectors, serving_query_vectors
+from shortlist.ranking.features import FEATURE_HISTORY
+from shortlist.ranking.sources import catalog_maps, extra_columns
 
 
 def _sample(values: list[str], n: int, seed: int) -> list[str]:
@@ -162,6 +165,10 @@ def _offline_recommendations(
     seen = [{row_of[i] for i in h if i in row_of} for h in histories]
     width = min(len(bundle.item_ids), n + max((len(s) for s in seen), default=0))
     scores, rows = exact_search(serve_v, serve_q, width)
+    maps, sources = None, None
+    if bundle.ranker is not None and bundle.ranker.candidate_sources().active:
+        sources = bundle.ranker.candidate_sources()
+        maps = catalog_maps(bundle.ranker.space.item_ids, bundle.item_ids)
     out = []
     for uid, hist, ts, user_seen, srow, rrow, q in zip(
         ids, histories, times, seen, scores, rows, serve_q, strict=True
@@ -171,6 +178,11 @@ def _offline_recommendations(
         ]
         cand = np.array([r for r, _ in keep], dtype=np.int64)
         cand_scores = np.array([s for _, s in keep], dtype=np.float64)
+        if maps is not None and len(cand):  # the ranker's extra candidate sources
+            hist_pos = bundle.ranker.space.item_positions(hist[-FEATURE_HISTORY:])
+            seen_rows = np.fromiter(user_seen, dtype=np.int64, count=len(user_seen))
+            more = extra_columns(sources, hist_pos[hist_pos >= 0], cand, seen_rows, *maps)
+            cand = np.r_[cand, more]
         if bundle.ranker is not None and len(cand):
             ctx = {"timestamp": ts, "retrieval_scores": (serve_v[cand] @ q).astype(np.float32)}
             ranked = bundle.ranker.score(uid, hist, bundle.item_ids[cand], ctx)

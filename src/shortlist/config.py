@@ -189,6 +189,10 @@ class RankerParams(_Section):
     # Item-item neighbours of the `cooccurrence` group: top-k by shrunk cosine similarity.
     cooccurrence_neighbours: int = Field(100, gt=0)
     cooccurrence_shrink: float = Field(10.0, ge=0)
+    # Candidates the extra sources add to the towers' `candidates` for the ranker to rank
+    # (shortlist.ranking.sources): ItemKNN neighbours of the history, the recent trend.
+    item_to_item_candidates: int = Field(100, ge=0)
+    popular_candidates: int = Field(20, ge=0)
     # Share of validation users held out of ranker fitting for early stopping.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     # Another share, disjoint from the first, held out for the ship decision alone.
@@ -336,6 +340,40 @@ class StorageParams(_Section):
     s3_region: str = "us-east-1"
 
 
+class FeedbackParams(_Section):
+    """The feedback loop: events on served lists, and their join into training data."""
+
+    # Where the serving process writes accepted events as Parquet files (a directory or s3://).
+    events_dir: str = ".shortlist/events"
+    # Local write-ahead directory for events (empty: <events_dir>/.wal when that is local,
+    # else <project.work_dir>/events-wal): an acknowledged event survives kill -9.
+    events_wal_dir: str = ""
+    # Turn buffered events into a Parquet file every this many events.
+    events_rotate_rows: int = Field(10_000, gt=0)
+    # Also write buffered events this often (seconds; 0: only on rotation and shutdown).
+    events_flush_seconds: float = Field(30.0, ge=0)
+    # fdatasync the events write-ahead file this often (ms); 0: sync before answering.
+    events_fsync_ms: float = Field(5.0, ge=0, le=1000)
+    # An event more than this many seconds after its list was served is refused (422).
+    lateness_seconds: float = Field(3600.0, gt=0)
+    # Served lists the server remembers to check events against; beyond it the oldest go.
+    max_tracked_lists: int = Field(1_000_000, gt=0)
+    # Most events one POST /events/batch may carry.
+    max_batch_events: int = Field(1000, gt=0)
+    # Interaction weight of a click.
+    click_weight: float = Field(1.0, ge=0)
+    # A watch weighs its seconds divided by this (60: one minute weighs as one click).
+    watch_seconds_per_unit: float = Field(60.0, gt=0)
+    # Cap on the summed engagement weight of one shown item (keeps weights on a rating scale).
+    max_weight: float = Field(5.0, gt=0)
+    # Where `shortlist feedback` writes one joined batch per closed window.
+    batches_dir: str = ".shortlist/feedback"
+    # Length of one join window in seconds (the DAG's interval; 3600 = hourly).
+    window_seconds: int = Field(3600, gt=0)
+    # When the shortlist_feedback DAG runs (UTC cron).
+    schedule: str = "@hourly"
+
+
 class Params(_Section):
     project: ProjectParams = ProjectParams()
     data: DataParams = DataParams()
@@ -354,6 +392,7 @@ class Params(_Section):
     mlflow: MlflowParams = MlflowParams()
     schedules: ScheduleParams = ScheduleParams()
     storage: StorageParams = StorageParams()
+    feedback: FeedbackParams = FeedbackParams()
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Params:
         """Return a copy with `key.path=value` overrides applied and re-validated."""

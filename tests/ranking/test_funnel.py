@@ -51,9 +51,20 @@ def test_funnel_evaluation_and_matrix_rerank(params):
     assert s["table"]["funnel, refitted towers (as served)"]["ndcg@20"][0] == better["ndcg@20"]
     assert "as served" in markdown(s, 1)
 
-    # The serving-path matrix rerank keeps exactly the top-N finite items per row.
+    # The serving-path matrix rerank ranks the top-N finite items per row plus what the
+    # extra sources add, never an excluded (-inf) item.
     scores = np.random.default_rng(0).normal(size=(2, len(catalog))).astype(np.float32)
     scores[0, :5] = -np.inf
-    out = rerank_matrix(ranker, ["u1", "u2"], [["i1"], []], scores, catalog, None, 10)
-    assert (np.isfinite(out).sum(1) == 10).all()
+    out = rerank_matrix(ranker, ["u1", "u2"], [[catalog[7]], []], scores, catalog, None, 10)
+    top = np.argsort(-scores, axis=1)[:, :10]
+    assert np.isfinite(np.take_along_axis(out, top, 1)).all()
+    sizes = ranker.meta["sources"]
+    assert (np.isfinite(out).sum(1) <= 10 + sizes["item_to_item"] + sizes["popular"]).all()
+    assert (np.isfinite(out).sum(1) > 10).all()  # the trend source adds even without history
     assert not np.isfinite(out[0, :5]).any()
+    # Without extra sources: exactly the top N.
+    ranker.meta["sources"] = {"item_to_item": 0, "popular": 0}
+    ranker._sources = None
+    out = rerank_matrix(ranker, ["u1", "u2"], [[catalog[7]], []], scores, catalog, None, 10)
+    assert (np.isfinite(out).sum(1) == 10).all()
+    assert np.isfinite(np.take_along_axis(out, top, 1)).all()

@@ -1,4 +1,4 @@
-"""A bundle with a real trained ranker: /recommend orders the retrieved candidates by it."""
+"""A bundle with a real trained ranker: /recommend orders the candidate union by it."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def test_recommend_ranks_the_candidates_with_the_bundled_ranker(world, tmp_path)
         body = client.post("/recommend", json={"user_id": user, "k": 8}).json()
     assert body["bundle_id"] == bundle.bundle_id and len(body["items"]) == 8
 
-    # Recompute the funnel with the bundle's own parts: tower -> index top-30 -> ranker.
+    # Recompute the funnel with the bundle's own parts: tower -> index top-30 and the
+    # extra sources -> ranker.
     history = bundle.histories[user]
     users = bundle.users[bundle.users["user_id"].astype(str) == user]
     q = bundle.retriever.embed_users([user], [history], users=users, timestamps=[body["served_at"]])
@@ -60,6 +61,18 @@ def test_recommend_ranks_the_candidates_with_the_bundled_ranker(world, tmp_path)
     assert len(keep) == 30
     cand_rows = np.array([r for r, _ in keep])
     cand_scores = np.array([s for _, s in keep], dtype=np.float32)
+    # Then what the ranker's extra sources add (ItemKNN of the history, the trend), scored
+    # by the index vectors.
+    sources, space = bundle.ranker.candidate_sources(), bundle.ranker.space
+    assert sources.active
+    pos = space.item_positions(list(bundle.item_ids))
+    hist_pos = space.item_positions(history[-200:])
+    more = sources.extra(hist_pos[hist_pos >= 0], pos[cand_rows], pos[sorted(seen)])
+    row_of = {item: r for r, item in enumerate(bundle.item_ids)}
+    more_rows = np.array([row_of[space.item_ids[p]] for p in more], dtype=np.int64)
+    assert len(more_rows) > 0
+    cand_rows = np.r_[cand_rows, more_rows]
+    cand_scores = np.r_[cand_scores, bundle.item_vectors[more_rows] @ q[0]].astype(np.float32)
     ranked = bundle.ranker.score(
         user,
         history,

@@ -59,6 +59,7 @@ from shortlist.bundle.seen import SeenSets, seen_table
 from shortlist.config import ConfigError, Params
 from shortlist.data import schema
 from shortlist.errors import BundleError
+from shortlist.ranking.sources import trend_popularity
 from shortlist.storage import is_remote, open_store
 
 log = logging.getLogger(__name__)
@@ -142,21 +143,6 @@ def recent_histories(interactions: pd.DataFrame, n: int) -> pd.DataFrame:
             "timestamps": grouped["timestamp"].agg(list).to_list(),
         }
     )
-
-
-def trend_popularity(
-    interactions: pd.DataFrame, item_ids: np.ndarray, half_life_days: float
-) -> np.ndarray:
-    """Exponentially time-decayed interaction counts (half-life in days), scaled to max 1."""
-    if not len(interactions):
-        return np.zeros(len(item_ids), dtype=np.float32)
-    ts = interactions[schema.TIMESTAMP].astype("int64").to_numpy()
-    age_days = (ts.max() - ts) / 86_400.0
-    w = np.exp2(-age_days / half_life_days)
-    scores = pd.Series(w).groupby(interactions[schema.ITEM_ID].astype(str).to_numpy()).sum()
-    out = scores.reindex(item_ids).fillna(0.0).to_numpy(dtype=np.float64)
-    top = out.max()
-    return (out / top if top > 0 else out).astype(np.float32)
 
 
 def _lineage(retriever: Any) -> dict[str, Any]:

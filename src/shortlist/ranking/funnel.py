@@ -14,8 +14,9 @@ import pandas as pd
 
 from shortlist.data import schema
 from shortlist.ranking.candidates import Retrieval
-from shortlist.ranking.features import EventLog
+from shortlist.ranking.features import FEATURE_HISTORY, EventLog
 from shortlist.ranking.ranker import Ranker
+from shortlist.ranking.sources import catalog_maps, extra_columns
 from shortlist.ranking.train import Examples, LabeledRequest, featurize, predict
 
 
@@ -64,7 +65,13 @@ def rerank(
 ) -> tuple[Examples, np.ndarray]:
     """(candidate examples, ranker scores per row) for each request."""
     ex = featurize(
-        ranker.space, log, retrieval, requests, n_candidates=n_candidates, progress=progress
+        ranker.space,
+        log,
+        retrieval,
+        requests,
+        n_candidates=n_candidates,
+        progress=progress,
+        sources=ranker.candidate_sources(),
     )
     return ex, predict(ranker.model, ex)
 
@@ -112,18 +119,34 @@ def rerank_matrix(
 ) -> np.ndarray:
     """Serving-path rerank of a retrieval score matrix (users x catalog, -inf = excluded).
 
-    Each row's top-N finite items are scored by `ranker.score` with their retrieval scores;
-    everything else becomes -inf, so a top-K of the result is the funnel's answer.
+    Each row's top-N finite items, then what the ranker's extra candidate sources add
+    (`shortlist.ranking.sources`), are scored by `ranker.score` with their retrieval
+    scores; everything else becomes -inf, so a top-K of the result is the funnel's answer.
     """
     item_ids = np.asarray(item_ids, dtype=object)
     out = np.full(scores.shape, -np.inf, np.float32)
     k = min(n_candidates, scores.shape[1])
+    sources = ranker.candidate_sources()
+    if sources.active:
+        pos_of_col, col_of_pos = catalog_maps(ranker.space.item_ids, item_ids)
     for r, u in enumerate(user_ids):
         row = scores[r]
         top = np.argpartition(-row, k - 1)[:k] if k < len(row) else np.arange(len(row))
         top = top[np.isfinite(row[top])]
         if not len(top):
             continue
+        top = top[np.argsort(-row[top], kind="stable")]
+        if sources.active:
+            hist = ranker.space.item_positions(list(histories[r])[-FEATURE_HISTORY:])
+            more = extra_columns(
+                sources,
+                hist[hist >= 0],
+                top,
+                np.flatnonzero(~np.isfinite(row)),
+                pos_of_col,
+                col_of_pos,
+            )
+            top = np.r_[top, more]
         ts = None if timestamps is None else timestamps[r]
         ctx = {"retrieval_scores": row[top].astype(np.float32)}
         if ts is not None and np.isfinite(ts):

@@ -4,9 +4,10 @@ Files, beside the towers in MODEL_DIR (no pickle):
 
 - ``ranker.safetensors``: network weights plus the feature arrays (item genres and
   numerics, user feature table, standardisation statistics, and the per-item popularity
-  snapshot as of the end of the training log);
+  and recent-trend snapshots as of the end of the training log);
 - ``ranker.json``: format, network config, feature-space metadata (vocabularies, windows,
-  groups, feature names), the snapshot time, the towers' fingerprint, training summary.
+  groups, feature names), the snapshot time, the towers' fingerprint, the candidate
+  sources' sizes, training summary.
 
 At serving time the item statistics come from the snapshot (the feature store "now"),
 user-side features from the request's history, context from the request time; the
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from shortlist.ranking.features import FeatureSpace, Request
+from shortlist.ranking.sources import CandidateSources, popular_order
 
 WEIGHTS = "ranker.safetensors"
 CONFIG = "ranker.json"
@@ -42,13 +44,20 @@ class Ranker:
         model: Any,
         popularity: np.ndarray,
         meta: dict[str, Any] | None = None,
+        *,
+        trend: np.ndarray | None = None,
     ) -> None:
         self.space = space
         self.model = model.eval()
         # One extra zero row for candidates outside the ranker's catalog.
         self.popularity = np.vstack([popularity, np.zeros((1, popularity.shape[1]), np.float32)])
         self.meta = dict(meta or {})
+        #: Recent-trend popularity per catalog position (the popular candidate source).
+        self.trend = (
+            np.zeros(space.n_items, np.float32) if trend is None else np.asarray(trend, np.float32)
+        )
         self._retrieval: Any = None
+        self._sources: CandidateSources | None = None
         self._model_dir: str | None = None
 
     # ---- persistence -----------------------------------------------------------------
@@ -64,6 +73,7 @@ class Ranker:
         }
         tensors.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         tensors["snapshot.popularity"] = np.ascontiguousarray(self.popularity[:-1])
+        tensors["snapshot.trend"] = np.ascontiguousarray(self.trend)
         blob = save(tensors, metadata={"format": str(FORMAT)})
         (out / WEIGHTS).write_bytes(blob)
         digest = hashlib.sha256(blob).hexdigest()
@@ -106,13 +116,28 @@ class Ranker:
             for k, v in doc.items()
             if k not in {"format", "weights_sha256", "model", "features"}
         }
-        ranker = cls(space, model, arrays["snapshot.popularity"], meta)
+        ranker = cls(
+            space, model, arrays["snapshot.popularity"], meta, trend=arrays.get("snapshot.trend")
+        )
         ranker._model_dir = str(root)
         return ranker
 
     @staticmethod
     def exists(model_dir: str) -> bool:
         return (Path(model_dir) / WEIGHTS).exists() and (Path(model_dir) / CONFIG).exists()
+
+    def candidate_sources(self) -> CandidateSources:
+        """The extra candidate sources this ranker was trained with, over its catalog."""
+        if self._sources is not None:
+            return self._sources
+        sizes = self.meta.get("sources") or {}
+        self._sources = CandidateSources(
+            neighbours=self.space.neighbours,
+            popular_order=popular_order(self.trend),
+            item_to_item=int(sizes.get("item_to_item", 0)),
+            popular=int(sizes.get("popular", 0)),
+        )
+        return self._sources
 
     # ---- scoring ---------------------------------------------------------------------
     def score_features(self, dense: np.ndarray, user_idx: int, item_idx: np.ndarray) -> np.ndarray:

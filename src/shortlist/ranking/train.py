@@ -10,8 +10,10 @@ the retrieved candidates exactly as serving ranks them. With `ranker.ensemble` >
 ranker is the mean of that many networks, each with its own seed and its own held-out
 users (bagging); every request is featurised once and shared by the members.
 
-Rows: the top-N candidates of the request (hard negatives: retrieved, not taken) plus
-`ranker.random_negatives` uniformly drawn catalog items. Positives are weighted by
+Rows: the candidates of the request as serving forms them, the towers' top N plus what the
+extra sources add (`shortlist.ranking.sources`, fitted on the towers' part only), sampled
+as hard negatives (retrieved, not taken), plus `ranker.random_negatives` uniformly drawn
+catalog items. Positives are weighted by
 engagement (the rating), negatives by 1 (Covington et al. 2016). Positives retrieval
 missed are not rows (the ranker never sees them at serving) but count in the NDCG
 denominator, so early stopping measures the funnel, not the ranker alone.
@@ -37,11 +39,13 @@ from shortlist.ranking.cooccurrence import ItemNeighbours
 from shortlist.ranking.decision import decide
 from shortlist.ranking.features import (
     ABLATABLE,
+    FEATURE_HISTORY,
     EventLog,
     FeatureSpace,
     Request,
     popularity_block,
 )
+from shortlist.ranking.sources import CandidateSources, popular_order, trend_popularity
 from shortlist.tracking import metric_key
 
 
@@ -128,9 +132,13 @@ def featurize(
     hard_negatives: int = 0,
     seed: int = 0,
     progress: bool = False,
+    sources: CandidateSources | None = None,
 ) -> Examples:
     """Candidates and point-in-time features for each request (raw or standardised, as
-    `space` is fitted). Every time-dependent input comes from `log` as of the request."""
+    `space` is fitted). Every time-dependent input comes from `log` as of the request.
+
+    Candidates are the towers' top `n_candidates` then, with `sources`, what the extra
+    sources add (`shortlist.ranking.sources`), each scored by the towers as well."""
     rng = np.random.default_rng(seed)
     hists = [log.user_history(r.user_id, r.timestamp)[0] for r in requests]
     queries = retrieval.embed_queries(
@@ -142,6 +150,15 @@ def featurize(
         hp = np.array([index.get(str(i), -1) for i in h], dtype=np.int64)
         excl.append(np.union1d(r.exclude, hp[hp >= 0]))
     cands = retrieval.top_n(queries, n_candidates, excl)
+    if sources is not None and sources.active:
+        widened = []
+        for (rows, scores), h, ex, q in zip(cands, hists, excl, queries, strict=True):
+            hp = space.item_positions(list(h)[-FEATURE_HISTORY:])
+            more = sources.extra(hp[hp >= 0], rows, ex)
+            widened.append(
+                (np.r_[rows, more].astype(np.int64), np.r_[scores, retrieval.score_rows(q, more)])
+            )
+        cands = widened
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("d", "u", "i", "rows", "y", "w", "s", "ret")
     }
@@ -477,9 +494,16 @@ def train_ranker(
         item_ids=cat,
     )
     log = EventLog(seen_all, space.item_index())
-    if space.uses("cooccurrence"):
+    if space.uses("cooccurrence") or rp.item_to_item_candidates:
         # Fitted on the towers' part only: never on the labels the ranker learns from.
         space.neighbours = _neighbours(train, space, rp)
+    half_life = params.bundle.popularity_half_life_days
+    sources = CandidateSources(
+        neighbours=space.neighbours,
+        popular_order=popular_order(trend_popularity(train, space.item_ids, half_life)),
+        item_to_item=rp.item_to_item_candidates,
+        popular=rp.popular_candidates,
+    )
     retrieval = Retrieval(retriever, items, cat, users, params)
     reqs = make_requests(
         validation, train, space.item_index(), engagement=rp.positive_weight == "engagement"
@@ -496,8 +520,11 @@ def train_ranker(
         hard_negatives=rp.hard_negatives,
         seed=seed,
         progress=progress,
+        sources=sources,
     )
-    serve_rows = featurize(space, log, retrieval, reqs, n_candidates=rp.candidates, seed=seed)
+    serve_rows = featurize(
+        space, log, retrieval, reqs, n_candidates=rp.candidates, seed=seed, sources=sources
+    )
     space.fit_standardisation(train_rows.dense)
     _standardise(space, train_rows)
     _standardise(space, serve_rows)
@@ -597,9 +624,10 @@ def train_ranker(
     model = members[0] if len(members) == 1 else DCNEnsemble(members)
 
     popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
-    if space.uses("cooccurrence"):
+    if space.neighbours is not None:
         # Serving snapshot as of the end of the log, as for popularity.
         space.neighbours = _neighbours(seen_all, space, rp)
+    trend = trend_popularity(seen_all, space.item_ids, half_life)
     first = reports[0]
     summary = {
         "shipped": decision.shipped,
@@ -619,11 +647,15 @@ def train_ranker(
         "seed": seed,
     }
     meta = {
+        "sources": {
+            "item_to_item": rp.item_to_item_candidates,
+            "popular": rp.popular_candidates,
+        },
         "snapshot_end": log.end,
         "tower_fingerprint": getattr(retriever, "fingerprint", ""),
         "training": {k: v for k, v in summary.items() if k != "history"},
     }
-    return Ranker(space, model, popularity, meta), summary
+    return Ranker(space, model, popularity, meta, trend=trend), summary
 
 
 class _NoRun:

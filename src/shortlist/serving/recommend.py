@@ -5,7 +5,8 @@ looks at the holder again, so a swap in the middle of a request cannot mix two b
 the user tower, the index, the id map and the ranker all come from the same object.
 
 Retrieval: user tower -> index top-N (N = params.ranker.candidates, widened when filters
-remove too much) -> ranker (when the bundle has one) -> at most `serving.max_cold_share`
+remove too much) -> with a ranker, the union with its extra candidate sources (item-to-item
+neighbours of the history, the recent trend) -> ranker -> at most `serving.max_cold_share`
 of k for items without interactions -> top k. Users the bundle does
 not know and who bring no known recent items get the bundle's popularity prior.
 
@@ -33,6 +34,8 @@ from shortlist.config import Params
 from shortlist.data import schema
 from shortlist.models.vectors import vector_width, widen_queries
 from shortlist.ranking.cold_share import surplus_cold
+from shortlist.ranking.features import FEATURE_HISTORY
+from shortlist.ranking.sources import CandidateSources, catalog_maps, extra_columns
 from shortlist.serving.schemas import RecommendRequest
 
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
@@ -51,6 +54,10 @@ class ServingBundle:
     encoder: Any = None  # QueryEncoder over this bundle's retriever and users
     # per index row: no interaction in the towers' training data (capped per list)
     cold: np.ndarray | None = None
+    # The ranker's extra candidate sources and the maps between its catalog and index
+    # rows (ranker position per row, row per ranker position); None without them.
+    sources: CandidateSources | None = None
+    source_maps: tuple[np.ndarray, np.ndarray] | None = None
     loaded_at: float = field(default_factory=time.time)
     canary: dict[str, Any] | None = None
 
@@ -91,8 +98,15 @@ def prepare(bundle: Any, location: str) -> ServingBundle:
         users = None
     state = getattr(bundle.retriever, "state", None)
     cold = None if state is None else state.item_index(item_ids) == 0
+    sources, source_maps = None, None
+    ranker = getattr(bundle, "ranker", None)
+    if ranker is not None and ranker.candidate_sources().active:
+        sources = ranker.candidate_sources()
+        source_maps = catalog_maps(ranker.space.item_ids, item_ids)
     return ServingBundle(
         cold=cold,
+        sources=sources,
+        source_maps=source_maps,
         bundle=bundle,
         # The indexed vectors' width (verified at load): embedding + popularity column, if any.
         encoder=QueryEncoder(bundle.retriever, users, width=bundle.manifest.embedding_dim),
@@ -235,8 +249,13 @@ def recommend(
     # as offline evaluation, the canary and the ranker's own training do (not up to
     # n + |history| candidates, which would also cost a long history twice the ranker time).
     rows, retrieval = rows[:n], retrieval[:n]
-    scores = retrieval
     ranker = getattr(sb.bundle, "ranker", None)
+    if ranker is not None and sb.sources is not None and len(rows):
+        rows, retrieval = _with_sources(sb, ranker, history, query, rows, retrieval, excluded)
+        if genres is not None:
+            keep = _allowed(sb, rows, set(), genres)
+            rows, retrieval = rows[keep], retrieval[keep]
+    scores = retrieval
     if ranker is not None and len(rows):
         candidate_ids = np.asarray(sb.bundle.item_ids)[rows]
         context = {
@@ -253,6 +272,27 @@ def recommend(
         rows, retrieval, scores = rows[keep], retrieval[keep], scores[keep]
     pick, prop, policy = choose(scores, req.k, temperature, rng)
     return _served(sb, "personalized", policy, rows[pick], scores[pick], retrieval[pick], prop)
+
+
+def _with_sources(
+    sb: ServingBundle,
+    ranker: Any,
+    history: list[str],
+    query: np.ndarray,
+    rows: np.ndarray,
+    retrieval: np.ndarray,
+    excluded: set[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The towers' candidates followed by what the ranker's extra sources add, each scored
+    by the index vectors as the index scores (`shortlist.ranking.sources`)."""
+    pos_of_row, row_of_pos = sb.source_maps
+    hist = ranker.space.item_positions(history[-FEATURE_HISTORY:])
+    ex = np.fromiter(excluded, dtype=np.int64, count=len(excluded))
+    more = extra_columns(sb.sources, hist[hist >= 0], rows, ex, pos_of_row, row_of_pos)
+    if not len(more):
+        return rows, retrieval
+    extra = sb.bundle.item_vectors[more] @ np.asarray(query, np.float32)[0]
+    return np.r_[rows, more], np.r_[retrieval, extra].astype(np.float32)
 
 
 class QueryEncoder:
