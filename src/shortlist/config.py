@@ -360,6 +360,8 @@ class FeedbackParams(_Section):
     max_tracked_lists: int = Field(1_000_000, gt=0)
     # Most events one POST /events/batch may carry.
     max_batch_events: int = Field(1000, gt=0)
+    # Body size limit of POST /events/batch (other endpoints keep serving.max_body_bytes).
+    max_batch_bytes: int = Field(1_048_576, gt=0)
     # Interaction weight of a click.
     click_weight: float = Field(1.0, ge=0)
     # A watch weighs its seconds divided by this (60: one minute weighs as one click).

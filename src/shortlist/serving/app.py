@@ -1,13 +1,18 @@
 """The serving API (FastAPI): `shortlist serve` runs `serve(params, ...)`.
 
-Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `/health` (the process
+Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `POST /events` and
+`POST /events/batch` (what users did with a served list; see `shortlist.serving.events`:
+an event for an unknown request id is a 404, an item that was not in the list or an event
+later than feedback.lateness_seconds a 422, each with its reason, and a batch with one
+bad event writes nothing), `/health` (the process
 is up), `/ready` (a bundle is loaded; 503 otherwise), `/version` (the live bundle id),
 `/metrics` (Prometheus text), `/docs` and `/redoc` (Swagger UI and ReDoc served from the
 fastapi-offline package's own files under `/static-offline-docs`, no CDN: they work
 offline and behind egress filters). Every answer that carries items names the bundle
 that produced it; each request reads the holder's reference once, so it is served by
 one bundle even when a swap happens while it runs. Every served list goes to the
-impressions log, durably before the response (see `shortlist.serving.impressions`).
+impressions log, durably before the response (see `shortlist.serving.impressions`);
+every accepted event to the events log, likewise.
 Bad input (k outside 1..serving.max_k, malformed ids, unknown fields, bodies over
 serving.max_body_bytes, NaN or Infinity anywhere in a JSON body) is a 422 with a message
 saying what is wrong; an error that echoes a value never fails to encode.
@@ -33,12 +38,24 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from shortlist.config import Params
+from shortlist.serving.events import (
+    BUILTIN_KINDS,
+    UNKNOWN_REQUEST,
+    EventLog,
+    EventLogUnavailable,
+    EventsRefused,
+    ServedLists,
+    check_events,
+)
 from shortlist.serving.holder import BundleHolder
 from shortlist.serving.impressions import ImpressionLog
 from shortlist.serving.metrics import ServingMetrics
 from shortlist.serving.recommend import Served, ServingBundle, recommend, similar_items
 from shortlist.serving.schemas import (
     ID_PATTERN,
+    Event,
+    EventBatch,
+    EventsAccepted,
     RecommendRequest,
     RecommendResponse,
     SimilarItemsResponse,
@@ -51,23 +68,27 @@ log = logging.getLogger(__name__)
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes is answered 422 before it is parsed.
 
-    Checks Content-Length up front and also counts streamed (chunked) bytes."""
+    Checks Content-Length up front and also counts streamed (chunked) bytes. `per_path`
+    maps exact paths to (limit, the setting that names it): the events batch endpoint
+    takes larger bodies."""
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, per_path: dict[str, tuple[int, str]] | None = None):
         self.app = app
-        self.limit = limit
+        self.default = (limit, "serving.max_body_bytes")
+        self.per_path = per_path or {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, setting = self.per_path.get(scope.get("path", ""), self.default)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > self.limit
+                    too_big = int(value) > limit
                 except ValueError:
                     too_big = False
                 if too_big:
-                    return await self._reject(scope, receive, send)
+                    return await self._reject(scope, receive, send, limit, setting)
         seen = 0
 
         async def limited_receive():
@@ -75,17 +96,17 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return message
 
         try:
             return await self.app(scope, limited_receive, send)
         except _TooLarge:
-            return await self._reject(scope, receive, send)
+            return await self._reject(scope, receive, send, limit, setting)
 
-    async def _reject(self, scope, receive, send):
-        msg = f"request body exceeds serving.max_body_bytes ({self.limit} bytes)"
+    async def _reject(self, scope, receive, send, limit, setting):
+        msg = f"request body exceeds {setting} ({limit} bytes)"
         await JSONResponse({"detail": msg}, status_code=422)(scope, receive, send)
 
 
@@ -204,12 +225,16 @@ def create_app(
     root: str | None = None,
     holder: BundleHolder | None = None,
     impressions: ImpressionLog | None = None,
+    events: EventLog | None = None,
 ) -> FastAPI:
     """The app over the live bundle of `root` (default params.bundle.root).
 
-    The watcher starts with the app (lifespan) and stops with it; the impressions log is
-    flushed on shutdown."""
+    The watcher starts with the app (lifespan) and stops with it; the impressions and
+    events logs are flushed on shutdown. Lists served within the events' lateness window
+    are read back from the impressions log at start, so a restarted server still takes
+    their events."""
     s = params.serving
+    fb = params.feedback
     metrics = ServingMetrics()
     holder = holder or BundleHolder(
         params,
@@ -226,6 +251,19 @@ def create_app(
         wal_dir=wal_dir(params),
         fsync_ms=s.impressions_fsync_ms,
     )
+    events = events or EventLog(
+        fb.events_dir,
+        fb.events_rotate_rows,
+        endpoint_url=params.storage.s3_endpoint_url,
+        flush_seconds=fb.events_flush_seconds,
+        wal_dir=events_wal_dir(params),
+        fsync_ms=fb.events_fsync_ms,
+    )
+    served_lists = ServedLists(fb.lateness_seconds, fb.max_tracked_lists)
+    try:
+        served_lists.load(impressions.directory, endpoint_url=params.storage.s3_endpoint_url)
+    except Exception:  # noqa: BLE001 - serving starts; only older lists' events are refused
+        log.exception("could not read recent lists back from %s", impressions.directory)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -236,6 +274,7 @@ def create_app(
         finally:
             holder.stop()
             impressions.close()
+            events.close()
 
     # Swagger UI and ReDoc from the fastapi-offline package's own files (no CDN).
     app = FastAPIOffline(title="Shortlist", version="1", lifespan=lifespan)
@@ -244,8 +283,15 @@ def create_app(
     app.state.holder = holder
     app.state.impressions = impressions
     app.state.metrics = metrics
+    app.state.events = events
+    app.state.served_lists = served_lists
     metrics.watch_impressions(impressions)
-    app.add_middleware(BodyLimit, limit=s.max_body_bytes)
+    metrics.watch_events(events, served_lists)
+    app.add_middleware(
+        BodyLimit,
+        limit=s.max_body_bytes,
+        per_path={"/events/batch": (fb.max_batch_bytes, "feedback.max_batch_bytes")},
+    )
     app.add_middleware(Timing, metrics=metrics)  # added last = outermost: sees every 422
 
     def live() -> ServingBundle:
@@ -258,7 +304,7 @@ def create_app(
         if not 1 <= k <= s.max_k:
             raise HTTPException(422, f"k must be between 1 and {s.max_k} (serving.max_k), got {k}")
 
-    def log_served(request_id, endpoint, user_id, sb, served: Served) -> None:
+    def log_served(request_id, endpoint, user_id, sb, served: Served, served_at: float) -> None:
         impressions.append(
             request_id=request_id,
             endpoint=endpoint,
@@ -274,6 +320,8 @@ def create_app(
             strategy=served.strategy,
         )
         metrics.impression_rows.inc(len(served.item_ids))
+        if served.item_ids:
+            served_lists.add(request_id, served_at, list(served.item_ids))
 
     @app.post("/recommend", response_model=RecommendResponse)
     def post_recommend(req: RecommendRequest) -> dict[str, Any]:
@@ -282,7 +330,7 @@ def create_app(
         request_id = uuid.uuid4().hex
         served_at = time.time()
         served = recommend(sb, req, params, np.random.default_rng(), now=served_at)
-        log_served(request_id, "/recommend", req.user_id, sb, served)
+        log_served(request_id, "/recommend", req.user_id, sb, served, served_at)
         return {
             "request_id": request_id,
             "bundle_id": sb.bundle_id,
@@ -304,7 +352,7 @@ def create_app(
             raise HTTPException(404, f"item {item_id!r} is not in bundle {sb.bundle_id}")
         request_id = uuid.uuid4().hex
         served = similar_items(sb, item_id, k, params, np.random.default_rng())
-        log_served(request_id, "/similar-items", None, sb, served)
+        log_served(request_id, "/similar-items", None, sb, served, time.time())
         return {
             "request_id": request_id,
             "bundle_id": sb.bundle_id,
@@ -312,6 +360,48 @@ def create_app(
             "policy": served.policy,
             "items": _items(served),
         }
+
+    def accept(batch: list[Event], single: bool) -> Any:
+        if len(batch) > fb.max_batch_events:
+            raise HTTPException(
+                422,
+                f"a batch holds at most {fb.max_batch_events} events "
+                f"(feedback.max_batch_events), got {len(batch)}",
+            )
+        try:
+            rows = check_events(
+                batch, served_lists, lateness_seconds=fb.lateness_seconds, now=time.time()
+            )
+            events.append(rows)
+        except EventsRefused as exc:
+            bad = {p.index for p in exc.problems}
+            for p in exc.problems:
+                metrics.events_rejected.labels(p.reason).inc()
+            if exc.size > len(bad):
+                metrics.events_rejected.labels("in_refused_batch").inc(exc.size - len(bad))
+            reason = exc.problems[0].reason
+            status = 404 if single and reason == UNKNOWN_REQUEST else 422
+            body = {
+                "detail": str(exc),
+                "reason": reason,
+                "problems": [p.to_dict() for p in exc.problems],
+            }
+            return JSONResponse(_encodable(body), status_code=status)
+        except EventLogUnavailable as exc:
+            metrics.events_rejected.labels("unavailable").inc(len(batch))
+            return JSONResponse({"detail": f"{exc}; not accepted, retry"}, status_code=503)
+        for row in rows:
+            kind = row["kind"] if row["kind"] in BUILTIN_KINDS else "custom"
+            metrics.events.labels(kind).inc()
+        return {"accepted": len(rows), "event_ids": [r["event_id"] for r in rows]}
+
+    @app.post("/events", response_model=EventsAccepted)
+    def post_event(event: Event) -> Any:
+        return accept([event], single=True)
+
+    @app.post("/events/batch", response_model=EventsAccepted)
+    def post_events(batch: EventBatch) -> Any:
+        return accept(batch.events, single=False)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -353,6 +443,16 @@ def wal_dir(params: Params) -> str:
     if is_remote(s.impressions_dir):
         return os.path.join(params.project.work_dir, "impressions-wal")
     return os.path.join(s.impressions_dir, ".wal")
+
+
+def events_wal_dir(params: Params) -> str:
+    """feedback.events_wal_dir, else beside local events, else under work_dir."""
+    fb = params.feedback
+    if fb.events_wal_dir:
+        return fb.events_wal_dir
+    if is_remote(fb.events_dir):
+        return os.path.join(params.project.work_dir, "events-wal")
+    return os.path.join(fb.events_dir, ".wal")
 
 
 def _why(holder: BundleHolder) -> str:

@@ -12,6 +12,13 @@
   write-ahead file, recovered into Parquet when this process started (non-zero = a crash).
 - `shortlist_impressions_wal_errors`: appends the write-ahead file refused (e.g. a full
   disk); those lists are durable only once their Parquet file is written.
+- `shortlist_events_total{kind}`: events accepted (written to the events log), by kind
+  (custom kinds are counted as `custom`, so clients cannot grow the label set).
+- `shortlist_events_rejected_total{reason}`: events refused, by reason: unknown_request,
+  item_not_in_list, too_late, in_refused_batch (a good event of a refused batch),
+  unavailable (the events write-ahead file could not take it).
+- `shortlist_events_replayed_batches`, `shortlist_events_wal_errors`: as for impressions.
+- `shortlist_served_lists_tracked`: served lists held in memory to check events against.
 """
 
 from __future__ import annotations
@@ -80,7 +87,31 @@ class ServingMetrics:
         self.impression_rows = Counter(
             "shortlist_impressions_rows", "Rows handed to the impressions log", registry=r
         )
+        self.events = Counter("shortlist_events", "Events accepted, by kind", ["kind"], registry=r)
+        self.events_rejected = Counter(
+            "shortlist_events_rejected", "Events refused, by reason", ["reason"], registry=r
+        )
         self._lock = threading.Lock()
+
+    def watch_events(self, log: Any, served: Any) -> None:
+        """Expose the events log's recovery and write-ahead error counts, and how many
+        served lists are held to check events against."""
+        r = self.registry
+        Gauge(
+            "shortlist_events_replayed_batches",
+            "Event batches recovered from the write-ahead file at start",
+            registry=r,
+        ).set_function(lambda: log.batches_replayed)
+        Gauge(
+            "shortlist_events_wal_errors",
+            "Event batches the write-ahead file refused",
+            registry=r,
+        ).set_function(lambda: log.wal_errors)
+        Gauge(
+            "shortlist_served_lists_tracked",
+            "Served lists held in memory to check events against",
+            registry=r,
+        ).set_function(lambda: len(served))
 
     def watch_impressions(self, log: Any) -> None:
         """Expose the impressions log's recovery and write-ahead error counts."""

@@ -68,3 +68,49 @@ class SimilarItemsResponse(BaseModel):
     item_id: str
     policy: str
     items: list[ScoredItem]
+
+
+KIND_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"  # shortlist.serving.events.KIND_PATTERN
+MAX_BATCH = 100_000  # hard ceiling; feedback.max_batch_events is checked by the endpoint
+
+
+class Event(BaseModel):
+    """What a user did with one item of a served list.
+
+    `kind` is `click`, `watch` (needs `seconds`), `skip`, `dismiss`, or a custom
+    lower-case name (needs `weight`, its engagement weight). `event_id` is the client's
+    id for this event: give one to make retries safe (the join keeps one event per id).
+    `occurred_at` is the client's clock (unix seconds), recorded as given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Id
+    item_id: Id
+    kind: Annotated[str, StringConstraints(pattern=KIND_PATTERN)]
+    seconds: float | None = Field(default=None, ge=0, le=1e7, allow_inf_nan=False)
+    weight: float | None = Field(default=None, ge=0, le=1e6, allow_inf_nan=False)
+    event_id: Id | None = None
+    occurred_at: float | None = Field(default=None, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Event:
+        if self.kind == "watch":
+            if self.seconds is None or self.weight is not None:
+                raise ValueError("a watch event gives `seconds` (and no `weight`)")
+        elif self.kind in ("click", "skip", "dismiss"):
+            if self.seconds is not None or self.weight is not None:
+                raise ValueError(f"a {self.kind} event takes neither `seconds` nor `weight`")
+        elif self.weight is None or self.seconds is not None:
+            raise ValueError(f"custom kind {self.kind!r} gives its `weight` (and no `seconds`)")
+        return self
+
+
+class EventBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    event_ids: list[str]
