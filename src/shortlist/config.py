@@ -113,21 +113,8 @@ class TowerParams(_Section):
     # target (a set: no order). "auto" = causal where timestamps are real, leave_one_out
     # where they were synthesised from row order (the split records which).
     history_mode: Literal["auto", "causal", "leave_one_out"] = "auto"
-    # Probability that a training example's history is cut to a random number of its
-    # most recent items (an augmentation for users with short histories).
-    history_truncation: float = Field(0.0, ge=0, le=1)
-    # Causal only: each time an example is drawn, its history ends a uniform 0..history_gap
-    # items before the target, so the query learns the next slice of items, not only the
-    # very next one (evaluation retrieves a user's whole next slice).
-    history_gap: int = Field(0, ge=0)
-    # The id embeddings of this many most recent history items enter the query tower in
-    # order, beside the pooled history (0 = pooled history only).
-    recent_items: int = Field(0, ge=0)
     # Evaluate and keep an exponential moving average of the weights (per step); 0 = off.
     ema_decay: float = Field(0.995, ge=0, lt=1)
-    # Weight of an extra softmax term with the candidates embedded from content only
-    # (id = the OOV bucket): trains the item tower for cold items. 0 = off.
-    content_loss_weight: float = Field(0.0, ge=0)
     title_hash_buckets: int = Field(16384, gt=0)
     user_buckets: int = Field(1, ge=1)
     id_dropout: float = Field(0.1, ge=0, le=1)
@@ -142,7 +129,6 @@ class TowerParams(_Section):
     early_stopping_patience: int = Field(3, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
-    compile: bool = False
     # After early stopping picks the epoch count, retrain from scratch (same seed) on
     # train + validation for that many epochs, as the baselines refit after tuning.
     refit_on_validation: bool = True
@@ -193,6 +179,9 @@ class RankerParams(_Section):
     # (shortlist.ranking.sources): ItemKNN neighbours of the history, the recent trend.
     item_to_item_candidates: int = Field(100, ge=0)
     popular_candidates: int = Field(20, ge=0)
+    # Requests per validation user the ranker trains on: the first validation event, then
+    # cuts spread over the later ones (positives: the items from the cut on).
+    cut_points: int = Field(1, ge=1)
     # Share of validation users held out of ranker fitting for early stopping.
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     # Another share, disjoint from the first, held out for the ship decision alone.
@@ -256,6 +245,12 @@ class IndexParams(_Section):
     flat_max_items: int = Field(200_000, gt=0)
     hnsw_max_items: int = Field(500_000, gt=0)  # auto: HNSW up to here (build minutes/M)
     ivf_flat_max_items: int = Field(5_000_000, gt=0)  # then IVF-Flat; IVF-PQ+refine beyond
+    # auto also falls to IVF-PQ+refine when the size rule's index would exceed this many MiB
+    # (0: half the memory available at build time); see shortlist.index.ann.plan_index.
+    memory_budget_mb: int = Field(0, ge=0)
+    # IVF-PQ's re-ranking vectors: float32 ("flat"), "fp16" or "sq8" (8-bit per component);
+    # auto: the most precise that fits the memory budget.
+    refine_type: Literal["auto", "flat", "fp16", "sq8"] = "auto"
     hnsw_m: int = Field(32, gt=0)
     ef_construction: int = Field(40, gt=0)
     ef_search: int = Field(128, gt=0)

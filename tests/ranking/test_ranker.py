@@ -210,6 +210,37 @@ def test_request_metrics_counts_missed_positives():
     )
 
 
+def test_cut_points_label_the_items_from_each_cut_on():
+    day = 86_400
+    part = pd.DataFrame(
+        {
+            "user_id": ["u"] * 4 + ["v"],
+            "item_id": ["a", "b", "c", "d", "a"],
+            "timestamp": [1 * day, 2 * day, 2 * day, 4 * day, 3 * day],
+            "weight": [1.0, 2.0, 3.0, 4.0, 5.0],
+        }
+    )
+    seen = pd.DataFrame({"user_id": ["u"], "item_id": ["e"], "timestamp": [0], "weight": [1.0]})
+    index = {i: k for k, i in enumerate("abcde")}
+    one = make_requests(part, seen, index)
+    assert [(r.user_id, r.timestamp, r.positives) for r in one] == [
+        ("u", day, {0: 1.0, 1: 2.0, 2: 3.0, 3: 4.0}),
+        ("v", 3 * day, {0: 5.0}),
+    ]
+    assert one[0].exclude.tolist() == [4]
+    # Two cuts for u: at its first event, then at round(4 / 2) = index 2, which shares its
+    # timestamp with index 1, so the cut moves to the next new timestamp (index 3).
+    two = make_requests(part, seen, index, cut_points=2)
+    assert [(r.user_id, r.cut, r.timestamp, sorted(r.positives)) for r in two] == [
+        ("u", 0, day, [0, 1, 2, 3]),
+        ("u", 1, 4 * day, [3]),
+        ("v", 0, 3 * day, [0]),
+    ]
+    # More cuts than events: one per distinct timestamp at most.
+    many = make_requests(part, seen, index, cut_points=10)
+    assert [r.timestamp for r in many if r.user_id == "u"] == [day, 2 * day, 4 * day]
+
+
 @pytest.mark.parametrize(("use_ids", "rank"), [(True, 0), (False, 0), (True, 3)])
 def test_ensemble_is_the_members_mean_logit(use_ids, rank):
     torch.manual_seed(0)

@@ -2,9 +2,10 @@
 
 Why the validation part: the towers were fitted on `train`, so their scores on train
 pairs are overconfident (memorised). The ranker is fitted on requests from `validation`
-instead: one request per validation user at the time of their first validation event,
-features as of that time (the `EventLog` over train + validation hides everything at or
-after it), positives = the user's validation items. A held-out share of those users
+instead: per validation user, one request at the time of their first validation event
+and up to `ranker.cut_points` - 1 more at later ones, features as of that time (the
+`EventLog` over train + validation hides everything at or after it), positives = the
+user's validation items from then on. A held-out share of those users
 (`ranker.holdout_fraction`) is used only for early stopping on NDCG@eval_k, ranked over
 the retrieved candidates exactly as serving ranks them. With `ranker.ensemble` > 1 the
 ranker is the mean of that many networks, each with its own seed and its own held-out
@@ -55,6 +56,7 @@ class LabeledRequest:
     timestamp: int
     positives: dict[int, float]  # catalog position -> engagement weight
     exclude: np.ndarray  # catalog positions never ranked for this user (already seen)
+    cut: int = 0  # which of the user's cut points (0: at their first event of the part)
 
 
 @dataclass
@@ -86,8 +88,12 @@ def make_requests(
     item_index: dict[str, int],
     *,
     engagement: bool = True,
+    cut_points: int = 1,
 ) -> list[LabeledRequest]:
-    """One request per user of `part` at their first timestamp there; positives = their items.
+    """Requests of each user of `part`: at their first timestamp there (cut 0), positives =
+    their items, and with `cut_points` > 1 up to that many more cuts spread evenly over
+    their items in time, each at an item's timestamp with the items from it on as
+    positives (what came before is history, through the event log).
 
     `seen` holds interactions the evaluation protocol excludes from ranking (the user's
     earlier items), so candidates never repeat them.
@@ -107,18 +113,45 @@ def make_requests(
     )
     out = []
     for u, g in p.groupby("u", sort=True):
-        t = int(g[schema.TIMESTAMP].min())
-        g = g.dropna(subset=["pos"])
-        w = g.groupby("pos")[schema.WEIGHT].max() if engagement else g.groupby("pos").size() * 0 + 1
-        out.append(
-            LabeledRequest(
-                user_id=str(u),
-                timestamp=t,
-                positives={int(k): float(v) for k, v in w.items()},
-                exclude=seen_pos.get(u, np.array([], np.int64)),
+        g = g.sort_values(schema.TIMESTAMP, kind="stable")
+        times = g[schema.TIMESTAMP].to_numpy(np.int64)
+        starts = _cut_starts(times, cut_points)
+        g = g.assign(_t=times)
+        for cut, start in enumerate(starts):
+            t = int(times[start])
+            later = g[(g["_t"] >= t)].dropna(subset=["pos"])
+            w = (
+                later.groupby("pos")[schema.WEIGHT].max()
+                if engagement
+                else later.groupby("pos").size() * 0 + 1
             )
-        )
+            if cut and not len(w):
+                continue
+            out.append(
+                LabeledRequest(
+                    user_id=str(u),
+                    timestamp=t,
+                    positives={int(k): float(v) for k, v in w.items()},
+                    exclude=seen_pos.get(u, np.array([], np.int64)),
+                    cut=cut,
+                )
+            )
     return out
+
+
+def _cut_starts(times: np.ndarray, cut_points: int) -> list[int]:
+    """Indices (into time-sorted events) where the cuts fall: the first event, then up to
+    `cut_points` - 1 more spread evenly, each at a new timestamp (a cut inside a run of
+    equal timestamps would put some of them in the history and some in the labels)."""
+    starts = [0]
+    n = len(times)
+    for j in range(1, max(cut_points, 1)):
+        k = int(round(j * n / cut_points))
+        while 0 < k < n and times[k] == times[k - 1]:
+            k += 1
+        if k < n and k > starts[-1]:
+            starts.append(k)
+    return starts
 
 
 def featurize(
@@ -454,6 +487,15 @@ def _holdout(user_ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
     return _user_draws(user_ids, seed) < fraction
 
 
+def _folds(user_ids: Sequence[str], seed: int, rp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, stop, decide) masks over requests, by a per-user draw: a user's requests all
+    fall in one fold."""
+    draw = _user_draws(user_ids, seed)
+    hold = draw < rp.holdout_fraction
+    judge = (draw >= rp.holdout_fraction) & (draw < rp.holdout_fraction + rp.decision_fraction)
+    return ~hold & ~judge, hold, judge
+
+
 def train_ranker(
     params: Params,
     retriever: Any,
@@ -506,10 +548,17 @@ def train_ranker(
     )
     retrieval = Retrieval(retriever, items, cat, users, params)
     reqs = make_requests(
-        validation, train, space.item_index(), engagement=rp.positive_weight == "engagement"
+        validation,
+        train,
+        space.item_index(),
+        engagement=rp.positive_weight == "engagement",
+        cut_points=rp.cut_points,
     )
-    # Every request twice: as training rows (sampled negatives) and as serving ranks them
-    # (all candidates, for early stopping). Members then pick their own users from these.
+    # Training rows come from every cut point (sampled negatives); early stopping and the
+    # ship decision rank one request per user, the first cut, as serving ranks it (all
+    # candidates; one request per user keeps the decision's requests independent).
+    # Members then pick their own users from these.
+    first = [r for r in reqs if r.cut == 0]
     train_rows = featurize(
         space,
         log,
@@ -523,13 +572,14 @@ def train_ranker(
         sources=sources,
     )
     serve_rows = featurize(
-        space, log, retrieval, reqs, n_candidates=rp.candidates, seed=seed, sources=sources
+        space, log, retrieval, first, n_candidates=rp.candidates, seed=seed, sources=sources
     )
     space.fit_standardisation(train_rows.dense)
     _standardise(space, train_rows)
     _standardise(space, serve_rows)
     ks = sorted({10, rp.eval_k})
     user_ids = [r.user_id for r in reqs]
+    serve_users = [r.user_id for r in first]
 
     run_ctx = _mlflow(params, mlflow_run)
     members, reports = [], []
@@ -542,6 +592,7 @@ def train_ranker(
                 {
                     "seed": seed,
                     "requests": len(reqs),
+                    "users": len(first),
                     "tower_fingerprint": getattr(retriever, "fingerprint", ""),
                 }
             )
@@ -549,12 +600,9 @@ def train_ranker(
             # Member k: its own seed, its own early-stopping users (bagging) and its own
             # decision users, disjoint from both: the stop users chose the epoch, so a
             # gain measured on them is biased upward.
-            draw = _user_draws(user_ids, seed + k)
-            hold = draw < rp.holdout_fraction
-            judge = (draw >= rp.holdout_fraction) & (
-                draw < rp.holdout_fraction + rp.decision_fraction
-            )
-            fit_ex, stop_ex = _select(train_rows, ~hold & ~judge), _select(serve_rows, hold)
+            fit_mask, _, _ = _folds(user_ids, seed + k, rp)
+            _, hold, judge = _folds(serve_users, seed + k, rp)
+            fit_ex, stop_ex = _select(train_rows, fit_mask), _select(serve_rows, hold)
             decide_ex = _select(serve_rows, judge)
             prefix = "" if k == 0 else f"member_{k}."
 
