@@ -196,7 +196,7 @@ def reembed_and_build(n: int, params, workdir: Path):
 
     from shortlist.index.embed import embed_catalog
     from shortlist.models.features import FeatureState
-    from shortlist.models.train import model_config
+    from shortlist.models.fit import model_config
     from shortlist.models.two_tower import TwoTowerRetriever, build_net
 
     torch.set_num_threads(params.towers.threads)

@@ -95,7 +95,7 @@ def run_seed(
 ) -> dict[str, Any]:
     import tempfile
 
-    from shortlist.models.train import EARLY_STOPPED, train_two_tower
+    from shortlist.models.fit import EARLY_STOPPED, train_two_tower
     from shortlist.models.two_tower import TwoTowerRetriever
     from shortlist.ranking.features import ABLATABLE
     from shortlist.ranking.train import train_ranker

@@ -35,7 +35,7 @@ def build(model_dir: str, data: str) -> None:
     from shortlist.config import load_params
     from shortlist.data.movielens import load_ml100k
     from shortlist.eval.harness import holdout_last
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
     from shortlist.ranking.train import train_ranker
 
     p = load_params(

@@ -76,7 +76,7 @@ def _params(work: Path, n_items: int, args):
 
 def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
     from shortlist.data.io import read_dataset
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
 
     ds = read_dataset(data_dir)
     inter = ds.interactions

@@ -5,7 +5,7 @@ Protocol (the retrieval benchmark's): per user with >= 5 interactions the last 2
 validation. Measured per seed: the wall time of `train_two_tower` as production runs it
 (feature preparation, training with early stopping on validation Recall@20, then the refit
 on train + validation for the chosen number of epochs), with params.yaml's settings and
-`--set` overrides (e.g. `--set towers.compile=true`). The load average is recorded beside
+`--set` overrides (e.g. `--set towers.batch_size=2048`). The load average is recorded beside
 the times: other work on the machine slows every number here.
 Results: benchmarks/results/towers_fit_time.json (or --out).
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shortlist.config import load_params
     from shortlist.data.movielens import load_ml100k
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
 
     params = load_params(REPO / "params.yaml", a.overrides)
     interactions, items, users = load_ml100k(a.data)
@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/towers_fit_time.py " + " ".join(argv or sys.argv[1:]),
         "overrides": a.overrides,
         "threads": params.towers.threads,
-        "compile": params.towers.compile,
         "runs": runs,
         "mean_seconds": round(mean, 1),
         "max_seconds": worst,

@@ -9,7 +9,7 @@ and validation. By default one full epoch is timed; with --steps N only N steps 
 the epoch time is extrapolated (labelled as such).
 Results: benchmarks/results/train_throughput.json.
 
-    .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--steps N] [--compile]
+    .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--steps N]
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=20_000)
     ap.add_argument("--items", type=int, default=5_000)
     ap.add_argument("--steps", type=int, default=0, help="time N steps only (0: a full epoch)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
 
@@ -53,16 +52,17 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from pipelines import synth
-    from shortlist.models import train as T
+    from shortlist.models.examples import build_examples, item_feature_tensors
     from shortlist.models.features import FeatureState
+    from shortlist.models.fit import model_config
     from shortlist.models.logq import StreamingFrequencyEstimator
+    from shortlist.models.objective import WeightAverage, make_optimizer, train_step
     from shortlist.models.two_tower import build_net
 
     params = load_params(REPO / "params.yaml").with_overrides(
         {
             "towers.threads": a.threads,
             "towers.batch_size": a.batch_size,
-            "towers.compile": a.compile,
         }
     )
     tp = params.towers
@@ -86,16 +86,15 @@ def main() -> None:
     state = FeatureState.fit(
         train, data.items, data.users, title_hash_buckets=tp.title_hash_buckets
     )
-    net = build_net(state, T.model_config(tp), data.items)
-    examples = T.build_examples(train, state, data.users, tp.history_len)
-    item_feats = T._item_feature_tensors(state, data.items)
+    net = build_net(state, model_config(tp), data.items)
+    examples = build_examples(train, state, data.users, tp.history_len)
+    item_feats = item_feature_tensors(state, data.items)
     estimator = StreamingFrequencyEstimator(tp.logq.hash_buckets, tp.logq.alpha)
     estimator.update(examples.item_idx[rng.permutation(len(examples))], 0)
     prepare = time.perf_counter() - t0
-    optimizer = T.make_optimizer(net, tp)
+    optimizer = make_optimizer(net, tp)
     # The weight average training keeps (towers.ema_decay) is updated after every step.
-    ema = T.WeightAverage(net, tp.ema_decay) if tp.ema_decay else None
-    loss_fn = torch.compile(T._batch_loss, dynamic=True) if tp.compile else T._batch_loss
+    ema = WeightAverage(net, tp.ema_decay) if tp.ema_decay else None
 
     n, bs = len(examples), tp.batch_size
     steps_per_epoch = math.ceil(n / bs)
@@ -103,9 +102,9 @@ def main() -> None:
     perm = rng.permutation(n)
     step = estimator.steps_seen
     net.train()
-    for s in range(WARMUP_STEPS):  # first calls allocate (and compile, with --compile)
+    for s in range(WARMUP_STEPS):  # first calls allocate
         rows = perm[s * bs : (s + 1) * bs]
-        T.train_step(net, optimizer, loss_fn, examples, rows, item_feats, estimator, step, tp, rng)
+        train_step(net, optimizer, examples, rows, item_feats, estimator, step, tp, rng)
         if ema is not None:
             ema.update(net)
         step += len(rows)
@@ -113,7 +112,7 @@ def main() -> None:
     done = 0
     for s in tqdm(range(timed), desc="timed steps"):
         rows = perm[(s * bs) % n : (s * bs) % n + bs]
-        T.train_step(net, optimizer, loss_fn, examples, rows, item_feats, estimator, step, tp, rng)
+        train_step(net, optimizer, examples, rows, item_feats, estimator, step, tp, rng)
         if ema is not None:
             ema.update(net)
         step += len(rows)
@@ -126,8 +125,7 @@ def main() -> None:
         "ema_decay": tp.ema_decay,
         "command": "python benchmarks/train_throughput.py"
         + (f" --threads {a.threads}" if a.threads != 2 else "")
-        + (f" --steps {a.steps}" if a.steps else "")
-        + (" --compile" if a.compile else ""),
+        + (f" --steps {a.steps}" if a.steps else ""),
         "data": {
             "source": "pipelines.synth (seed 0)",
             "interactions": int(len(train)),
@@ -136,7 +134,6 @@ def main() -> None:
         },
         "threads": a.threads,
         "batch_size": bs,
-        "compile": a.compile,
         "timed_steps": timed,
         "steps_per_epoch": steps_per_epoch,
         "examples_per_second": eps,

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     """Train, save beside the towers, return the training summary (also in ranker_metrics.json)."""
     from shortlist.data.split_io import load_split
-    from shortlist.models.train import EARLY_STOPPED
+    from shortlist.models.fit import EARLY_STOPPED
     from shortlist.models.two_tower import TwoTowerRetriever
     from shortlist.ranking.train import train_ranker
     from shortlist.tuning import apply_tuning

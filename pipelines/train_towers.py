@@ -1,7 +1,7 @@
 """Stage `train_towers`: a split directory -> a two-tower model directory.
 
 Trains on the split's train part with early stopping on its validation part
-(`shortlist.models.train.train_two_tower`) and writes MODEL_DIR:
+(`shortlist.models.fit.train_two_tower`) and writes MODEL_DIR:
 towers.safetensors (weights), towers.json (architecture, preprocessing state, snapshot
 id, MLflow run id, validation metrics), items.parquet (the catalog it was trained with),
 history.json / history.png (per-epoch curves) and metrics.json (for `dvc metrics`).
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def run(params: Params, *, split_dir: str, out_dir: str) -> dict[str, Any]:
     """Train the towers on SPLIT_DIR into OUT_DIR; returns a summary of the run."""
     from shortlist.data.split_io import load_split
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
     from shortlist.tuning import apply_tuning
 
     split = load_split(str(split_dir))

@@ -85,7 +85,7 @@ def test_unknown_key_in_file_names_it(tmp_path: Path, text: str, key: str) -> No
     ("text", "key"),
     [
         ("towers:\n  epochs: many\n", "towers.epochs"),
-        ("towers:\n  compile: perhaps\n", "towers.compile"),
+        ("towers:\n  refit_on_validation: perhaps\n", "towers.refit_on_validation"),
         ("split:\n  validation_fraction: 1.5\n", "split.validation_fraction"),
         ("data:\n  source: parquet-dump\n", "data.source"),
         ("evaluation:\n  ks: [10, ten]\n", "evaluation.ks.1"),
@@ -107,7 +107,7 @@ def test_set_overrides_are_typed() -> None:
     p = base.with_overrides(
         [
             "towers.epochs=3",
-            "towers.compile=true",
+            "towers.refit_on_validation=false",
             "towers.learning_rate=1e-2",
             "ranker.hidden_dims=[32, 16]",
             "storage.s3_endpoint_url=http://127.0.0.1:9000",
@@ -116,7 +116,7 @@ def test_set_overrides_are_typed() -> None:
         ]
     )
     assert p.towers.epochs == 3 and isinstance(p.towers.epochs, int)
-    assert p.towers.compile is True
+    assert p.towers.refit_on_validation is False
     assert p.towers.learning_rate == pytest.approx(0.01)
     assert p.ranker.hidden_dims == [32, 16]
     assert p.storage.s3_endpoint_url == "http://127.0.0.1:9000"

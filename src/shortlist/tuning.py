@@ -149,7 +149,8 @@ def tune(
     import mlflow
     import optuna
 
-    from shortlist.models.train import resolve_history_mode, train_two_tower
+    from shortlist.models.examples import resolve_history_mode
+    from shortlist.models.fit import train_two_tower
     from shortlist.ranking.train import train_ranker
     from shortlist.tracking import start_run
 

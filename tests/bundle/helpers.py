@@ -50,7 +50,7 @@ def make_towers(
 
     from shortlist.data.io import read_dataset
     from shortlist.models.features import FeatureState
-    from shortlist.models.train import model_config
+    from shortlist.models.fit import model_config
     from shortlist.models.two_tower import TwoTowerRetriever, build_net
 
     ds = read_dataset(data_dir)

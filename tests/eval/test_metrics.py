@@ -61,3 +61,48 @@ def test_reciprocal_rank_is_over_the_full_ranking():
 def test_popularity_percentile_mid_rank():
     pct = M.popularity_percentile(np.array([1, 1, 1, 0, 0]))
     assert pct.tolist() == pytest.approx([70, 70, 70, 20, 20])
+
+
+def _dense_means(scores, relevant, ks):
+    rows = [r for r, rel in enumerate(relevant) if len(rel)]
+    idx, valid = M.top_k(scores[rows], max(ks))
+    hits = np.stack([np.isin(idx[j], relevant[r]) for j, r in enumerate(rows)]) & valid
+    per_user = M.ranking_metrics(hits, np.array([len(relevant[r]) for r in rows]), ks)
+    return {f"{m}@{k}": float(per_user[f"{m}@{k}"].mean()) for m in ("recall", "ndcg") for k in ks}
+
+
+@pytest.mark.parametrize("max_cells", [1, 3 * 50, 7 * 50, 10**9])
+def test_blocked_metrics_equal_the_dense_matrix(max_cells):
+    # 23 users x 50 items; some cells excluded (-inf), one user with nothing relevant,
+    # one with fewer rankable items than K.
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((23, 50)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.2] = -np.inf
+    scores[5, 8:] = -np.inf
+    relevant = [np.sort(rng.choice(50, rng.integers(1, 6), replace=False)) for _ in range(23)]
+    relevant[3] = np.zeros(0, dtype=np.int64)
+    relevant[5] = np.array([2, 30])  # 30 is not rankable: never a hit
+    calls = []
+
+    def block(start, stop):
+        calls.append(range(start, stop))
+        return scores[start:stop].copy()
+
+    ks = (5, 10)
+    got = M.mean_ranking_metrics_in_blocks(block, relevant, ks, 50, max_cells=max_cells)
+    want = _dense_means(scores, relevant, ks)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
+    # every user with relevant items scored once, no block over max_cells (or one row)
+    scored = [r for c in calls for r in c]
+    assert sorted(set(scored)) == scored and set(scored) >= set(range(23)) - {3}
+    assert max(len(c) for c in calls) * 50 <= max(max_cells, 50)
+
+
+def test_blocked_metrics_without_relevant_items_are_zero():
+    def block(start, stop):
+        return np.zeros((stop - start, 4), np.float32)
+
+    out = M.mean_ranking_metrics_in_blocks(block, [np.zeros(0, np.int64)] * 3, (2,), 4)
+    assert out == {"recall@2": 0.0, "ndcg@2": 0.0}

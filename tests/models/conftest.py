@@ -41,3 +41,23 @@ def ml100k_split(ml100k_tables):
     interactions, items, users = ml100k_tables
     train, validation, test = per_user_split(interactions)
     return {"train": train, "validation": validation, "test": test, "items": items, "users": users}
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    """Towers small enough to train on `test_two_tower.tiny_data` in about a second."""
+    from shortlist.config import Params
+
+    return Params().with_overrides(
+        {
+            "towers.embedding_dim": 16,
+            "towers.hidden_dim": 32,
+            "towers.id_dim": 16,
+            "towers.history_len": 5,
+            "towers.batch_size": 64,
+            "towers.epochs": 2,
+            "towers.title_hash_buckets": 64,
+            "towers.threads": 1,
+            "towers.logq.hash_buckets": 4096,
+        }
+    )

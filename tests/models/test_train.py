@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from shortlist.models.examples import build_examples, history_before, history_leave_one_out
 from shortlist.models.features import FeatureState
-from shortlist.models.train import build_examples, history_before, history_leave_one_out
 
 
 def test_history_before_excludes_target_ties_and_other_users():
@@ -117,7 +117,7 @@ def _most_popular_recall(train: pd.DataFrame, validation: pd.DataFrame, k: int) 
 
 
 def test_one_epoch_on_ml100k_beats_most_popular(ml100k_split, params):
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
 
     s = ml100k_split
     p = params.with_overrides({"towers.epochs": 1, "towers.threads": 1})
@@ -150,7 +150,7 @@ def _tiny(seed: int = 0):
 
 
 def test_refit_retrains_on_train_plus_validation_deterministically(params, tmp_path):
-    from shortlist.models.train import EARLY_STOPPED, train_two_tower
+    from shortlist.models.fit import EARLY_STOPPED, train_two_tower
     from shortlist.models.two_tower import TwoTowerRetriever
 
     train, validation, items = _tiny()
@@ -201,37 +201,21 @@ def test_refit_retrains_on_train_plus_validation_deterministically(params, tmp_p
     assert m1.meta["refit_on_validation"] and not off.meta["refit_on_validation"]
 
 
-def test_truncate_histories_keeps_a_nonempty_most_recent_suffix():
-    from shortlist.models.train import truncate_histories
+def test_early_stopping_keeps_the_best_weights_and_stops_after_patience():
+    import torch
 
-    hist = np.array([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]] * 50)
-    assert truncate_histories(hist, 0.0, np.random.default_rng(0)) is hist
-    cut = truncate_histories(hist, 1.0, np.random.default_rng(0))
-    for before, after in zip(hist, cut, strict=True):
-        kept = after[after > 0]
-        filled = before[before > 0]
-        assert len(kept) >= min(1, len(filled))
-        # a suffix of the original, still left-padded
-        np.testing.assert_array_equal(kept, filled[len(filled) - len(kept) :])
-        assert (after[: len(after) - len(kept)] == 0).all()
-    assert (cut > 0).sum() < (hist > 0).sum()
+    from shortlist.models.early_stopping import EarlyStopping
 
-
-def test_select_histories_skips_a_random_gap_of_the_most_recent_items():
-    from shortlist.models.train import select_histories
-
-    users = np.zeros(8, dtype=np.int64)
-    items = np.arange(1, 9)
-    wide = history_before(users, np.arange(8), items, n=3 + 2)  # history_len 3, gap up to 2
-    assert select_histories(wide, 3, 0, np.random.default_rng(0)) is wide
-    rows = np.repeat(np.arange(8), 40)
-    got = select_histories(wide[rows], 3, 2, np.random.default_rng(0))
-    seen_gaps = set()
-    for r, hist in zip(rows, got, strict=True):
-        before = items[:r]  # the causal history of row r, oldest first
-        kept = hist[hist > 0]
-        gap = next(g for g in range(3) if np.array_equal(kept, before[: max(0, r - g)][-3:]))
-        seen_gaps.add(gap if r >= 3 else None)
-        assert items[r] not in hist  # never the target, never the future
-        assert (hist[: 3 - len(kept)] == 0).all()
-    assert {0, 1, 2} <= seen_gaps
+    net = torch.nn.Linear(1, 1)
+    stop = EarlyStopping(patience=2)
+    assert stop.best_state is None and stop.best_epoch == 0
+    stopped = []
+    for epoch, metric in enumerate([0.1, 0.3, 0.3, 0.2, 0.5], start=1):
+        with torch.no_grad():
+            net.weight.fill_(epoch)
+        stopped.append(stop.update(epoch, metric, net))
+    # a tie does not improve: epochs 3 and 4 are stale, so training stops after epoch 4
+    assert stopped == [False, False, False, True, False]
+    assert stop.best_epoch == 5 and stop.best_state["weight"].item() == 5.0
+    net.weight.data.fill_(0.0)  # the kept copy does not follow the module
+    assert stop.best_state["weight"].item() == 5.0

@@ -105,7 +105,7 @@ def test_evaluate_stage_loads_a_trained_two_tower_model(
     tmp_path, params, split_dir, mlflow_tracking
 ):
     from shortlist.data.split_io import load_split
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
 
     p = params.with_overrides(
         {

@@ -101,7 +101,7 @@ class World:
 def world(tmp_path_factory) -> World:
     """The tiny dataset on disk and two models trained on it with different seeds."""
     from shortlist.data.io import write_dataset
-    from shortlist.models.train import train_two_tower
+    from shortlist.models.fit import train_two_tower
 
     work = tmp_path_factory.mktemp("serving")
     params = serving_params(work)

@@ -1,4 +1,4 @@
-"""Ranking metrics over a full ranking, computed per user on dense score batches.
+"""Ranking metrics over a full ranking, computed per user on dense score blocks.
 
 Definitions (binary relevance; `rel` is the user's set of held-out items, `hit_j` is 1
 when the item at rank j (1-based) is in `rel`):
@@ -27,9 +27,12 @@ lower catalog index, so results are deterministic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+#: Score cells one block of `mean_ranking_metrics_in_blocks` holds (64 MiB of float32).
+BLOCK_CELLS = 1 << 24
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +128,47 @@ def popularity_percentile(counts: np.ndarray) -> np.ndarray:
     lower = np.searchsorted(order, counts, side="left")
     upper = np.searchsorted(order, counts, side="right")
     return 100.0 * (lower + 0.5 * (upper - lower)) / n
+
+
+def mean_ranking_metrics_in_blocks(
+    score_block: Callable[[int, int], np.ndarray],
+    relevant: Sequence[np.ndarray],
+    ks: Sequence[int],
+    n_cols: int,
+    metrics: Sequence[str] = ("recall", "ndcg"),
+    max_cells: int = BLOCK_CELLS,
+) -> dict[str, float]:
+    """Mean per-user metrics at each K (`ranking_metrics`' definitions) over the rows with
+    relevant items, ranking every row against all `n_cols` columns without ever holding
+    the whole (rows x columns) score matrix: at a million items and a hundred thousand
+    users it would need hundreds of GiB.
+
+    `score_block(start, stop)` returns the float scores of rows start..stop-1, -inf where a
+    column is not rankable; it is called for consecutive blocks of at most `max_cells`
+    cells. `relevant[r]` holds row r's relevant column indices. Each block keeps only its
+    top K columns per row (torch.topk: ties at the cut fall where it puts them, which is
+    good enough to pick an epoch; the reported evaluation uses `top_k`'s tie rule).
+    """
+    import torch
+
+    names = [f"{m}@{k}" for m in metrics for k in ks]
+    kmax = min(max(ks), n_cols)
+    block_rows = max(1, max_cells // max(n_cols, 1))
+    per_user: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start in range(0, len(relevant), block_rows):
+        stop = min(start + block_rows, len(relevant))
+        rows = [r for r in range(start, stop) if len(relevant[r])]
+        if not rows:
+            continue
+        scores = score_block(start, stop)
+        if len(rows) < stop - start:
+            scores = scores[np.asarray(rows) - start]
+        values, top = torch.topk(torch.from_numpy(scores), kmax, dim=1)
+        hits = np.stack([np.isin(top[j].numpy(), relevant[r]) for j, r in enumerate(rows)])
+        hits &= torch.isfinite(values).numpy()
+        block = ranking_metrics(hits, np.array([len(relevant[r]) for r in rows]), ks)
+        for name in names:
+            per_user[name].append(block[name])
+    if not per_user[names[0]]:
+        return dict.fromkeys(names, 0.0)
+    return {name: float(np.concatenate(per_user[name]).mean()) for name in names}

@@ -81,7 +81,7 @@ class TwoTowerRecommender:
         items: pd.DataFrame,
         users: pd.DataFrame,
     ) -> TwoTowerRecommender:
-        from shortlist.models.train import train_two_tower
+        from shortlist.models.fit import train_two_tower
 
         model, self.report = train_two_tower(
             self.params,

@@ -1,9 +1,8 @@
 """The two-tower retrieval model: a query tower and an item tower meeting only at a dot product.
 
 Query tower: user id embedding (with buckets for unseen users) + the user's recent history
-(item id embeddings and genres, pooled with learned recency weights; optionally also the
-id embeddings of the `recent_items` most recent items, concatenated in order) + user
-features + request context (hour, weekday) -> MLP -> L2-normalised d-vector.
+(item id embeddings and genres, pooled with learned recency weights) + user features +
+request context (hour, weekday) -> MLP -> L2-normalised d-vector.
 Item tower: item id embedding (index 0 is the out-of-vocabulary bucket; id dropout in
 training makes content carry signal) + genres multi-hot + hashed title tokens + numerics
 -> MLP -> L2-normalised d-vector. Score = dot / temperature.
@@ -49,8 +48,6 @@ class TwoTowerNet(nn.Module):
         h = int(config["hidden_dim"])
         d = int(config["embedding_dim"])
         self.history_len = int(config["history_len"])
-        # Models saved before this knob existed have no key: 0 = pooled history only.
-        self.recent_items = min(int(config.get("recent_items", 0)), self.history_len)
         # Item side.
         self.item_id = nn.Embedding(state.n_item_ids, e)
         self.title = nn.EmbeddingBag(state.title_hash_buckets + 1, e, mode="sum", padding_idx=0)
@@ -63,7 +60,7 @@ class TwoTowerNet(nn.Module):
         self.user_feats = nn.ModuleList(nn.Embedding(c, CAT_DIM) for c in state.user_cardinalities)
         self.hour = nn.Embedding(25, CAT_DIM)
         self.weekday = nn.Embedding(8, CAT_DIM)
-        n_query_in = e * (2 + self.recent_items) + state.n_genres
+        n_query_in = e * 2 + state.n_genres
         n_query_in += CAT_DIM * (len(self.user_feats) + 2)
         self.query_mlp = _mlp(n_query_in, h, d)
         self.register_buffer("genre_table", torch.zeros(state.n_item_ids, state.n_genres))
@@ -89,12 +86,9 @@ class TwoTowerNet(nn.Module):
         # Learned recency weights: softmax over the filled positions (last = most recent).
         logits = self.recency.expand_as(history).masked_fill(~mask, -1e9)
         w = torch.softmax(logits, dim=1) * mask.any(1, keepdim=True)
-        hist_emb = self.history_item(history)
-        hist = torch.einsum("bl,ble->be", w, hist_emb)
+        hist = torch.einsum("bl,ble->be", w, self.history_item(history))
         hist_genres = torch.einsum("bl,blg->bg", w, self.genre_table[history])
         parts = [self.user_id(user_idx), hist, hist_genres]
-        if self.recent_items:  # the last k items in order (padding embeds to zeros)
-            parts.append(hist_emb[:, -self.recent_items :].flatten(1))
         parts += [emb(user_feats[:, k]) for k, emb in enumerate(self.user_feats)]
         parts += [self.hour(context[:, 0]), self.weekday(context[:, 1])]
         return nn.functional.normalize(self.query_mlp(torch.cat(parts, dim=1)), dim=1)
