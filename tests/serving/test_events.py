@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from shortlist.serving.app import create_app
-from shortlist.serving.events import EventLog, ServedLists, _files_after, read_events
+from shortlist.serving.events import EventLog, ServedLists, log_files_since, read_events
 
 
 def _ready(client: TestClient, timeout: float = 30.0) -> None:
@@ -293,4 +293,4 @@ def test_served_lists_forget_the_oldest_and_read_only_recent_files():
         "impressions-1500000-2-bb-000001.parquet",  # another log's newest file
         "events-9000000-1-aa-000001.parquet",
     ]
-    assert _files_after(keys, "impressions", horizon=4000.0) == sorted(keys[1:4])
+    assert log_files_since(keys, "impressions", horizon=4000.0) == sorted(keys[1:4])

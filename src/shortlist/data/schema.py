@@ -9,6 +9,14 @@ A dataset directory holds three Parquet tables and a snapshot manifest:
   null when unknown). Items without interactions are legitimate (cold items).
 - ``users.parquet``: user_id (string) plus optional features (e.g. age, gender, occupation).
 - ``snapshot.json``: snapshot id (content hash), row counts, source, created_at.
+- ``exposures.parquet`` (optional; written by the feedback join, see
+  ``pipelines.feedback``): every item a served list showed, engaged or not, with the
+  propensity the serving policy showed it with: request_id, user_id (null for anonymous
+  requests), item_id, timestamp (int64, unix seconds the list was served), position
+  (int32, 0-based), propensity (float64, in (0, 1]), policy, bundle_id, engaged (bool),
+  weight (float32, the engagement weight; 0 when not engaged), skipped and dismissed
+  (bool). Readers of the three tables above never need it; exposure-aware training and
+  off-policy evaluation read it.
 
 Ids are strings so any upstream id scheme survives unchanged to the exported recommendations.
 """
@@ -20,6 +28,7 @@ ITEMS = "items.parquet"
 USERS = "users.parquet"
 SNAPSHOT = "snapshot.json"
 TABLES = (INTERACTIONS, ITEMS, USERS)
+EXPOSURES = "exposures.parquet"  # optional, beside TABLES (not one of them)
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -32,6 +41,23 @@ INTERACTIONS_SCHEMA = pa.schema(
         pa.field(ITEM_ID, pa.string(), nullable=False),
         pa.field(TIMESTAMP, pa.int64(), nullable=False),
         pa.field(WEIGHT, pa.float32(), nullable=False),
+    ]
+)
+
+EXPOSURES_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field(USER_ID, pa.string()),
+        pa.field(ITEM_ID, pa.string(), nullable=False),
+        pa.field(TIMESTAMP, pa.int64(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("propensity", pa.float64(), nullable=False),
+        pa.field("policy", pa.string(), nullable=False),
+        pa.field("bundle_id", pa.string(), nullable=False),
+        pa.field("engaged", pa.bool_(), nullable=False),
+        pa.field(WEIGHT, pa.float32(), nullable=False),
+        pa.field("skipped", pa.bool_(), nullable=False),
+        pa.field("dismissed", pa.bool_(), nullable=False),
     ]
 )
 

@@ -148,7 +148,7 @@ class ServedLists:
         horizon = now - 2 * self.lateness
         store = open_store(directory, endpoint_url=endpoint_url)
         keys = [k for k in store.list() if "/" not in k and k.endswith(".parquet")]
-        wanted = _files_after(keys, "impressions", horizon)
+        wanted = log_files_since(keys, "impressions", horizon)
         columns = ["request_id", "timestamp", "item_id", "position"]
         frames = []
         for key in wanted:
@@ -169,7 +169,7 @@ class ServedLists:
         return n
 
 
-def _files_after(keys: list[str], prefix: str, horizon: float) -> list[str]:
+def log_files_since(keys: list[str], prefix: str, horizon: float) -> list[str]:
     """The log files (named `<prefix>-<ms>-<pid>-<token>-<seq>.parquet`) that may hold
     rows at or after `horizon` (unix seconds)."""
     groups: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
