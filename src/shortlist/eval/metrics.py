@@ -31,8 +31,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-#: Score cells one block of `mean_ranking_metrics_in_blocks` holds (64 MiB of float32).
-BLOCK_CELLS = 1 << 24
+#: Score cells one block of `mean_ranking_metrics_in_blocks` holds (128 MiB of float32:
+#: 32 users a block at a million items, few enough blocks that re-reading the item
+#: vectors for each does not dominate).
+BLOCK_CELLS = 1 << 25
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

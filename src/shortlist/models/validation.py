@@ -84,7 +84,7 @@ def evaluate_retriever(
     def score_block(start: int, stop: int) -> np.ndarray:
         scores = queries[start:stop] @ items.T
         if bias is not None:
-            scores = scores + bias[None, :]
+            scores += bias[None, :]
         lo, hi = vset.seen_ptr[start], vset.seen_ptr[stop]
         scores[vset.seen_rows[lo:hi] - start, vset.seen_cols[lo:hi]] = -np.inf
         return scores
