@@ -407,3 +407,20 @@ def summary_line(result: dict[str, Any]) -> str:
 
 def to_json(result: dict[str, Any]) -> str:
     return json.dumps(result, indent=2, default=str)
+
+
+def parse_time(text: str | None) -> float | None:
+    """Unix seconds, or an ISO 8601 time (UTC unless it names its offset)."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ShortlistError(f"{text!r} is neither unix seconds nor an ISO 8601 time") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

@@ -155,6 +155,19 @@ def _status(p: Params, a: argparse.Namespace) -> int:
     return 1 if a.check and status["disagreements"] else 0
 
 
+def _feedback(p: Params, a: argparse.Namespace) -> None:
+    from pipelines import feedback
+
+    result = feedback.run(
+        p,
+        start=feedback.parse_time(a.start),
+        end=feedback.parse_time(a.end),
+        land_batches=a.land,
+        force=a.force,
+    )
+    print(feedback.to_json(result) if a.json else feedback.summary_line(result))
+
+
 def _serve(p: Params, a: argparse.Namespace) -> None:
     from shortlist.serving.app import serve
 
@@ -267,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-registry", action="store_true", help="do not query MLflow")
     c.add_argument("--check", action="store_true", help="exit 1 when anything disagrees")
+
+    c = add("feedback", _feedback, "join impressions and events of a closed window into a batch")
+    c.add_argument("--end", help="window end, unix seconds or ISO 8601 (default: latest closed)")
+    c.add_argument("--start", help="window start (default: end - feedback.window_seconds)")
+    c.add_argument("--land", action="store_true", help="merge all batches into data.dir (gated)")
+    c.add_argument("--force", action="store_true", help="join a window that is still open")
+    c.add_argument("--json", action="store_true")
 
     c = add("serve", _serve, "serve the live bundle over HTTP")
     c.add_argument("--root")

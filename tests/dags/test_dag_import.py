@@ -91,6 +91,14 @@ def test_shortlist_data_shape(parsed: dict) -> None:
     assert "shortlist" in dag["tags"]
 
 
+def test_shortlist_feedback_shape(parsed: dict) -> None:
+    dag = parsed["dags"]["shortlist_feedback"]
+    assert Path(dag["fileloc"]).name == "shortlist_feedback.py"
+    assert set(dag["tasks"]) == {"join", "land"}
+    assert "hourly, at minute 0" in dag["description"]
+    assert "feedback" in dag["tags"]
+
+
 def test_unpausing_never_starts_a_run_for_a_past_tick(parsed: dict) -> None:
     """ "Unpause on trigger" in the UI must not queue a scheduled run ahead of the manual one."""
     assert set(parsed["dags"]) == {
@@ -98,6 +106,7 @@ def test_unpausing_never_starts_a_run_for_a_past_tick(parsed: dict) -> None:
         "shortlist_retrain",
         "shortlist_reembed",
         "shortlist_canary",
+        "shortlist_feedback",
     }
     for dag_id, dag in parsed["dags"].items():
         assert dag["first_run_in_s"] is None or dag["first_run_in_s"] > 0, (dag_id, dag)

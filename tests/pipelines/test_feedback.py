@@ -206,3 +206,24 @@ def test_land_adds_new_users_and_drops_items_the_catalog_lacks(params):
     assert "newcomer" in set(users["user_id"])
     inter = pd.read_parquet(Path(params.data.dir) / schema.INTERACTIONS)
     assert set(inter.loc[inter["user_id"] == "newcomer", "item_id"]) == {"i3"}
+
+
+def test_the_cli_joins_a_window_and_refuses_an_open_one(params, traffic, capsys):
+    from shortlist.cli import main
+
+    start, end = traffic
+    sets = []
+    for key in ("serving.impressions_dir", "feedback.events_dir", "feedback.batches_dir"):
+        section, name = key.split(".")
+        sets += ["--set", f"{key}={getattr(getattr(params, section), name)}"]
+    base = ["feedback", "--params", str(REPO / "params.yaml"), *sets]
+    end_iso = feedback._iso(end)
+    assert main([*base, "--end", end_iso]) == 1  # the window closes an hour after its end
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "still open" in err
+    assert main([*base, "--end", end_iso, "--start", str(start), "--force", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"status": "written"' in out and '"exposures": 8' in out
+    assert feedback.parse_time("2024-01-02T00:00:00Z") == 1704153600.0
+    with pytest.raises(ShortlistError, match="ISO 8601"):
+        feedback.parse_time("yesterday")
