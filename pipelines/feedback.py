@@ -24,7 +24,7 @@ replaces nothing.
 catalog does not hold are dropped and counted; users new to it get a row without
 features) in a staging directory, runs the data contract (`pipelines.validate`: a
 failing merge is quarantined and `data.dir` is left as it was), and only then writes
-the merged tables, exposures last but snapshot.json, into `data.dir`, where the next
+the merged tables and exposures into `data.dir`, snapshot.json last, where the next
 retrain reads them. Merging is by row identity, so landing the same batches twice adds
 nothing.
 """
