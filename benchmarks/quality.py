@@ -26,8 +26,10 @@ seed). Results: benchmarks/results/quality.json and a table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -350,7 +352,7 @@ def main() -> None:
         help="run `shortlist tune` with this budget after the split (0: defaults only)",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
-    ap.add_argument("--keep", help="keep the work directories under this path")
+    ap.add_argument("--keep", help="keep the work directories under this path (DATASET-SEED-LABEL)")
     ap.add_argument(
         "--merge",
         nargs="+",
@@ -376,8 +378,13 @@ def main() -> None:
             key = (ds, None if timed else seed)
             if key not in base_cache:
                 base_cache[key] = cached_baselines(key, known, test, timed, seed, catalog)
-            with tempfile.TemporaryDirectory(dir=a.keep) as tmp:
-                work = Path(tmp)
+            with contextlib.ExitStack() as stack:
+                if a.keep:
+                    work = Path(a.keep) / f"{ds}-{seed}-{a.label}"
+                    shutil.rmtree(work, ignore_errors=True)
+                    work.mkdir(parents=True)
+                else:
+                    work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
                 product = run_product(
                     ds, seed, known, test, items, users, timed, a.overrides, work, a.tune_minutes
                 )
