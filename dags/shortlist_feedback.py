@@ -2,10 +2,11 @@
 ### shortlist_feedback: served lists and what users did with them → training data
 
 **join** reads the impressions log (`serving.impressions_dir`) and the events log
-(`feedback.events_dir`) for the latest window of `feedback.window_seconds` that is closed
-at the run's time (its end lies `feedback.lateness_seconds` plus the logs' flush
-intervals back, so no event for it can still arrive) and writes one batch to
-`feedback.batches_dir`: engaged items as interactions weighted by engagement, every
+(`feedback.events_dir`) for each window of `feedback.window_seconds` that is closed at
+the run's time (its end lies `feedback.lateness_seconds` plus the logs' flush intervals
+back, so no event for it can still arrive) and comes after the newest batch (at most
+`feedback.max_catch_up_windows`, so missed runs are caught up), and writes one batch per
+window to `feedback.batches_dir`: engaged items as interactions weighted by engagement, every
 shown item as an exposure with its propensity. **land** merges every batch into
 `data.dir` through the data contract (Great Expectations, as `shortlist_data`): a merge
 that fails is quarantined, the run fails without retries and `data.dir` stays as it was;
@@ -15,7 +16,7 @@ on success the next `shortlist_retrain` run trains on it. `land` emits the asset
 * **Idempotent:** a run's window follows from its time alone; the same logs give the
   same batch (a re-run reports it unchanged) and landing the same batches adds nothing.
 * **Schedule:** `feedback.schedule` in params.yaml (UTC cron, hourly by default).
-  A window that no run joined (the DAG was paused) is joined by hand with
+  Windows older than the catch-up limit are joined by hand with
   `shortlist feedback --end <window end>`.
 * Run conf (all optional): `{"params_file": "...", "overrides": ["key=value", ...]}`.
 
@@ -87,9 +88,8 @@ def shortlist_feedback() -> None:
         with in_project_dir(root), task_logging(log):
             result = feedback.run(params, now=_run_time(context))
         log.info("%s", feedback.summary_line(result))
-        batch = result["batch"]
         keys = ("path", "status", "snapshot_id", "window", "exposures", "engaged", "events")
-        return {k: batch[k] for k in keys}
+        return {"batches": [{k: b[k] for k in keys} for b in result["batches"]]}
 
     @task(
         retries=0,
@@ -115,7 +115,7 @@ def shortlist_feedback() -> None:
             raise AirflowFailException(str(exc)) from None
         log.info("landed: %s", landed)
         context["outlet_events"][FEEDBACK].extra = {
-            "window": joined["window"],
+            "windows": [b["window"] for b in joined["batches"]],
             "landed": landed["landed"],
             "snapshot_id": landed.get("snapshot_id"),
         }

@@ -367,6 +367,34 @@ def land(
     return {**summary, "landed": True, "snapshot_id": manifest["snapshot_id"]}
 
 
+def pending_windows(params: Params, now: float | None = None) -> list[tuple[float, float]]:
+    """The closed windows to join now: those after the newest batch in
+    `feedback.batches_dir` up to the latest closed one, oldest first and at most
+    `feedback.max_catch_up_windows` (the newest of them); only the latest closed window
+    when no batch exists yet."""
+    fb = params.feedback
+    latest_start, latest_end = latest_window(params, now)
+    store = open_store(fb.batches_dir, endpoint_url=params.storage.s3_endpoint_url)
+    ends = [_parse_stamp(name.split("-")[1]) for name in _batches(store)]
+    ends = [e for e in ends if e is not None]
+    if not ends:
+        return [(latest_start, latest_end)]
+    newest = max(ends)
+    windows = []
+    end = latest_end
+    while end - fb.window_seconds >= newest and len(windows) < fb.max_catch_up_windows:
+        windows.append((end - fb.window_seconds, end))
+        end -= fb.window_seconds
+    return windows[::-1] or [(latest_start, latest_end)]
+
+
+def _parse_stamp(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 def run(
     params: Params,
     *,
@@ -376,25 +404,28 @@ def run(
     land_batches: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """`shortlist feedback` and the DAG: join one window (default: the latest closed one),
-    then optionally land every batch into data.dir."""
-    if end is None:
-        start, end = latest_window(params, now)
-    elif start is None:
-        start = end - params.feedback.window_seconds
-    out: dict[str, Any] = {"batch": join(params, start=start, end=end, now=now, force=force)}
+    """`shortlist feedback` and the DAG: join the given window, or else every pending
+    closed window (`pending_windows`), then optionally land every batch into data.dir."""
+    if end is not None:
+        windows = [(start if start is not None else end - params.feedback.window_seconds, end)]
+    else:
+        windows = pending_windows(params, now)
+    out: dict[str, Any] = {
+        "batches": [join(params, start=s, end=e, now=now, force=force) for s, e in windows]
+    }
     if land_batches:
         out["land"] = land(params)
     return out
 
 
 def summary_line(result: dict[str, Any]) -> str:
-    b = result["batch"]
-    line = (
-        f"feedback {b['window']['start']}..{b['window']['end']}: {b['lists']} lists, "
+    parts = [
+        f"{b['window']['start']}..{b['window']['end']}: {b['lists']} lists, "
         f"{b['exposures']} exposures, {b['engaged']} engaged, {b['events']} events -> "
         f"{b['path']} ({b['status']})"
-    )
+        for b in result["batches"]
+    ]
+    line = "feedback " + "; ".join(parts)
     if "land" in result:
         land_ = result["land"]
         line += (

@@ -367,6 +367,8 @@ class FeedbackParams(_Section):
     batches_dir: str = ".shortlist/feedback"
     # Length of one join window in seconds (the DAG's interval; 3600 = hourly).
     window_seconds: int = Field(3600, gt=0)
+    # Closed windows one scheduled run joins when earlier runs were missed (oldest first).
+    max_catch_up_windows: int = Field(24, ge=1)
     # When the shortlist_feedback DAG runs (UTC cron).
     schedule: str = "@hourly"
 

@@ -181,11 +181,26 @@ def test_a_merge_that_fails_the_contract_is_quarantined_and_data_dir_kept(params
     assert any(Path(params.validation.quarantine_dir).iterdir())
 
 
-def test_run_joins_the_latest_closed_window(params, traffic):
+def test_run_joins_the_latest_closed_window_then_catches_up_missed_ones(params, traffic):
     _start, end = traffic
-    result = feedback.run(params, now=end + params.feedback.lateness_seconds + 3600)
-    assert result["batch"]["status"] == "written"
-    assert "feedback " in feedback.summary_line(result)
+    now = end + params.feedback.lateness_seconds + 3600
+    first = feedback.run(params, now=now)
+    assert [b["status"] for b in first["batches"]] == ["written"]
+    assert "feedback " in feedback.summary_line(first)
+    newest = feedback.latest_window(params, now)[1]
+    again = feedback.run(params, now=now)  # nothing new closed: the latest, unchanged
+    assert [b["status"] for b in again["batches"]] == ["unchanged"]
+    later = feedback.run(params, now=now + 3 * 3600)  # three runs were missed
+    windows = [(b["window"]["start"], b["window"]["end"]) for b in later["batches"]]
+    assert windows == [
+        (feedback._iso(newest + i * 3600), feedback._iso(newest + (i + 1) * 3600)) for i in range(3)
+    ]
+    capped = params.with_overrides({"feedback.max_catch_up_windows": 2})
+    last = feedback.run(capped, now=now + 13 * 3600)  # ten missed: the newest two
+    assert [b["window"]["end"] for b in last["batches"]] == [
+        feedback._iso(newest + 12 * 3600),
+        feedback._iso(newest + 13 * 3600),
+    ]
 
 
 def test_land_adds_new_users_and_drops_items_the_catalog_lacks(params):
