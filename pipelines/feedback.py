@@ -171,10 +171,12 @@ def join(
     ev, ev_files = _read_log(
         fb.events_dir, "events", start, end + fb.lateness_seconds, ev_cols, endpoint
     )
-    ev = ev[(ev["served_at"] >= start) & (ev["served_at"] < end)]
+    # An event belongs to the window of its list's impression (the list's clock read in
+    # the response and in the log differ by microseconds; membership avoids a seam).
     ev = ev.sort_values(["timestamp", "event_id"], kind="stable").drop_duplicates("event_id")
     known = ev["request_id"].isin(set(imp["request_id"]))
-    orphans = int((~known).sum())
+    in_window = (ev["served_at"] >= start) & (ev["served_at"] < end)
+    orphans = int((in_window & ~known).sum())
     ev = ev[known].copy()
     ev["w"] = _weights(ev, params)
     ev["engaging_ts"] = ev["timestamp"].where(ev["w"] > 0)

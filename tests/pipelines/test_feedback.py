@@ -82,6 +82,7 @@ def traffic(params):
             _event("e4", "r1", "i1", 0, "dismiss", served_at=t0),
             _event("e5", "r2", "i5", 0, "purchase", 10.0, served_at=t0),  # capped at 5
             _event("e6", "r3", "i8", 1, "click", served_at=t0),  # anonymous
+            _event("e7", "r-lost", "i1", 0, "click", served_at=t0),  # no impression
         ]
     )
     ev.append([_event("e1", "r1", "i2", 1, "click", served_at=t0)])  # a client's retry
@@ -110,6 +111,7 @@ def test_join_weights_engagement_and_keeps_every_exposure(params, traffic):
     assert exp.loc[("r1", 2), "propensity"] == pytest.approx(0.7)
     assert exp.loc[("r3", 1), "engaged"] and pd.isna(exp.loc[("r3", 1), "user_id"])
     assert result["anonymous_engaged"] == 1 and result["events"] == 6  # the retry dropped
+    assert result["events_without_impression"] == 1
     assert exp["policy"].unique().tolist() == ["plackett_luce"]
 
 
