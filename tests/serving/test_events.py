@@ -294,3 +294,48 @@ def test_served_lists_forget_the_oldest_and_read_only_recent_files():
         "events-9000000-1-aa-000001.parquet",
     ]
     assert log_files_since(keys, "impressions", horizon=4000.0) == sorted(keys[1:4])
+
+
+def test_a_write_ahead_failure_refuses_the_batch_and_the_next_one_goes_through(tmp_path):
+    from shortlist.serving import events as events_module
+
+    log = EventLog(str(tmp_path / "events"), rotate_rows=1000, fsync_ms=0)
+    row = {"event_id": "a", "request_id": "r", "item_id": "i", "position": 0, "kind": "click",
+           "value": None, "timestamp": 2.0, "occurred_at": None, "served_at": 1.0}  # fmt: skip
+    log.append([row])
+    real_write = events_module._Segment.write
+
+    def torn(self, data: bytes) -> None:  # half a line reaches the file, then the disk is full
+        real_write(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    events_module._Segment.write = torn
+    try:
+        with pytest.raises(events_module.EventLogUnavailable, match="No space"):
+            log.append([{**row, "event_id": "b"}])
+    finally:
+        events_module._Segment.write = real_write
+    log.append([{**row, "event_id": "c"}])
+    log.close()
+    assert log.wal_errors == 1
+    got = sorted(r["event_id"] for r in read_events(str(tmp_path / "events")).to_pylist())
+    assert got == ["a", "c"]
+
+
+def test_the_endpoint_answers_503_when_the_log_cannot_take_events(app_client, monkeypatch):
+    from shortlist.serving.events import EventLogUnavailable
+
+    client, app, _params, _root = app_client
+    body = _served(client)
+
+    def full(_rows):
+        raise EventLogUnavailable("could not write the events write-ahead file: disk full")
+
+    monkeypatch.setattr(app.state.events, "append", full)
+    r = client.post(
+        "/events",
+        json={"request_id": body["request_id"], "item_id": body["items"][0]["item_id"],
+              "kind": "click"},
+    )  # fmt: skip
+    assert r.status_code == 503 and "retry" in r.json()["detail"]
+    assert _metric(client, "shortlist_events_rejected_total", 'reason="unavailable"') == 1
