@@ -1,8 +1,8 @@
 """Stage `feedback`: what serving showed and what users did with it -> training data.
 
 `join` reads the impressions log (`serving.impressions_dir`) and the events log
-(`feedback.events_dir`) for one window of serving time [start, end) and writes a batch of
-the data contract to `<feedback.batches_dir>/<start>-<end>/`:
+(`feedback.events_dir`, by default beside the impressions) for one window of serving time [start, end) and writes a batch of
+the data contract to `<feedback.batches_dir>/<start>-<end>/` (`batches_dir(params)`):
 
 - `interactions.parquet`: each engaged item of a list served to a known user, with the
   time of its first engaging event and its engagement weight: clicks weigh
@@ -57,7 +57,7 @@ from shortlist.data.io import (
     write_snapshot_manifest,
 )
 from shortlist.errors import DataValidationError, ShortlistError
-from shortlist.serving.events import event_weight, log_files_since
+from shortlist.serving.events import event_weight, events_dir, log_files_since
 from shortlist.storage import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,12 @@ def latest_window(params: Params, now: float | None = None) -> tuple[float, floa
     size = params.feedback.window_seconds
     end = math.floor(closed_before(params, now) / size) * size
     return float(end - size), float(end)
+
+
+def batches_dir(params: Params) -> str:
+    """feedback.batches_dir, else <project.work_dir>/feedback."""
+    fb = params.feedback
+    return fb.batches_dir or f"{params.project.work_dir.rstrip('/')}/feedback"
 
 
 def batch_name(start: float, end: float) -> str:
@@ -169,7 +175,7 @@ def join(
 
     ev_cols = ["event_id", "request_id", "item_id", "kind", "value", "timestamp", "served_at"]
     ev, ev_files = _read_log(
-        fb.events_dir, "events", start, end + fb.lateness_seconds, ev_cols, endpoint
+        events_dir(params), "events", start, end + fb.lateness_seconds, ev_cols, endpoint
     )
     # An event belongs to the window of its list's impression (the list's clock read in
     # the response and in the log differ by microseconds; membership avoids a seam).
@@ -240,7 +246,7 @@ def join(
         "event_files": ev_files,
     }
     name = batch_name(start, end)
-    where = out_dir or f"{fb.batches_dir.rstrip('/')}/{name}"
+    where = out_dir or f"{batches_dir(params).rstrip('/')}/{name}"
     return _write_batch(where, blobs, stats, created_at=_iso(end))
 
 
@@ -273,7 +279,7 @@ def _batches(store: Store) -> list[str]:
 
 
 def land(
-    params: Params, *, data_dir: str | None = None, batches_dir: str | None = None
+    params: Params, *, data_dir: str | None = None, batches_root: str | None = None
 ) -> dict[str, Any]:
     """Merge every feedback batch into `data_dir` (default data.dir) through the data
     contract; returns what was merged. Raises DataValidationError when the merge fails
@@ -282,7 +288,7 @@ def land(
 
     endpoint = params.storage.s3_endpoint_url
     data_dir = str(data_dir or params.data.dir)
-    batches_dir = str(batches_dir or params.feedback.batches_dir)
+    batches_root = str(batches_root or batches_dir(params))
     base_store = open_store(data_dir, endpoint_url=endpoint)
     base_snapshot = read_snapshot(data_dir)
     if not base_snapshot:
@@ -293,7 +299,7 @@ def land(
     has_exposures = base_store.exists(schema.EXPOSURES)
     base_exp = read_table(base_store, schema.EXPOSURES) if has_exposures else None
 
-    fb_store = open_store(batches_dir, endpoint_url=endpoint)
+    fb_store = open_store(batches_root, endpoint_url=endpoint)
     names = _batches(fb_store)
     fb_inter = [read_table(fb_store, f"{n}/{schema.INTERACTIONS}") for n in names]
     fb_exp = [read_table(fb_store, f"{n}/{schema.EXPOSURES}") for n in names]
@@ -376,7 +382,7 @@ def pending_windows(params: Params, now: float | None = None) -> list[tuple[floa
     when no batch exists yet."""
     fb = params.feedback
     latest_start, latest_end = latest_window(params, now)
-    store = open_store(fb.batches_dir, endpoint_url=params.storage.s3_endpoint_url)
+    store = open_store(batches_dir(params), endpoint_url=params.storage.s3_endpoint_url)
     ends = [_parse_stamp(name.split("-")[1]) for name in _batches(store)]
     ends = [e for e in ends if e is not None]
     if not ends:

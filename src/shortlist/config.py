@@ -338,8 +338,9 @@ class StorageParams(_Section):
 class FeedbackParams(_Section):
     """The feedback loop: events on served lists, and their join into training data."""
 
-    # Where the serving process writes accepted events as Parquet files (a directory or s3://).
-    events_dir: str = ".shortlist/events"
+    # Where the serving process writes accepted events as Parquet files (a directory or
+    # s3://). Empty: `events` beside serving.impressions_dir (its sibling directory).
+    events_dir: str = ""
     # Local write-ahead directory for events (empty: <events_dir>/.wal when that is local,
     # else <project.work_dir>/events-wal): an acknowledged event survives kill -9.
     events_wal_dir: str = ""
@@ -363,8 +364,9 @@ class FeedbackParams(_Section):
     watch_seconds_per_unit: float = Field(60.0, gt=0)
     # Cap on the summed engagement weight of one shown item (keeps weights on a rating scale).
     max_weight: float = Field(5.0, gt=0)
-    # Where `shortlist feedback` writes one joined batch per closed window.
-    batches_dir: str = ".shortlist/feedback"
+    # Where `shortlist feedback` writes one joined batch per closed window (empty:
+    # <project.work_dir>/feedback).
+    batches_dir: str = ""
     # Length of one join window in seconds (the DAG's interval; 3600 = hourly).
     window_seconds: int = Field(3600, gt=0)
     # Closed windows one scheduled run joins when earlier runs were missed (oldest first).

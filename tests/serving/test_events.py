@@ -339,3 +339,22 @@ def test_the_endpoint_answers_503_when_the_log_cannot_take_events(app_client, mo
     )  # fmt: skip
     assert r.status_code == 503 and "retry" in r.json()["detail"]
     assert _metric(client, "shortlist_events_rejected_total", 'reason="unavailable"') == 1
+
+
+def test_events_live_beside_the_impressions_unless_placed():
+    from shortlist.config import Params
+    from shortlist.serving.events import events_dir
+
+    def where(impressions: str, events: str = "") -> str:
+        params = Params().with_overrides(
+            {"serving.impressions_dir": impressions, "feedback.events_dir": events}
+        )
+        return events_dir(params)
+
+    assert where(".shortlist/impressions") == ".shortlist/events"
+    assert where("/srv/log/impressions/") == "/srv/log/events"
+    assert where("s3://logs/prod/impressions") == "s3://logs/prod/events"
+    assert where("s3://logs/impressions") == "s3://logs/events"
+    assert where("/srv/imp", "s3://b/ev") == "s3://b/ev"
+    with pytest.raises(ValueError, match="feedback.events_dir"):
+        where("s3://logs")

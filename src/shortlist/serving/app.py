@@ -46,6 +46,7 @@ from shortlist.serving.events import (
     EventsRefused,
     ServedLists,
     check_events,
+    events_dir,
 )
 from shortlist.serving.holder import BundleHolder
 from shortlist.serving.impressions import ImpressionLog
@@ -252,7 +253,7 @@ def create_app(
         fsync_ms=s.impressions_fsync_ms,
     )
     events = events or EventLog(
-        fb.events_dir,
+        events_dir(params),
         fb.events_rotate_rows,
         endpoint_url=params.storage.s3_endpoint_url,
         flush_seconds=fb.events_flush_seconds,
@@ -446,13 +447,14 @@ def wal_dir(params: Params) -> str:
 
 
 def events_wal_dir(params: Params) -> str:
-    """feedback.events_wal_dir, else beside local events, else under work_dir."""
+    """feedback.events_wal_dir, else inside local events, else under work_dir."""
     fb = params.feedback
     if fb.events_wal_dir:
         return fb.events_wal_dir
-    if is_remote(fb.events_dir):
+    where = events_dir(params)
+    if is_remote(where):
         return os.path.join(params.project.work_dir, "events-wal")
-    return os.path.join(fb.events_dir, ".wal")
+    return os.path.join(where, ".wal")
 
 
 def _why(holder: BundleHolder) -> str:

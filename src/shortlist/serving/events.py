@@ -94,6 +94,22 @@ def event_weight(
     return float(value or 0.0)
 
 
+def events_dir(params: Any) -> str:
+    """feedback.events_dir, else `events` beside serving.impressions_dir (so moving the
+    impressions moves the events with them)."""
+    if params.feedback.events_dir:
+        return params.feedback.events_dir
+    base = params.serving.impressions_dir.rstrip("/")
+    if is_remote(base):
+        bucket, _, prefix = base[len("s3://") :].partition("/")
+        if not prefix:
+            raise ValueError(
+                f"serving.impressions_dir is a bucket root ({base}): set feedback.events_dir"
+            )
+        return f"s3://{bucket}/{prefix.rpartition('/')[0] + '/' if '/' in prefix else ''}events"
+    return os.path.join(os.path.dirname(base), "events")
+
+
 # -- which lists events may refer to ------------------------------------------------
 
 
