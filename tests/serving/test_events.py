@@ -358,3 +358,52 @@ def test_events_live_beside_the_impressions_unless_placed():
     assert where("/srv/imp", "s3://b/ev") == "s3://b/ev"
     with pytest.raises(ValueError, match="feedback.events_dir"):
         where("s3://logs")
+
+
+def test_served_lists_and_their_events_become_training_data(world, live_root, tmp_path):
+    """The loop end to end: lists from the real app, events through /events, the join,
+    and the landing into a copy of the dataset through the data contract."""
+    import shutil
+
+    import pandas as pd
+
+    from pipelines import feedback
+
+    root, _a, _b = live_root
+    data_dir = tmp_path / "data"
+    shutil.copytree(world.data_dir, data_dir)
+    params = _params(world, tmp_path).with_overrides(
+        {
+            "data.dir": str(data_dir),
+            "project.work_dir": str(tmp_path / "work"),
+            "validation.reference_dir": str(tmp_path / "reference"),
+            "validation.quarantine_dir": str(tmp_path / "quarantine"),
+            "validation.docs_dir": str(tmp_path / "docs"),
+        }
+    )
+    clicked = []
+    with TestClient(create_app(params, root=root)) as client:
+        _ready(client)
+        t0 = time.time()
+        for u in range(5):
+            body = _served(client, user=f"u{u}", k=4)
+            item = body["items"][u % 4]["item_id"]
+            r = client.post(
+                "/events", json={"request_id": body["request_id"], "item_id": item,
+                                 "kind": "watch", "seconds": 60.0 * (u + 1)}
+            )  # fmt: skip
+            assert r.status_code == 200, r.text
+            clicked.append((f"u{u}", item, min(float(u + 1), params.feedback.max_weight)))
+    end = float(int(t0) + 3600)
+    closed = end + params.feedback.lateness_seconds + 60
+    batch = feedback.join(params, start=float(int(t0) - 1), end=end, now=closed)
+    assert batch["lists"] == 5 and batch["exposures"] == 20 and batch["engaged"] == 5
+    before = len(pd.read_parquet(data_dir / "interactions.parquet"))
+    landed = feedback.land(params)
+    assert landed["landed"] and landed["interactions_added"] == 5
+    inter = pd.read_parquet(data_dir / "interactions.parquet")
+    assert len(inter) == before + 5
+    fresh = inter[inter["timestamp"] >= int(t0)]
+    assert sorted(zip(fresh["user_id"], fresh["item_id"], fresh["weight"], strict=True)) == sorted(
+        clicked
+    )
