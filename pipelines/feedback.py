@@ -171,7 +171,13 @@ def join(
     )
     imp = imp[(imp["timestamp"] >= start) & (imp["timestamp"] < end)]
     imp = imp.sort_values(["timestamp", "request_id", "position"], kind="stable")
-    imp = imp.drop_duplicates(["request_id", "position"]).reset_index(drop=True)
+    imp = imp.drop_duplicates(["request_id", "position"])
+    # A propensity outside (0, 1] cannot weight anything: such rows are left out, counted.
+    valid = np.isfinite(imp["propensity"]) & (imp["propensity"] > 0) & (imp["propensity"] <= 1)
+    invalid_propensity = int((~valid).sum())
+    if invalid_propensity:
+        log.warning("%d shown items with a propensity outside (0, 1] left out", invalid_propensity)
+    imp = imp[valid].reset_index(drop=True)
 
     ev_cols = ["event_id", "request_id", "item_id", "kind", "value", "timestamp", "served_at"]
     ev, ev_files = _read_log(
@@ -242,6 +248,7 @@ def join(
         "anonymous_engaged": int((exp["engaged"] & exp["user_id"].isna()).sum()),
         "events": len(ev),
         "events_without_impression": orphans,
+        "invalid_propensity": invalid_propensity,
         "impression_files": imp_files,
         "event_files": ev_files,
     }

@@ -244,3 +244,15 @@ def test_the_cli_joins_a_window_and_refuses_an_open_one(params, traffic, capsys)
     assert feedback.parse_time("2024-01-02T00:00:00Z") == 1704153600.0
     with pytest.raises(ShortlistError, match="ISO 8601"):
         feedback.parse_time("yesterday")
+
+
+def test_shown_items_without_a_usable_propensity_are_left_out_and_counted(params):
+    imp = ImpressionLog(params.serving.impressions_dir, rotate_rows=1000)
+    t0 = time.time()
+    imp.append(request_id="r1", endpoint="/recommend", user_id="u1", bundle_id="b1",
+               item_ids=["i1", "i2", "i3"], scores=[1.0] * 3, retrieval_scores=None,
+               propensities=[0.0, 1.5, 0.5], policy="p", strategy="personalized")  # fmt: skip
+    imp.close()
+    start = float(int(t0) - 10)
+    result = feedback.join(params, start=start, end=start + 3600, now=_closed(params, start + 3600))
+    assert result["exposures"] == 1 and result["invalid_propensity"] == 2
