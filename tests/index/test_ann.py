@@ -64,6 +64,59 @@ def test_auto_picks_by_size():
     assert ann.resolve_type(10, IndexParams(type="ivf_flat")) == "ivf_flat"
 
 
+def test_auto_picks_ivf_pq_with_compact_refine_when_floats_exceed_the_budget():
+    # 100k x 64 float32 = 24.4 MiB: flat by size, but not within a 20 MiB budget.
+    p = IndexParams(type="auto", flat_max_items=10**6, pq_m=16, nlist=256)
+    n, d = 100_000, 64
+    assert ann.plan_index(n, d, p, budget_bytes=64 * 2**20).type == "flat"
+    tight = ann.plan_index(n, d, p, budget_bytes=20 * 2**20)
+    # float refine (~26 MiB) does not fit, fp16 (~14 MiB) does.
+    assert (tight.type, tight.refine) == ("ivf_pq", "fp16")
+    assert tight.estimated_bytes <= 20 * 2**20 and "budget" in tight.reason
+    tighter = ann.plan_index(n, d, p, budget_bytes=10 * 2**20)
+    assert (tighter.type, tighter.refine) == ("ivf_pq", "sq8")
+    # Beyond ivf_flat_max_items with room to spare, refine keeps exact float vectors.
+    big = IndexParams(flat_max_items=10, hnsw_max_items=20, ivf_flat_max_items=50_000)
+    assert ann.plan_index(n, d, big, budget_bytes=2**40).refine == "flat"
+    # The budget comes from params when not given; an explicit refine type is kept.
+    fixed = IndexParams(type="auto", flat_max_items=10**6, memory_budget_mb=20, refine_type="sq8")
+    plan = ann.plan_index(n, d, fixed)
+    assert (plan.type, plan.refine, plan.budget_bytes) == ("ivf_pq", "sq8", 20 * 2**20)
+    assert ann.resolve_type(n, fixed, dim=d) == "ivf_pq"
+    assert ann.resolve_type(n, fixed) == "flat"  # size rule alone without a dimension
+    assert ann.memory_budget_bytes(IndexParams()) > 0  # half of what is available
+
+
+@pytest.mark.parametrize("refine", ["flat", "fp16", "sq8"])
+def test_ivf_pq_refine_stores_against_exact(data, refine):
+    items, queries, exact = data
+    p = IndexParams(type="ivf_pq", nlist=64, nprobe=16, pq_m=8, refine_factor=8)
+    p = p.model_copy(update={"refine_type": refine})
+    stats: dict = {}
+    index = ann.build_index(items, p, stats=stats)
+    assert ann.index_kind(index) == "ivf_pq"
+    assert stats["params"]["refine_type"] == refine and stats["plan"]["refine"] == refine
+    _, rows = ann.search(index, queries, 10)
+    assert ann.recall_at_k(rows, exact, 10) >= 0.9
+    # What a bundle stores and serving loads: the same index, search knobs re-applied.
+    import faiss
+
+    loaded = faiss.deserialize_index(faiss.serialize_index(index))
+    ann.set_search_params(loaded, stats["params"])
+    np.testing.assert_array_equal(ann.search(loaded, queries, 10)[1], rows)
+
+
+def test_compact_refine_is_smaller(data):
+    items = data[0]
+    sizes = {}
+    for refine in ("flat", "fp16", "sq8"):
+        p = IndexParams(type="ivf_pq", nlist=64, pq_m=8, refine_type=refine)
+        sizes[refine] = ann.index_bytes(ann.build_index(items, p))
+        estimate = ann.estimate_bytes("ivf_pq", len(items), items.shape[1], p, refine)
+        assert abs(sizes[refine] - estimate) < 0.1 * estimate, (refine, sizes[refine], estimate)
+    assert sizes["sq8"] < sizes["fp16"] < sizes["flat"]
+
+
 def test_exact_search_matches_numpy_and_pads():
     rng = np.random.default_rng(0)
     items = rng.normal(size=(50, 8)).astype(np.float32)

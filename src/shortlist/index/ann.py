@@ -1,19 +1,24 @@
 """FAISS indexes over L2-normalised item embeddings, scored by inner product.
 
 The index type is a params choice (`index.type`): exact flat search, HNSW, IVF-Flat, or
-IVF-PQ with an exact refine step; `auto` picks by catalog size: flat up to
-`flat_max_items`, HNSW up to `hnsw_max_items` (its build takes minutes per million on
-2 cores), IVF-Flat up to `ivf_flat_max_items` (seconds to build, near-exact recall), and
-IVF-PQ+refine beyond, where full vectors no longer fit comfortably in memory. Index rows are
-positions in the bundle's id map, so no id translation lives inside FAISS. Quality is
-always measured against exact search over the same vectors (`recall_at_k`).
+IVF-PQ with a refine step that re-ranks its shortlist with stored vectors. `auto` picks by
+catalog size AND memory (`plan_index`): flat up to `flat_max_items`, HNSW up to
+`hnsw_max_items` (its build takes minutes per million on 2 cores), IVF-Flat up to
+`ivf_flat_max_items` (seconds to build, near-exact recall), IVF-PQ+refine beyond; and
+whatever the size, IVF-PQ+refine when the chosen index would not fit
+`index.memory_budget_mb`, with the refine vectors kept as float32, float16 or 8-bit scalar
+codes, the most precise that fits (`index.refine_type`). Index rows are positions in the
+bundle's id map, so no id translation lives inside FAISS. Quality is always measured
+against exact search over the same vectors (`recall_at_k`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +28,10 @@ from shortlist.config import IndexParams
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivf_flat", "ivf_pq")
+#: How IVF-PQ keeps the vectors its refine step re-ranks with, most precise first.
+REFINE_TYPES = ("flat", "fp16", "sq8")
+#: Bytes per vector component of each refine store.
+REFINE_BYTES = {"flat": 4.0, "fp16": 2.0, "sq8": 1.0}
 
 
 def _faiss():
@@ -45,11 +54,77 @@ def _metric(metric: str) -> int:
     raise ValueError(f"unknown metric {metric!r} (use 'ip' or 'l2')")
 
 
-def resolve_type(n_items: int, params: Any) -> str:
-    """The concrete index type for a catalog of `n_items` under `params.index.type`."""
+@dataclass(frozen=True)
+class IndexPlan:
+    """The index `auto` chose for a catalog, with its memory estimate and the reason."""
+
+    type: str
+    refine: str | None  # the refine store of ivf_pq, else None
+    estimated_bytes: int
+    budget_bytes: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_memory_bytes() -> int:
+    """Memory this process could still take: MemAvailable, capped by a cgroup v2 limit."""
+    avail = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as fh:
+            used = int(fh.read().strip())
+        if limit != "max":
+            left = max(0, int(limit) - used)
+            avail = min(avail, left) if avail else left
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def memory_budget_bytes(params: Any) -> int:
+    """`index.memory_budget_mb` in bytes; when 0, half the memory available right now
+    (the serving host runs other things beside the index)."""
     p = _index_params(params)
-    if p.type != "auto":
-        return p.type
+    if p.memory_budget_mb:
+        return int(p.memory_budget_mb) * 2**20
+    return available_memory_bytes() // 2
+
+
+def estimate_bytes(kind: str, n_items: int, dim: int, params: Any, refine: str = "flat") -> int:
+    """Approximate resident size of an index of `kind` over n x dim float32 vectors.
+
+    flat: the vectors; HNSW: the vectors + 2*M int32 level-0 links; IVF-Flat: vectors +
+    int64 ids; IVF-PQ: pq_m code bytes + int64 id per item, plus the refine store (4, 2 or
+    1 bytes per component). Coarse centroids are added for the IVF types.
+    """
+    p = _index_params(params)
+    n, d = int(n_items), int(dim)
+    if kind == "flat":
+        per_item = 4.0 * d
+    elif kind == "hnsw":
+        per_item = 4.0 * d + 8.0 * p.hnsw_m
+    elif kind == "ivf_flat":
+        per_item = 4.0 * d + 8
+    elif kind == "ivf_pq":
+        per_item = pq_subquantizers(d, p.pq_m) + 8 + REFINE_BYTES[refine] * d
+    else:
+        raise ValueError(f"unknown index type {kind!r} (one of {INDEX_TYPES})")
+    centroids = 4 * d * effective_nlist(n, p.nlist) if kind.startswith("ivf") else 0
+    return int(per_item * n + centroids)
+
+
+def _size_choice(n_items: int, p: IndexParams) -> str:
     if n_items <= p.flat_max_items:
         return "flat"
     if n_items <= p.hnsw_max_items:
@@ -57,6 +132,64 @@ def resolve_type(n_items: int, params: Any) -> str:
     if n_items <= p.ivf_flat_max_items:
         return "ivf_flat"
     return "ivf_pq"
+
+
+def plan_index(
+    n_items: int, dim: int, params: Any, *, budget_bytes: int | None = None
+) -> IndexPlan:
+    """The index for n_items x dim vectors under `params.index`, and why.
+
+    `auto` takes the size rule first; when that index's estimated size exceeds the memory
+    budget it falls to IVF-PQ+refine, whose refine store (`refine_type: auto`) is the
+    most precise of float32, float16 and SQ8 that fits. An explicit type is kept whatever
+    the budget (the caller asked for it); its refine store follows the same rule.
+    """
+    p = _index_params(params)
+    budget = memory_budget_bytes(p) if budget_bytes is None else int(budget_bytes)
+    mib = 2**20
+    if p.type != "auto":
+        kind, reason = p.type, f"index.type is {p.type}"
+    else:
+        kind = _size_choice(n_items, p)
+        reason = f"{n_items:,} items: {kind} by catalog size"
+        if kind != "ivf_pq":
+            need = estimate_bytes(kind, n_items, dim, p)
+            if need > budget:
+                reason = (
+                    f"{kind} would take ~{need / mib:,.0f} MiB > budget {budget / mib:,.0f} MiB"
+                )
+                kind = "ivf_pq"
+    refine = None
+    if kind == "ivf_pq":
+        fits = [r for r in REFINE_TYPES if estimate_bytes(kind, n_items, dim, p, r) <= budget]
+        if p.refine_type != "auto":
+            refine = p.refine_type
+        elif fits:
+            refine = fits[0]
+        else:
+            refine = REFINE_TYPES[-1]
+            log.warning(
+                "IVF-PQ+%s refine over %d x %d needs ~%.0f MiB, over the %.0f MiB budget",
+                refine,
+                n_items,
+                dim,
+                estimate_bytes(kind, n_items, dim, p, refine) / mib,
+                budget / mib,
+            )
+        reason += f"; refine vectors as {refine}"
+    est = estimate_bytes(kind, n_items, dim, p, refine or "flat")
+    return IndexPlan(kind, refine, est, budget, reason)
+
+
+def resolve_type(n_items: int, params: Any, dim: int | None = None) -> str:
+    """The concrete index type for a catalog of `n_items` under `params.index.type`.
+
+    Without `dim` only the size rule applies; with it, the memory budget too (`plan_index`).
+    """
+    p = _index_params(params)
+    if dim is None:
+        return p.type if p.type != "auto" else _size_choice(n_items, p)
+    return plan_index(n_items, dim, p).type
 
 
 def effective_nlist(n_items: int, nlist: int) -> int:
@@ -75,8 +208,6 @@ def pq_subquantizers(dim: int, pq_m: int) -> int:
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:
-            import os
-
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
@@ -101,19 +232,22 @@ def build_index(
     *,
     metric: str = "ip",
     stats: dict[str, Any] | None = None,
+    budget_bytes: int | None = None,
 ):
-    """Build the FAISS index chosen by `params.index.type` over `vectors` (n, d) float32.
+    """Build the FAISS index chosen by `plan_index` over `vectors` (n, d) float32.
 
-    Search parameters (efSearch, nprobe, refine factor) are applied before returning.
-    Build seconds and the process memory growth are logged and, when `stats` is given,
-    written into it (keys: type, items, dim, build_seconds, rss_delta_bytes, params).
+    `vectors` may be a memmap: it is read in chunks. Search parameters (efSearch, nprobe,
+    refine factor) are applied before returning. Build seconds and the process memory
+    growth are logged and, when `stats` is given, written into it (keys: type, items,
+    dim, build_seconds, rss_delta_bytes, plan, params).
     """
     faiss = _faiss()
     p = _index_params(params)
     n, d = int(vectors.shape[0]), int(vectors.shape[1])
     if n == 0:
         raise ValueError("cannot build an index over zero vectors")
-    kind = resolve_type(n, p)
+    plan = plan_index(n, d, p, budget_bytes=budget_bytes)
+    kind = plan.type
     faiss.omp_set_num_threads(p.threads)
     fmetric = _metric(metric)
     rss0, t0 = _rss_bytes(), time.perf_counter()
@@ -126,17 +260,23 @@ def build_index(
         built = {"hnsw_m": p.hnsw_m, "ef_construction": p.ef_construction}
     elif kind in ("ivf_flat", "ivf_pq"):
         nlist = effective_nlist(n, p.nlist)
-        quantizer = faiss.IndexFlat(d, fmetric)
         if kind == "ivf_flat":
+            quantizer = faiss.IndexFlat(d, fmetric)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, fmetric)
             built = {"nlist": nlist}
         else:
             m = pq_subquantizers(d, p.pq_m)
             # 2**nbits PQ centroids want ~39 training points each.
             nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))
-            ivf = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, fmetric)
-            index = faiss.IndexRefineFlat(ivf)
-            built = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits}
+            refine = {"flat": "RFlat", "fp16": "Refine(SQfp16)", "sq8": "Refine(SQ8)"}
+            spec = f"IVF{nlist},PQ{m}x{nbits},{refine[plan.refine]}"
+            index = faiss.index_factory(d, spec, fmetric)
+            # Polysemous training (on by default for 8-bit codes) reorders PQ centroids for
+            # Hamming filtering, which this index never uses: it dominated training time.
+            faiss.downcast_index(
+                faiss.downcast_index(index).base_index
+            ).do_polysemous_training = False
+            built = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits, "refine_type": plan.refine}
         # k-means on a sample: 64 points per list is plenty for the centroids and PQ.
         index.train(_train_sample(vectors, max(64 * nlist, 256 * 64), seed=0))
     else:
@@ -146,13 +286,14 @@ def build_index(
     seconds = time.perf_counter() - t0
     rss_delta = max(0, _rss_bytes() - rss0)
     log.info(
-        "built %s index over %d x %d in %.1fs (%.1f s per million), memory +%.0f MiB",
+        "built %s index over %d x %d in %.1fs (%.1f s per million), memory +%.0f MiB (%s)",
         kind,
         n,
         d,
         seconds,
         seconds * 1e6 / n,
         rss_delta / 2**20,
+        plan.reason,
     )
     if stats is not None:
         stats.update(
@@ -162,9 +303,18 @@ def build_index(
             build_seconds=round(seconds, 3),
             seconds_per_million=round(seconds * 1e6 / n, 3),
             rss_delta_bytes=rss_delta,
+            plan=plan.to_dict(),
             params={**built, **search_params(kind, p)},
         )
     return index
+
+
+def index_bytes(index) -> int:
+    """Serialized size of `index`: what it occupies on disk and, loaded, in memory."""
+    faiss = _faiss()
+    writer = faiss.VectorIOWriter()
+    faiss.write_index(index, writer)
+    return int(writer.data.size())
 
 
 def search_params(kind: str, params: Any) -> dict[str, int]:
