@@ -86,6 +86,51 @@ def test_item_knn_cosine_with_shrink_and_neighbour_pruning():
     assert p[1, 0] > 0 and p[2, 0] == 0.0 and p[0, 2] > 0
 
 
+def _dense_item_knn(x: np.ndarray, k: int, shrink: float) -> np.ndarray:
+    """The ItemKNN similarity by its definition, densely: a reference for small catalogs."""
+    co = x.T @ x
+    norms = np.sqrt(np.diag(co))
+    sim = co / (norms[:, None] * norms[None, :] + shrink + 1e-12)
+    np.fill_diagonal(sim, 0.0)
+    out = np.zeros_like(sim)
+    for j in range(sim.shape[1]):
+        cand = np.flatnonzero(sim[:, j] > 0)
+        best = cand[np.lexsort((cand, -sim[cand, j]))][:k]  # ties: the lower index
+        out[best, j] = sim[best, j]
+    return out
+
+
+@pytest.mark.parametrize("block_pairs", [1, 50, 20_000_000])
+def test_item_knn_sparse_blocks_match_the_dense_definition(block_pairs):
+    df = clustered(n_users=50, n_items=40, seed=11)
+    model = ItemKNN({"neighbours": [5], "shrink": [3.0]})
+    model.block_pairs = block_pairs  # 1: one column a block; 20M: the whole catalog at once
+    model.fit(df, EMPTY)
+    expected = _dense_item_knn(model._x.toarray().astype(np.float64), 5, 3.0)
+    np.testing.assert_allclose(model._sim.toarray(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_ease_above_max_items_fits_the_most_popular_and_says_so():
+    df = clustered(n_users=60, n_items=30, seed=4)
+    counts = df.item_id.value_counts()
+    model = EASE({"lambda": [5.0]}, max_items=10).fit(df, EMPTY)
+    assert len(model.item_ids) == 10 and model._b.shape == (10, 10)
+    kept = counts.reindex(model.item_ids).to_numpy()
+    assert kept.min() >= counts.drop(model.item_ids).max()  # the most popular ones
+    assert model.notes and "10 most popular of 30" in model.notes[0]
+    assert model.score(["u0", "nobody"]).shape == (2, 10)
+    res = evaluate(model, df, df.iloc[:20], ks=[5], catalog=np.unique(df.item_id))
+    assert res["catalog_size"] == 30 and res["notes"] == model.notes
+    full = EASE({"lambda": [5.0]}).fit(df, EMPTY)
+    assert len(full.item_ids) == 30 and full.notes == []
+
+
+def test_make_baseline_reads_ease_max_items_and_tuning_sample(params):
+    p = params.with_overrides({"evaluation.ease_max_items": 123, "evaluation.sample_users": 7})
+    assert make_baseline("ease", p).max_items == 123
+    assert make_baseline("als", p).tune_sample_users == 7
+
+
 def _random_recall(train, test, k):
     """Expected recall@k of a uniformly random ranking of each user's unseen items."""
     items = set(train.item_id)

@@ -136,6 +136,63 @@ def test_batching_does_not_change_results():
     assert max(len(c) for c in model.calls[1:]) == 3
 
 
+def _random_case(n_users=30, n_items=50, seed=2):
+    rng = np.random.default_rng(seed)
+    items = [f"i{j}" for j in range(n_items)]
+    users = [f"u{j}" for j in range(n_users)]
+    pairs = [(u, i) for u in users for i in rng.choice(items, 12, replace=False)]
+    df = frame(pairs)
+    train, test = df.iloc[::3], df.drop(df.index[::3])
+    # Integer-valued scores: many ties, so the blocks must break them the same way too.
+    rows = {u: list(rng.integers(0, 6, n_items).astype(float)) for u in users}
+    return items, rows, train, test
+
+
+def test_blocked_evaluation_equals_unblocked():
+    items, rows, train, test = _random_case()
+    full = evaluate(Fixed(items, rows), train, test, ks=[1, 5, 10, 20])
+    assert full["blocks"] == 1 and full["block_users"] >= full["users"]
+    # Blocks bounded by score cells: 100 cells over a 50-item catalog = 2 users a block.
+    model = Fixed(items, rows)
+    blocked = evaluate(model, train, test, ks=[1, 5, 10, 20], block_cells=100)
+    assert blocked["block_users"] == 2 and max(len(c) for c in model.calls) == 2
+    assert blocked["blocks"] == -(-full["users"] // 2)
+    assert flatten(blocked) == pytest.approx(flatten(full))
+    for seg in full["segments"]:  # every segment, coverage and popularity included
+        assert blocked["segments"][seg] == pytest.approx(full["segments"][seg], nan_ok=True)
+    # batch_users is a ceiling; block_cells still bounds it.
+    assert evaluate(Fixed(items, rows), train, test, ks=[5], batch_users=7)["block_users"] == 7
+    capped = evaluate(Fixed(items, rows), train, test, ks=[5], batch_users=7, block_cells=150)
+    assert capped["block_users"] == 3
+
+
+def test_block_size_is_bounded_by_cells_at_any_catalog_size():
+    from shortlist.eval.harness import BATCH_CELLS, block_size
+
+    assert block_size(1_000_000) * 1_000_000 <= BATCH_CELLS
+    assert block_size(10_000_000, batch_users=4096) == 2
+    assert block_size(10**9) == 1  # never zero
+    assert block_size(10, batch_users=5) == 5
+
+
+def test_user_sample_is_stated_and_seeded():
+    items, rows, train, test = _random_case(n_users=40)
+    full = evaluate(Fixed(items, rows), train, test, ks=[5], segments=["all"])
+    a = evaluate(Fixed(items, rows), train, test, ks=[5], segments=["all"], sample_users=10)
+    b = evaluate(Fixed(items, rows), train, test, ks=[5], segments=["all"], sample_users=10)
+    assert a["users"] == 10 and a["user_sample"] == {"users": 10, "of": full["users"], "seed": 0}
+    assert a["segments"] == b["segments"]
+    assert "user_sample" not in full
+    assert evaluate(Fixed(items, rows), train, test, ks=[5], sample_users=1000)["users"] == 40
+
+
+def test_recommender_notes_reach_the_result():
+    model = Fixed(ITEMS, [5, 4, 3, 2, 1])
+    model.notes = ["fitted on a sample"]
+    res = evaluate(model, frame([("u1", "a")]), frame([("u1", "b")]), ks=[1])
+    assert res["notes"] == ["fitted on a sample"]
+
+
 def test_nan_scores_and_wrong_shapes_are_errors():
     train, test = frame([("u1", "a")]), frame([("u1", "b")])
     with pytest.raises(ValueError, match="NaN"):

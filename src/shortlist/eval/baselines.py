@@ -7,6 +7,12 @@ train items excluded), then refits on train + validation with the chosen values,
 the test period follows the validation period. Users without history get the popularity
 ranking. Their catalog (`item_ids`) is the items seen in the data they were fitted on:
 they cannot score items without interactions, and the harness gives those -inf.
+
+At a large catalog none of them holds an items x items or users x items dense matrix:
+ItemKNN builds its similarity sparsely in column blocks of bounded size, and EASE, dense
+by nature, is fitted on the `max_items` most popular items only, which its `notes` (and so
+the harness's result) state. Tuning may evaluate a seeded sample of validation users
+(`tune_sample_users`).
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import scipy.sparse as sp
 from shortlist.config import EvaluationParams, Params
 from shortlist.data import schema
 
-#: Largest catalog EASE will invert densely (n_items^2 float64).
-EASE_MAX_ITEMS = 40_000
+#: Largest catalog EASE inverts densely (n_items^2 float64) unless configured otherwise.
+EASE_MAX_ITEMS = 20_000
 
 
 class _Baseline:
@@ -39,12 +45,15 @@ class _Baseline:
         refit_on_validation: bool = True,
         seed: int = 0,
         threads: int = 1,
+        tune_sample_users: int = 0,
     ):
         self.grid = {k: list(v) for k, v in (grid or {}).items()}
         self.tune_metric = tune_metric
         self.refit_on_validation = refit_on_validation
         self.seed = seed
         self.threads = threads
+        self.tune_sample_users = tune_sample_users
+        self.notes: list[str] = []  # what a reader of its results must know (e.g. a sample)
         self.best_params: dict[str, Any] = {k: v[0] for k, v in self.grid.items()}
         self.tuning: list[dict[str, Any]] = []
         self.item_ids = np.array([], dtype=str)
@@ -69,7 +78,15 @@ class _Baseline:
             best = -np.inf
             for combo in combos:
                 self._fit_matrix(train, combo)
-                res = evaluate(self, train, validation, ks=[k], segments=["all"])
+                res = evaluate(
+                    self,
+                    train,
+                    validation,
+                    ks=[k],
+                    segments=["all"],
+                    sample_users=self.tune_sample_users or None,
+                    seed=self.seed,
+                )
                 value = float(res["segments"][segment].get(metric, 0.0))
                 self.tuning.append({**combo, metric: value})
                 if value > best:
@@ -111,6 +128,7 @@ class _Baseline:
         self._x = x
         pop = np.asarray(x.sum(axis=0)).ravel()
         self._popularity = (pop / max(pop.max(), 1.0)).astype(np.float32)
+        self.notes = []
         self._fit(x, params)
 
     def _fit(self, x: sp.csr_matrix, params: dict[str, Any]) -> None:
@@ -147,32 +165,50 @@ class ItemKNN(_Baseline):
     """Item-item cosine similarity with shrinkage, top-`neighbours` per item.
 
     sim(i, j) = |U_i & U_j| / (sqrt(|U_i| |U_j|) + shrink); score(u, j) = sum over the
-    user's items i of sim(i, j), keeping for each j only its `neighbours` most similar i.
+    user's items i of sim(i, j), keeping for each j only its `neighbours` most similar i
+    (ties: the lower item index). Co-occurrences stay sparse, computed for blocks of
+    columns holding at most `block_pairs` co-occurring pairs, so memory does not grow
+    with the catalog squared.
     """
 
     name = "item_knn"
-    block = 2048
+    block_pairs = 20_000_000
 
     def _fit(self, x, params) -> None:
         k, shrink = int(params["neighbours"]), float(params["shrink"])
         xt = x.T.tocsr()
-        norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        xc = x.tocsc()
+        counts = np.asarray(x.sum(axis=0)).ravel()
+        norms = np.sqrt(counts)
         n = x.shape[1]
+        kk = min(k, n - 1)
+        # Upper bound of each column's co-occurrence entries: its users' history lengths.
+        row_len = np.diff(x.indptr).astype(np.float64)
+        cum = np.cumsum(np.asarray(xt @ row_len).ravel())
         rows, cols, vals = [], [], []
-        for start in range(0, n, self.block):
-            cols_b = np.arange(start, min(start + self.block, n))
-            co = (xt @ x[:, cols_b]).toarray()  # (n_items, block)
-            sim = co / (norms[:, None] * norms[None, cols_b] + shrink + 1e-12)
-            sim[cols_b, np.arange(len(cols_b))] = 0.0
-            kk = min(k, n - 1)
-            if kk <= 0:
-                continue
-            top = np.argpartition(-sim, kk - 1, axis=0)[:kk]  # (kk, block)
-            v = np.take_along_axis(sim, top, axis=0)
-            keep = v > 0
-            rows.append(top[keep])
-            cols.append(np.broadcast_to(cols_b, top.shape)[keep])
-            vals.append(v[keep])
+        start = 0
+        while start < n and kk > 0:
+            done = cum[start - 1] if start else 0.0
+            fits = int(np.searchsorted(cum, done + self.block_pairs, side="right"))
+            end = min(n, max(fits, start + 1))
+            cols_b = np.arange(start, end)
+            co = (xt @ xc[:, cols_b]).tocsc()  # (n_items, block), sparse
+            co.sort_indices()
+            r = co.indices.astype(np.int64)
+            c = np.repeat(cols_b, np.diff(co.indptr))
+            sim = co.data / (norms[r] * norms[c] + shrink + 1e-12)
+            keep = (r != c) & (sim > 0)
+            r, c, sim = r[keep], c[keep], sim[keep]
+            # Best kk per column: order by (column, -sim, row), keep the first kk of each.
+            order = _column_rank_order(c, sim, r, n)
+            r, c, sim = r[order], c[order], sim[order]
+            first = np.searchsorted(c, cols_b)
+            rank = np.arange(len(c)) - first[c - start]
+            top = rank < kk
+            rows.append(r[top])
+            cols.append(c[top])
+            vals.append(sim[top])
+            start = end
         cat = np.concatenate if rows else (lambda _: np.array([], np.int64))
         self._sim = sp.csr_matrix(
             (cat(vals).astype(np.float32), (cat(rows), cat(cols))), shape=(n, n)
@@ -183,25 +219,61 @@ class ItemKNN(_Baseline):
         return self._with_fallback(rows, scores)
 
 
+def _column_rank_order(c: np.ndarray, sim: np.ndarray, r: np.ndarray, n: int) -> np.ndarray:
+    """The permutation sorting entries by (column c, descending sim, row r).
+
+    One int64 key per entry (column, sim quantised below float32 precision, row) sorts
+    several times faster than a three-key lexsort; catalogs too large for the bits left
+    fall back to the lexsort. Keys are unique, so the order is fully determined.
+    """
+    nb = max(1, int(n - 1).bit_length())
+    qbits = 63 - 2 * nb
+    if qbits < 24:
+        return np.lexsort((r, -sim, c))
+    q = np.clip((1.0 - sim) * float(1 << qbits), 0, (1 << qbits) - 1).astype(np.int64)
+    return np.argsort((c.astype(np.int64) << (qbits + nb)) | (q << nb) | r)
+
+
 class EASE(_Baseline):
     """Embarrassingly Shallow Autoencoder, closed form (Steck, WWW 2019).
 
     P = (X^T X + lambda I)^-1, B = I - P diag(1 / diag(P)) (zero diagonal);
-    score(u) = x_u B. Dense in n_items: refuses catalogs above EASE_MAX_ITEMS.
+    score(u) = x_u B. Dense in n_items: above `max_items` items it is fitted on the
+    `max_items` most popular ones (the others get no score, -inf in the harness), and
+    `notes` says so.
     """
 
     name = "ease"
 
+    def __init__(self, *args, max_items: int = EASE_MAX_ITEMS, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_items = int(max_items)
+
     def _fit(self, x, params) -> None:
         n = x.shape[1]
-        if n > EASE_MAX_ITEMS:
-            raise ValueError(f"EASE is dense in items: {n} > {EASE_MAX_ITEMS}")
+        if n > self.max_items:
+            counts = np.asarray(x.sum(axis=0)).ravel()
+            keep = np.sort(np.argsort(-counts, kind="stable")[: self.max_items])
+            x = x[:, keep].tocsr()
+            self._x = x
+            self.item_ids = self.item_ids[keep]
+            self._popularity = self._popularity[keep]
+            share = counts[keep].sum() / max(counts.sum(), 1)
+            self.notes = [
+                f"EASE fitted on the {self.max_items:,} most popular of {n:,} items "
+                f"({share:.1%} of the interactions; evaluation.ease_max_items): it is dense "
+                "in items, and the other items get no score"
+            ]
+            n = self.max_items
+        from scipy.linalg import inv
+
         g = (x.T @ x).toarray().astype(np.float64)
         g[np.diag_indices(n)] += float(params["lambda"])
-        p = np.linalg.inv(g)
-        b = p / (-np.diag(p))[None, :]
-        b[np.diag_indices(n)] = 0.0
-        self._b = b.astype(np.float32)
+        p = inv(g, overwrite_a=True, check_finite=False)
+        del g
+        p /= -np.diag(p)[None, :]  # B = -P / diag(P), in place: one n x n float64 at a time
+        p[np.diag_indices(n)] = 0.0
+        self._b = p.astype(np.float32)
 
     def _score_rows(self, rows):
         scores = np.asarray(self._x[rows] @ self._b, dtype=np.float32)
@@ -262,9 +334,12 @@ def make_baseline(name: str, params: Params) -> _Baseline:
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
     ev = params.evaluation
+    extra = {"max_items": ev.ease_max_items} if name == "ease" else {}
     return BASELINES[name](
         grid_for(name, ev),
         tune_metric=ev.primary_metric,
         seed=params.project.seed,
         threads=ev.threads,
+        tune_sample_users=ev.sample_users,
+        **extra,
     )

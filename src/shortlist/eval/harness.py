@@ -12,7 +12,11 @@ sets each user's train items to -inf, takes the top K and computes the metrics o
   the cold items only (can content find the right new item among the new ones?);
 - ``cold_items_in_catalog``: the same held-out cold items, ranked over the full catalog.
 
-Users are scored in batches so that a large catalog fits in memory.
+Users are scored in blocks of at most `block_cells` score cells (users x catalog), and
+only each user's top K and per-user metrics leave a block, so memory stays bounded at any
+catalog size (no dense users x items matrix is ever formed). A seeded sample of users
+(`sample_users`) can stand for all of them where full ranking of everyone is too slow; the
+result states it.
 """
 
 from __future__ import annotations
@@ -32,8 +36,17 @@ from shortlist.eval.protocol import Recommender
 USER_SEGMENTS = ("all", "cold_users", "light_users", "heavy_users")
 ITEM_SEGMENTS = ("cold_items", "cold_items_in_catalog")
 SEGMENTS = USER_SEGMENTS + ITEM_SEGMENTS
-#: Score cells per batch (users x catalog); bounds the harness's memory.
+#: Score cells per block (users x catalog) by default; bounds the harness's memory.
 BATCH_CELLS = 20_000_000
+#: Most users per block, however small the catalog.
+MAX_BLOCK_USERS = 4096
+
+
+def block_size(n_items: int, batch_users: int | None = None, block_cells: int | None = None) -> int:
+    """Users per scoring block: at most `batch_users` (default MAX_BLOCK_USERS), and no
+    more than `block_cells` score cells (default BATCH_CELLS) over an `n_items` catalog."""
+    cap = max(1, int(block_cells or BATCH_CELLS) // max(int(n_items), 1))
+    return max(1, min(int(batch_users or MAX_BLOCK_USERS), cap))
 
 
 def evaluate(
@@ -48,6 +61,9 @@ def evaluate(
     heavy_user_quantile: float = 0.8,
     segments: Sequence[str] = SEGMENTS,
     batch_users: int | None = None,
+    block_cells: int | None = None,
+    sample_users: int | None = None,
+    seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Full-ranking metrics of `recommender` on `test`, per segment.
@@ -58,6 +74,11 @@ def evaluate(
     ranked; items the model does not score get -inf, test items outside it are dropped
     (counted in `dropped_test_interactions`). `cold_items` defaults to catalog items with
     no train interaction. `items` is accepted for symmetry with `fit` and unused.
+
+    Users are scored in blocks of `block_size(catalog, batch_users, block_cells)`; the
+    result does not depend on the block size. `sample_users` evaluates a uniform sample of
+    that many test users (seeded by `seed`), recorded under `user_sample`. A recommender's
+    `notes` (e.g. a baseline fitted on part of the catalog) are copied into the result.
     """
     del items
     ks = sorted({int(k) for k in ks})
@@ -80,6 +101,12 @@ def evaluate(
     dropped = int((test_i < 0).sum())
     test_u, test_i = test_u[test_i >= 0], test_i[test_i >= 0]
     users = np.unique(test_u)
+    users_total = len(users)
+    if sample_users and sample_users < len(users):
+        rng = np.random.default_rng(seed)
+        users = np.sort(rng.choice(users, int(sample_users), replace=False))
+        keep = np.isin(test_u, users)
+        test_u, test_i = test_u[keep], test_i[keep]
     row_of = pd.Index(users)
 
     relevant = _csr(row_of.get_indexer(test_u), test_i, len(users), n_cat)
@@ -115,7 +142,7 @@ def evaluate(
 
     kmax = ks[-1]
     acc = {s: _Acc(ks, n_cat, pop_pct) for s in SEGMENTS if s in segments}
-    batch = batch_users or max(1, min(4096, BATCH_CELLS // max(n_cat, 1)))
+    batch = block_size(n_cat, batch_users, block_cells)
     src = col_of.get_indexer(model_items)
     same_order = len(model_items) == n_cat and np.array_equal(model_items, cat)
     cold_in_cat = np.zeros(n_cat, bool)
@@ -173,7 +200,7 @@ def evaluate(
     for name, a in acc.items():
         size = len(cold_cols) if name == "cold_items" else n_cat
         result_segments[name] = a.summary(size)
-    return {
+    out = {
         "model": recommender.name,
         "catalog_size": n_cat,
         "cold_items": len(cold_cols),
@@ -183,7 +210,15 @@ def evaluate(
         "dropped_test_interactions": dropped,
         "heavy_user_threshold": threshold,
         "segments": result_segments,
+        "block_users": batch,
+        "blocks": len(starts),
     }
+    if len(users) < users_total:
+        out["user_sample"] = {"users": len(users), "of": users_total, "seed": seed}
+    notes = list(getattr(recommender, "notes", []) or [])
+    if notes:
+        out["notes"] = notes
+    return out
 
 
 def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
