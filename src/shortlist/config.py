@@ -236,7 +236,14 @@ class EvaluationParams(_Section):
     min_relative_gain_over_champion: float = 0.0
     min_relative_gain_over_baselines: float = 0.0
     threads: int = Field(2, ge=1)
-    batch_users: int = Field(0, ge=0)  # users scored per batch; 0 = sized to the catalog
+    batch_users: int = Field(0, ge=0)  # users scored per block at most; 0 = sized to the catalog
+    # Score cells (users x catalog) per block: bounds the harness's memory at any catalog size.
+    block_cells: int = Field(20_000_000, gt=0)
+    # Evaluate a seeded sample of this many users (0: all); the result states the sample.
+    sample_users: int = Field(0, ge=0)
+    # EASE inverts an items x items matrix: above this many items it is fitted on the most
+    # popular ones only (stated in its result's notes); 20k items take ~3.2 GB in float64.
+    ease_max_items: int = Field(20_000, gt=0)
     grid: BaselineGridParams = BaselineGridParams()
 
 
