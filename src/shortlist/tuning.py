@@ -46,6 +46,8 @@ RANKER_SPACE: dict[str, tuple] = {
     "ranker.dropout": ("float", 0.0, 0.3),
     "ranker.hard_negatives": ("cat", [20, 50, 100]),
     "ranker.hidden_dims": ("cat", ["64,32", "128,64", "256,128"]),
+    "ranker.item_to_item_candidates": ("cat", [0, 50, 100]),
+    "ranker.cut_points": ("cat", [1, 3]),
 }
 
 

@@ -28,7 +28,15 @@ def test_recommend_ranks_the_candidates_with_the_bundled_ranker(world, tmp_path)
     inter = ds.interactions
     cut = inter["timestamp"].quantile(0.9)
     train, validation = inter[inter["timestamp"] <= cut], inter[inter["timestamp"] > cut]
-    params = world.params.with_overrides({"ranker.epochs": 1, "ranker.candidates": 30})
+    params = world.params.with_overrides(
+        {
+            "ranker.epochs": 1,
+            "ranker.candidates": 30,
+            "ranker.item_to_item_candidates": 20,
+            "ranker.popular_candidates": 5,
+            "serving.exploration_slots": 0,  # the greedy ranked list is checked
+        }
+    )
     retriever = TwoTowerRetriever.load(str(model_dir))
     ranker, _ = train_ranker(
         params, retriever, train, validation, ds.items, ds.users, progress=False, mlflow_run=False
