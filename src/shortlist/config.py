@@ -161,8 +161,7 @@ class RankerParams(_Section):
     positive_weight: Literal["engagement", "unit"] = "engagement"
     popularity_windows_days: list[int] = [1, 7, 30]
     # Feature groups used (retrieval, item and user are always on); for ablations.
-    # Context (hour, weekday) is off by default: it lowered validation NDCG@20.
-    feature_groups: list[Literal["crosses", "cooccurrence", "popularity", "context", "ids"]] = [
+    feature_groups: list[Literal["crosses", "cooccurrence", "popularity", "ids"]] = [
         "crosses",
         "cooccurrence",
         "popularity",

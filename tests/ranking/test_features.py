@@ -138,6 +138,14 @@ def test_transform_layout_and_unknown_items(world):
     assert set(GROUPS) >= {g for _, g in space.feature_names()}
 
 
+def test_a_saved_space_with_an_unsupported_group_is_refused(world):
+    _, _, _, space, _ = world
+    meta, arrays = space.state()
+    assert FeatureSpace.from_state(meta, arrays).feature_names() == space.feature_names()
+    with pytest.raises(ValueError, match="unsupported groups"):
+        FeatureSpace.from_state({**meta, "groups": [*meta["groups"], "context"]}, arrays)
+
+
 def test_item_positions_accept_strings_numpy_strings_and_ints(world):
     _, _, _, space, _ = world
     numeric = dataclasses.replace(

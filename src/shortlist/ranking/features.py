@@ -34,8 +34,8 @@ from shortlist.ranking.cooccurrence import (
 
 DAY = 86_400
 #: Feature groups. `retrieval`, `item` and `user` are always on; the others can be ablated.
-GROUPS = ("retrieval", "item", "user", "crosses", "cooccurrence", "popularity", "context", "ids")
-ABLATABLE = ("crosses", "cooccurrence", "popularity", "context", "ids")
+GROUPS = ("retrieval", "item", "user", "crosses", "cooccurrence", "popularity", "ids")
+ABLATABLE = ("crosses", "cooccurrence", "popularity", "ids")
 #: Most recent history items used for the "recent taste" cross features.
 RECENT_ITEMS = 10
 #: Most recent history items any ranking feature looks at (history length, crosses,
@@ -359,9 +359,6 @@ class FeatureSpace:
             out += [(n, "cooccurrence") for n in COOCCURRENCE_NAMES]
         if self.uses("popularity"):
             out += [(n, "popularity") for n in popularity_names(self.windows_days)]
-        if self.uses("context"):
-            out += [("hour_sin", "context"), ("hour_cos", "context")]
-            out += [(f"dow={d}", "context") for d in range(7)]
         return out
 
     @property
@@ -411,12 +408,6 @@ class FeatureSpace:
             )
         if self.uses("popularity"):
             blocks.append(pop.astype(np.float32))
-        if self.uses("context"):
-            ts = pd.Timestamp(int(req.timestamp), unit="s")
-            ang = 2 * np.pi * (ts.hour + ts.minute / 60.0) / 24.0
-            ctx = np.zeros(9, np.float32)
-            ctx[0], ctx[1], ctx[2 + ts.dayofweek] = np.sin(ang), np.cos(ang), 1.0
-            blocks.append(np.broadcast_to(ctx, (n, 9)))
         dense = np.concatenate([np.asarray(b, np.float32).reshape(n, -1) for b in blocks], 1)
         if self.mean is not None:
             dense = (dense - self.mean) / self.std
@@ -493,6 +484,11 @@ class FeatureSpace:
 
     @classmethod
     def from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> FeatureSpace:
+        """The space `state()` returned. A group this code does not compute (one since removed)
+        is refused: its columns would be missing and every later one shifted."""
+        unknown = sorted(set(meta["groups"]) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"ranker features use unsupported groups {unknown}: retrain it")
         table = arrays["fs.user_table"]
         return cls(
             item_ids=np.array(meta["item_ids"], dtype=object),
