@@ -66,7 +66,7 @@ def evaluate_funnel(params, towers, ranker, train, test, items, users, catalog) 
     from shortlist.data import schema
     from shortlist.eval.harness import evaluate
     from shortlist.ranking.candidates import Retrieval
-    from shortlist.ranking.features import EventLog
+    from shortlist.ranking.event_log import EventLog
     from shortlist.ranking.funnel import FixedScores, catalog_scores, requests_at, rerank
 
     first = test.groupby(test[schema.USER_ID].astype(str))[schema.TIMESTAMP].min()

@@ -16,8 +16,10 @@ import pytest
 
 from shortlist.ranking.candidates import Retrieval
 from shortlist.ranking.cooccurrence import ItemNeighbours
-from shortlist.ranking.features import GROUPS, EventLog, FeatureSpace, Request
-from shortlist.ranking.train import LabeledRequest, featurize
+from shortlist.ranking.event_log import EventLog
+from shortlist.ranking.features import GROUPS, FeatureSpace, Request
+from shortlist.ranking.featurize import featurize
+from shortlist.ranking.requests import LabeledRequest
 from tests.ranking.fakes import DAY, T0, FakeRetriever, tiny_data
 
 

@@ -8,17 +8,14 @@ import pytest
 import torch
 
 from shortlist.ranking.candidates import Retrieval
-from shortlist.ranking.features import EventLog
+from shortlist.ranking.event_log import EventLog
+from shortlist.ranking.featurize import RankerRows, featurize
+from shortlist.ranking.fit import predict
 from shortlist.ranking.model import DCNEnsemble, DCNRanker, weighted_logistic_loss
 from shortlist.ranking.ranker import Ranker
-from shortlist.ranking.train import (
-    LabeledRequest,
-    featurize,
-    make_requests,
-    predict,
-    request_metrics,
-    train_ranker,
-)
+from shortlist.ranking.request_metrics import request_metrics
+from shortlist.ranking.requests import LabeledRequest, make_requests
+from shortlist.ranking.train import train_ranker
 from tests.ranking.fakes import DAY, FakeRetriever, tiny_data
 
 
@@ -182,9 +179,7 @@ def test_training_is_logged_to_mlflow(small_params, mlflow_tracking):
 
 
 def test_request_metrics_counts_missed_positives():
-    from shortlist.ranking.train import Examples
-
-    ex = Examples(
+    ex = RankerRows(
         dense=np.zeros((4, 1), np.float32),
         user_idx=np.zeros(4, np.int64),
         item_idx=np.zeros(4, np.int64),

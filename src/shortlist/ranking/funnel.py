@@ -14,10 +14,13 @@ import pandas as pd
 
 from shortlist.data import schema
 from shortlist.ranking.candidates import Retrieval
-from shortlist.ranking.features import FEATURE_HISTORY, EventLog
+from shortlist.ranking.event_log import EventLog
+from shortlist.ranking.features import FEATURE_HISTORY
+from shortlist.ranking.featurize import RankerRows, featurize
+from shortlist.ranking.fit import predict
 from shortlist.ranking.ranker import Ranker
+from shortlist.ranking.requests import LabeledRequest
 from shortlist.ranking.sources import catalog_maps, extra_columns
-from shortlist.ranking.train import Examples, LabeledRequest, featurize, predict
 
 
 def requests_at(
@@ -62,7 +65,7 @@ def rerank(
     n_candidates: int,
     *,
     progress: bool = False,
-) -> tuple[Examples, np.ndarray]:
+) -> tuple[RankerRows, np.ndarray]:
     """(candidate examples, ranker scores per row) for each request."""
     ex = featurize(
         ranker.space,
@@ -76,7 +79,7 @@ def rerank(
     return ex, predict(ranker.model, ex)
 
 
-def catalog_scores(ex: Examples, row_scores: np.ndarray, n_items: int) -> np.ndarray:
+def catalog_scores(ex: RankerRows, row_scores: np.ndarray, n_items: int) -> np.ndarray:
     """(requests, n_items) float32: each request's candidate scores, -inf elsewhere."""
     out = np.full((len(ex), n_items), -np.inf, np.float32)
     for r in range(len(ex)):
