@@ -222,6 +222,29 @@ class BaselineGridParams(_Section):
     als_alpha: list[float] = [1.0, 10.0]
 
 
+class OffPolicyParams(_Section):
+    """Off-policy estimates of the challenger's reward on the live bundle's logged lists."""
+
+    # Estimate when logged exposures (with propensities and engagement) exist.
+    enabled: bool = True
+    # Exposures table to read (empty: <data.dir>/exposures.parquet, where the feedback
+    # stage lands them).
+    logged_path: str = ""
+    # The challenger as a target policy: its greedy top k, or its own exploration slots.
+    target: Literal["deterministic", "exploration"] = "exploration"
+    # Reward of a shown item: engaged (0/1) or its engagement weight.
+    reward: Literal["engaged", "weight"] = "engaged"
+    confidence: float = Field(0.95, gt=0, lt=1)
+    clip: float = Field(0.0, ge=0)  # importance weights capped here (0: no cap)
+    # Part of the blessing gate (off by default): when the effective sample size reaches
+    # min_ess, the `estimator`'s value must be at least the logged policy's own reward
+    # times (1 + min_lift); below min_ess the gate is skipped and the report says so.
+    gate: bool = False
+    estimator: Literal["ips", "snips", "dr"] = "snips"
+    min_lift: float = -0.05
+    min_ess: float = Field(500.0, ge=0)
+
+
 class EvaluationParams(_Section):
     ks: list[int] = [10, 20, 50, 200]
     primary_metric: str = "recall@20"
@@ -244,6 +267,7 @@ class EvaluationParams(_Section):
     # popular ones only (stated in its result's notes); 20k items take ~3.2 GB in float64.
     ease_max_items: int = Field(20_000, gt=0)
     grid: BaselineGridParams = BaselineGridParams()
+    off_policy: OffPolicyParams = OffPolicyParams()
 
 
 class IndexParams(_Section):
@@ -302,8 +326,19 @@ class ServingParams(_Section):
     keep_previous: bool = True
     # Most of each list that items without interactions (placed by content alone) may take.
     max_cold_share: float = Field(0.1, ge=0, le=1)
-    # 0: deterministic top-k (propensity 1); > 0: Plackett-Luce exploration at this temperature.
+    # > 0: every served list is a Plackett-Luce draw at this temperature (overrides the
+    # slots below); 0: the slot policy of `shortlist.serving.explore`.
     exploration_temperature: float = Field(0.0, ge=0)
+    # Positions of each /recommend list drawn from the ranked tail (0: deterministic top-k).
+    exploration_slots: int = Field(2, ge=0)
+    # The top positions exploration never displaces.
+    exploration_protected: int = Field(3, ge=0)
+    # Ranked candidates after the greedy part that the slots draw from (split among them).
+    exploration_pool: int = Field(50, ge=1)
+    # Share of each slot's draw reserved for under-exposed items (cold, or low popularity).
+    exploration_underexposed_share: float = Field(0.5, ge=0, le=1)
+    # Popularity quantile of the tail at or below which an item counts as under-exposed.
+    exploration_underexposed_quantile: float = Field(0.25, ge=0, le=1)
     # torch and FAISS threads per request (one query at a time: more threads only contend).
     threads: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

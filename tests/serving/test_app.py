@@ -50,6 +50,7 @@ def served(world, live_root, tmp_path):
         {
             "serving.impressions_dir": str(tmp_path / "impressions"),
             "serving.impressions_rotate_rows": 25,
+            "serving.exploration_slots": 0,  # these tests check the greedy lists
         }
     )
     app = create_app(params, root=root)
@@ -186,6 +187,7 @@ def test_impressions_log_every_served_list(world, live_root, tmp_path):
         {
             "serving.impressions_dir": str(tmp_path / "imp"),
             "serving.impressions_rotate_rows": 25,
+            "serving.exploration_slots": 0,  # greedy: every propensity 1
         }
     )
     app = create_app(params, root=root)

@@ -100,6 +100,36 @@ def report_markdown(
     )
 
 
+def off_policy_markdown(section: dict[str, Any]) -> str:
+    """The off-policy estimates of the challenger on logged traffic, or why there are none."""
+    if not section.get("available"):
+        return f"### Off-policy estimates\n\nNone: {section.get('reason', 'no logged traffic')}."
+    logged = section["logged_reward"]
+    lines = [
+        "### Off-policy estimates",
+        "",
+        f"Challenger as a {section['target']} policy on {section['rows']} shown slots of "
+        f"{section['requests']} lists logged by bundle {section['bundle_id']}; reward: "
+        f"{section['reward']} per slot. Logged policy's own reward: {logged['value']:.4f} "
+        f"[{logged['ci_low']:.4f}, {logged['ci_high']:.4f}]. Share of the challenger's "
+        f"lists that the logs observed: {section['target_mass_on_logged']:.1%}.",
+        "",
+        "| estimator | value | CI | std error | ESS | n | clipped |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, e in section["estimates"].items():
+        lines.append(
+            f"| {name} | {_num(e['value'])} | [{_num(e['ci_low'])}, {_num(e['ci_high'])}] | "
+            f"{_num(e['std_error'])} | {e['effective_sample_size']:.1f} | {e['n']} | "
+            f"{e['clipped']} |"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None or value != value else f"{value:.4f}"
+
+
 def recall_curve_rows(
     results: dict[str, dict[str, Any]], segment: str = "all"
 ) -> list[dict[str, float]]:

@@ -11,7 +11,10 @@ fastapi-offline package's own files under `/static-offline-docs`, no CDN: they w
 offline and behind egress filters). Every answer that carries items names the bundle
 that produced it; each request reads the holder's reference once, so it is served by
 one bundle even when a swap happens while it runs. Every served list goes to the
-impressions log, durably before the response (see `shortlist.serving.impressions`);
+impressions log, durably before the response (see `shortlist.serving.impressions`),
+with the exact propensity of every item: /recommend explores a few slots of each list by
+default (`shortlist.serving.explore`; the expected cost is in the response, the log and
+`/metrics`), /similar-items serves the greedy list;
 every accepted event to the events log, likewise.
 Bad input (k outside 1..serving.max_k, malformed ids, unknown fields, bodies over
 serving.max_body_bytes, NaN or Infinity anywhere in a JSON body) is a 422 with a message
@@ -215,6 +218,7 @@ def _items(served: Served) -> list[dict[str, Any]]:
             "score": float(served.scores[pos]),
             "retrieval_score": None if retrieval is None else float(retrieval[pos]),
             "propensity": float(served.propensities[pos]),
+            "explored": bool(served.explored[pos]) if served.explored is not None else False,
         }
         for pos, item_id in enumerate(served.item_ids)
     ]
@@ -319,8 +323,12 @@ def create_app(
             propensities=served.propensities.tolist(),
             policy=served.policy,
             strategy=served.strategy,
+            explored=None if served.explored is None else served.explored.tolist(),
+            exploration_cost=served.exploration_cost,
         )
         metrics.impression_rows.inc(len(served.item_ids))
+        explored = 0 if served.explored is None else int(served.explored.sum())
+        metrics.observe_list(explored, served.exploration_cost)
         if served.item_ids:
             served_lists.add(request_id, served_at, list(served.item_ids))
 
@@ -330,7 +338,7 @@ def create_app(
         sb = live()
         request_id = uuid.uuid4().hex
         served_at = time.time()
-        served = recommend(sb, req, params, np.random.default_rng(), now=served_at)
+        served = recommend(sb, req, params, np.random.default_rng(), now=served_at, explore=True)
         log_served(request_id, "/recommend", req.user_id, sb, served, served_at)
         return {
             "request_id": request_id,
@@ -339,6 +347,7 @@ def create_app(
             "served_at": served_at,
             "strategy": served.strategy,
             "policy": served.policy,
+            "exploration_cost": served.exploration_cost,
             "items": _items(served),
         }
 

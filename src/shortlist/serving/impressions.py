@@ -24,7 +24,11 @@ atomically (temp + rename locally), so a reader never sees half a file. Columns:
 (unix seconds, float64), endpoint, user_id (null for anonymous and similar-items
 requests), bundle_id, item_id, position (0-based), score, retrieval_score (null for the
 popularity prior), propensity (see `shortlist.serving.recommend`: the probability the
-policy shows this item at this position), policy, strategy.
+policy shows this item at this position), policy, strategy, explored (the item was
+drawn by an exploration slot, `shortlist.serving.explore`) and exploration_cost (the
+list's expected loss in score against the greedy list, repeated on each of its rows; 0
+when greedy). Files written before these two columns existed lack them: read them as
+False and 0.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ SCHEMA = pa.schema(
         pa.field("propensity", pa.float64(), nullable=False),
         pa.field("policy", pa.string(), nullable=False),
         pa.field("strategy", pa.string(), nullable=False),
+        pa.field("explored", pa.bool_(), nullable=False),
+        pa.field("exploration_cost", pa.float64(), nullable=False),
     ]
 )
 COLUMNS = SCHEMA.names
@@ -86,6 +92,8 @@ def _extend(columns: dict[str, list[Any]], record: dict[str, Any]) -> int:
     c["propensity"].extend(record["propensities"])
     c["policy"].extend([record["policy"]] * n)
     c["strategy"].extend([record["strategy"]] * n)
+    c["explored"].extend(record.get("explored") or [False] * n)
+    c["exploration_cost"].extend([float(record.get("exploration_cost") or 0.0)] * n)
     return n
 
 
@@ -196,6 +204,8 @@ class ImpressionLog:
         propensities: list[float],
         policy: str,
         strategy: str,
+        explored: list[bool] | None = None,
+        exploration_cost: float = 0.0,
     ) -> None:
         """Log one served list: in the write-ahead file (kernel) when this returns."""
         if not item_ids:
@@ -212,6 +222,8 @@ class ImpressionLog:
             "propensities": propensities,
             "policy": policy,
             "strategy": strategy,
+            "explored": None if explored is None else [bool(x) for x in explored],
+            "exploration_cost": float(exploration_cost),
         }
         line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
         with self._lock:

@@ -12,6 +12,10 @@
   write-ahead file, recovered into Parquet when this process started (non-zero = a crash).
 - `shortlist_impressions_wal_errors`: appends the write-ahead file refused (e.g. a full
   disk); those lists are durable only once their Parquet file is written.
+- `shortlist_exploration_lists_total`, `shortlist_explored_items_total`: lists served
+  with exploration slots, and the items drawn into them.
+- `shortlist_exploration_cost`: summary of each list's expected loss in score against
+  the greedy list (`_sum / _count`: the mean cost per list; greedy lists count 0).
 - `shortlist_events_total{kind}`: events accepted (written to the events log), by kind
   (custom kinds are counted as `custom`, so clients cannot grow the label set).
 - `shortlist_events_rejected_total{reason}`: events refused, by reason: unknown_request,
@@ -27,7 +31,14 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (
     0.001,
@@ -87,6 +98,17 @@ class ServingMetrics:
         self.impression_rows = Counter(
             "shortlist_impressions_rows", "Rows handed to the impressions log", registry=r
         )
+        self.exploration_lists = Counter(
+            "shortlist_exploration_lists", "Lists served with exploration slots", registry=r
+        )
+        self.explored_items = Counter(
+            "shortlist_explored_items", "Items drawn by exploration slots", registry=r
+        )
+        self.exploration_cost = Summary(
+            "shortlist_exploration_cost",
+            "Expected loss in score of each served list against the greedy list",
+            registry=r,
+        )
         self.events = Counter("shortlist_events", "Events accepted, by kind", ["kind"], registry=r)
         self.events_rejected = Counter(
             "shortlist_events_rejected", "Events refused, by reason", ["reason"], registry=r
@@ -126,6 +148,13 @@ class ServingMetrics:
             "Appends the impressions write-ahead file refused",
             registry=r,
         ).set_function(lambda: log.wal_errors)
+
+    def observe_list(self, explored: int, expected_cost: float) -> None:
+        """Count one served list's exploration: items drawn and its expected cost."""
+        self.exploration_cost.observe(expected_cost)
+        if explored:
+            self.exploration_lists.inc()
+            self.explored_items.inc(explored)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.latency.labels(endpoint).observe(seconds)

@@ -12,13 +12,18 @@ not know and who bring no known recent items get the bundle's popularity prior.
 
 Propensity (logged with every impression, the raw material for de-biasing): the
 probability that the serving policy puts this item at this position, given the request.
-- `serving.exploration_temperature == 0` (default): the policy is deterministic top-k,
-  so every shown item has propensity exactly 1.0. That is the honest value; it also
-  means the log alone supports no inverse-propensity correction.
-- `> 0`: the list is sampled from a Plackett-Luce model over the ranked candidates with
-  weights softmax(score / T) (Gumbel top-k), and the propensity of position j is
-  exp(s_j / T) / sum over the candidates not yet placed: the exact probability of that
-  sequential draw, usable for IPS / PL de-biasing.
+- `recommend(..., explore=True)` (what the app serves) with
+  `serving.exploration_slots > 0` (default 2): the slot policy of
+  `shortlist.serving.explore`: the greedy list except a few slots below the protected
+  top, drawn from the ranked tail and the under-exposed items; greedy items have
+  propensity 1.0, drawn ones their exact draw probability. The list's expected cost
+  against the greedy list is returned with it.
+- `explore=False` (canary, monitor and model-registry callers, which measure the model)
+  or no slots: deterministic top-k, every propensity exactly 1.0.
+- `serving.exploration_temperature > 0` overrides both: the list is sampled from a
+  Plackett-Luce model over the ranked candidates with weights softmax(score / T) (Gumbel
+  top-k), and the propensity of position j is exp(s_j / T) / sum over the candidates not
+  yet placed: the exact probability of that sequential draw, given the earlier ones.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from shortlist.models.vectors import vector_width, widen_queries
 from shortlist.ranking.cold_share import surplus_cold
 from shortlist.ranking.features import FEATURE_HISTORY
 from shortlist.ranking.sources import CandidateSources, catalog_maps, extra_columns
+from shortlist.serving.explore import ExplorationParams, explore
 from shortlist.serving.schemas import RecommendRequest
 
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
@@ -141,6 +147,36 @@ class Served:
     retrieval_scores: np.ndarray | None
     propensities: np.ndarray
     item_ids: list[str]
+    explored: np.ndarray | None = None  # bool per position: drawn by an exploration slot
+    exploration_cost: float = 0.0  # greedy score sum - expected served score sum
+
+
+def _pick(
+    sb: ServingBundle,
+    rows: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    params: Params,
+    rng: np.random.Generator,
+    explore_on: bool,
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray, float]:
+    """Positions into the best-first candidates `rows` to show, with propensities, policy,
+    explored flags and the expected cost (see the module docstring for which policy)."""
+    s = params.serving
+    if s.exploration_temperature > 0 or not explore_on or s.exploration_slots == 0:
+        pick, prop, policy = choose(scores, k, s.exploration_temperature, rng)
+        return pick, prop, policy, np.zeros(len(pick), dtype=bool), 0.0
+    ep = ExplorationParams.from_serving(s)
+    under = None
+    popularity = getattr(sb.bundle, "popularity", None)
+    if popularity is not None and len(rows):
+        pop = np.asarray(popularity, dtype=np.float64)[rows]
+        tail = pop[max(k - ep.slots, 0) : k - ep.slots + ep.pool]  # what the slots draw from
+        under = pop <= np.quantile(tail if len(tail) else pop, ep.underexposed_quantile)
+    if sb.cold is not None and len(rows):
+        under = sb.cold[rows] if under is None else under | sb.cold[rows]
+    x = explore(scores, k, ep, rng, under)
+    return x.order, x.propensities, x.policy, x.explored, x.expected_cost
 
 
 def choose(
@@ -227,20 +263,26 @@ def recommend(
     rng: np.random.Generator,
     *,
     now: float | None = None,
+    explore: bool = False,
 ) -> Served:
-    """Serve one /recommend request from one bundle (`now`: request time, the context)."""
+    """Serve one /recommend request from one bundle (`now`: request time, the context;
+    `explore`: apply the exploration slots, as the app does)."""
     history, known = _history(sb, req)
     excluded: set[int] = set()
     if req.exclude_seen:
         excluded.update(seen_rows(sb, req.user_id, history))
     excluded.update(sb.row_of[i] for i in req.exclude_items or [] if i in sb.row_of)
     genres = set(req.genres) if req.genres else None
-    temperature = params.serving.exploration_temperature
+    s = params.serving
+    explore_on = explore and s.exploration_slots > 0 and s.exploration_temperature <= 0
 
     if not known and not history:
-        rows, scores = _popular(sb, req.k, excluded, genres)
-        pick, prop, policy = choose(scores, req.k, temperature, rng)
-        return _served(sb, "popularity", policy, rows[pick], scores[pick], None, prop)
+        want = req.k + (s.exploration_pool if explore_on else 0)
+        rows, scores = _popular(sb, want, excluded, genres)
+        pick, prop, policy, explored, cost = _pick(sb, rows, scores, req.k, params, rng, explore)
+        return _served(
+            sb, "popularity", policy, rows[pick], scores[pick], None, prop, explored, cost
+        )
 
     query = user_query(sb, req.user_id, history, time.time() if now is None else now)
     n = max(params.ranker.candidates, req.k)
@@ -270,8 +312,10 @@ def recommend(
     if sb.cold is not None and len(rows):  # items without interactions: a bounded share
         keep = ~surplus_cold(sb.cold[rows], req.k, params.serving.max_cold_share)
         rows, retrieval, scores = rows[keep], retrieval[keep], scores[keep]
-    pick, prop, policy = choose(scores, req.k, temperature, rng)
-    return _served(sb, "personalized", policy, rows[pick], scores[pick], retrieval[pick], prop)
+    pick, prop, policy, explored, cost = _pick(sb, rows, scores, req.k, params, rng, explore)
+    return _served(
+        sb, "personalized", policy, rows[pick], scores[pick], retrieval[pick], prop, explored, cost
+    )
 
 
 def _with_sources(
@@ -400,6 +444,20 @@ def _served(
     scores: np.ndarray,
     retrieval: np.ndarray | None,
     propensities: np.ndarray,
+    explored: np.ndarray | None = None,
+    exploration_cost: float = 0.0,
 ) -> Served:
     item_ids = np.asarray(sb.bundle.item_ids)[rows].astype(str).tolist()
-    return Served(strategy, policy, rows, scores, retrieval, propensities, item_ids)
+    if explored is None:
+        explored = np.zeros(len(item_ids), dtype=bool)
+    return Served(
+        strategy,
+        policy,
+        rows,
+        scores,
+        retrieval,
+        propensities,
+        item_ids,
+        explored,
+        float(exploration_cost),
+    )

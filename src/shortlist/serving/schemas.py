@@ -49,7 +49,8 @@ class ScoredItem(BaseModel):
     position: int
     score: float
     retrieval_score: float | None = None  # user . item inner product (None for the prior)
-    propensity: float
+    propensity: float  # probability the policy shows this item at this position
+    explored: bool = False  # drawn by an exploration slot rather than ranked there
 
 
 class RecommendResponse(BaseModel):
@@ -59,6 +60,8 @@ class RecommendResponse(BaseModel):
     served_at: float  # unix seconds; also the request context the user tower saw
     strategy: Literal["personalized", "popularity"]
     policy: str
+    # Expected loss in score of this list against the greedy list (0 when greedy).
+    exploration_cost: float = 0.0
     items: list[ScoredItem]
 
 
