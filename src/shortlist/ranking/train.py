@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from shortlist.config import Params, RankerParams
 from shortlist.data import schema
@@ -31,6 +32,8 @@ from shortlist.ranking.event_log import EventLog, popularity_block
 from shortlist.ranking.features import ABLATABLE, FeatureSpace
 from shortlist.ranking.featurize import featurize
 from shortlist.ranking.fit import fit_network, predict
+from shortlist.ranking.model import DCNEnsemble
+from shortlist.ranking.ranker import Ranker
 from shortlist.ranking.request_metrics import per_request_metrics, request_metrics
 from shortlist.ranking.requests import make_requests
 from shortlist.ranking.sources import CandidateSources, popular_order, trend_popularity
@@ -49,18 +52,13 @@ def train_ranker(
     seed: int | None = None,
     progress: bool = True,
     mlflow_run: bool = True,
-):
+) -> tuple[Ranker, dict[str, Any]]:
     """Fit the ranker on validation requests over `retriever`'s candidates.
 
     Returns (Ranker, summary dict with the ship decision (`shortlist.ranking.decision`),
     the stop-set metrics of the ranker and of the retrieval-only order, the epoch
     history, row counts and timings).
     """
-    import torch
-
-    from shortlist.ranking.model import DCNEnsemble
-    from shortlist.ranking.ranker import Ranker
-
     rp = params.ranker
     seed = params.project.seed if seed is None else seed
     torch.set_num_threads(rp.threads)
