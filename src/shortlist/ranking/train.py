@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -39,10 +39,13 @@ from shortlist.ranking.requests import make_requests
 from shortlist.ranking.sources import CandidateSources, popular_order, trend_popularity
 from shortlist.tracking import metric_key
 
+if TYPE_CHECKING:
+    from shortlist.models.two_tower import TwoTowerRetriever
+
 
 def train_ranker(
     params: Params,
-    retriever: Any,
+    retriever: TwoTowerRetriever,
     train: pd.DataFrame,
     validation: pd.DataFrame,
     items: pd.DataFrame,
@@ -53,7 +56,8 @@ def train_ranker(
     progress: bool = True,
     mlflow_run: bool = True,
 ) -> tuple[Ranker, dict[str, Any]]:
-    """Fit the ranker on validation requests over `retriever`'s candidates.
+    """Fit the ranker on validation requests over `retriever`'s candidates (the towers, or
+    anything with their `item_ids`, `embed_items`, `embed_users` and `fingerprint`).
 
     Returns (Ranker, summary dict with the ship decision (`shortlist.ranking.decision`),
     the stop-set metrics of the ranker and of the retrieval-only order, the epoch
