@@ -177,6 +177,9 @@ def plan_index(
                 budget / mib,
             )
         reason += f"; refine vectors as {refine}"
+        if refine != "flat" and p.refine_type == "auto":
+            floats = estimate_bytes(kind, n_items, dim, p, "flat")
+            reason += f" (float32 refine ~{floats / mib:,.0f} MiB > budget {budget / mib:,.0f} MiB)"
     est = estimate_bytes(kind, n_items, dim, p, refine or "flat")
     return IndexPlan(kind, refine, est, budget, reason)
 
