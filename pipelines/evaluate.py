@@ -225,8 +225,8 @@ def off_policy_section(
 
     Uses the shown items of lists served to known users by a policy whose logged
     propensity is the probability of the item being in the list (deterministic and
-    exploration slots; whole-list Plackett-Luce draws log sequential probabilities and
-    are left out, counted). For each request the challenger scores the catalog without
+    exploration slots; whole-list Plackett-Luce draws log sequential probabilities and the
+    bandit Monte Carlo estimates per position, so their rows are left out, counted). For each request the challenger scores the catalog without
     the user's items from before the request and acts as `evaluation.off_policy.target`."""
     op = params.evaluation.off_policy
     if not op.enabled:

@@ -305,6 +305,19 @@ class CanaryParams(_Section):
     seed: int = 0
 
 
+class BanditParams(_Section):
+    """Thompson sampling over the catalog while no bundle is live (`shortlist.serving.bandit`)."""
+
+    enabled: bool = True
+    # Dataset directory whose items (and interaction counts, for the priors) it serves;
+    # empty: data.dir. Without an items table there is no bandit.
+    catalog_dir: str = ""
+    prior_strength: float = Field(10.0, gt=0)  # pseudo-trials behind each item's prior
+    base_rate: float = Field(0.05, gt=0, lt=1)  # prior click probability of a typical item
+    pool: int = Field(500, gt=0)  # items (highest posterior upper bound) each list draws from
+    draws: int = Field(500, gt=0)  # Monte Carlo draws behind each logged propensity
+
+
 class ServingParams(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
@@ -341,6 +354,7 @@ class ServingParams(_Section):
     exploration_underexposed_share: float = Field(0.5, ge=0, le=1)
     # Popularity quantile of the tail at or below which an item counts as under-exposed.
     exploration_underexposed_quantile: float = Field(0.25, ge=0, le=1)
+    bandit: BanditParams = BanditParams()
     # torch and FAISS threads per request (one query at a time: more threads only contend).
     threads: int = Field(1, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"

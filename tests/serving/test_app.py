@@ -242,7 +242,8 @@ def test_exploration_logs_plackett_luce_propensities(world, live_root, tmp_path)
 
 
 def test_not_ready_without_a_live_bundle(world, tmp_path):
-    app = create_app(world.params, root=str(tmp_path / "empty-root"))
+    params = world.params.with_overrides({"serving.bandit.enabled": False})
+    app = create_app(params, root=str(tmp_path / "empty-root"))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 503

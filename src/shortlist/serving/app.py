@@ -5,10 +5,12 @@ Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `POST /events` 
 an event for an unknown request id is a 404, an item that was not in the list or an event
 later than feedback.lateness_seconds a 422, each with its reason, and a batch with one
 bad event writes nothing), `/health` (the process
-is up), `/ready` (a bundle is loaded; 503 otherwise), `/version` (the live bundle id),
+is up), `/ready` (a bundle is loaded, or the bandit serves; 503 otherwise), `/version` (the live bundle id),
 `/metrics` (Prometheus text), `/docs` and `/redoc` (Swagger UI and ReDoc served from the
 fastapi-offline package's own files under `/static-offline-docs`, no CDN: they work
-offline and behind egress filters). Every answer that carries items names the bundle
+offline and behind egress filters). While no bundle is live, /recommend is served by a Thompson-sampling bandit over the
+catalog (`shortlist.serving.bandit`, named `bandit` where a bundle id goes) that learns
+from the events on its lists. Every answer that carries items names the bundle
 that produced it; each request reads the holder's reference once, so it is served by
 one bundle even when a swap happens while it runs. Every served list goes to the
 impressions log, durably before the response (see `shortlist.serving.impressions`),
@@ -41,6 +43,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from shortlist.config import Params
+from shortlist.serving import bandit as bandit_mod
 from shortlist.serving.events import (
     BUILTIN_KINDS,
     UNKNOWN_REQUEST,
@@ -265,6 +268,7 @@ def create_app(
         fsync_ms=fb.events_fsync_ms,
     )
     served_lists = ServedLists(fb.lateness_seconds, fb.max_tracked_lists)
+    bandit = _bandit(params)
     try:
         served_lists.load(impressions.directory, endpoint_url=params.storage.s3_endpoint_url)
     except Exception:  # noqa: BLE001 - serving starts; only older lists' events are refused
@@ -290,6 +294,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.events = events
     app.state.served_lists = served_lists
+    app.state.bandit = bandit
     metrics.watch_impressions(impressions)
     metrics.watch_events(events, served_lists)
     app.add_middleware(
@@ -309,12 +314,14 @@ def create_app(
         if not 1 <= k <= s.max_k:
             raise HTTPException(422, f"k must be between 1 and {s.max_k} (serving.max_k), got {k}")
 
-    def log_served(request_id, endpoint, user_id, sb, served: Served, served_at: float) -> None:
+    def log_served(
+        request_id, endpoint, user_id, bundle_id: str, served: Served, served_at: float
+    ) -> None:
         impressions.append(
             request_id=request_id,
             endpoint=endpoint,
             user_id=user_id,
-            bundle_id=sb.bundle_id,
+            bundle_id=bundle_id,
             item_ids=served.item_ids,
             scores=served.scores.tolist(),
             retrieval_scores=None
@@ -335,14 +342,22 @@ def create_app(
     @app.post("/recommend", response_model=RecommendResponse)
     def post_recommend(req: RecommendRequest) -> dict[str, Any]:
         check_k(req.k)
-        sb = live()
         request_id = uuid.uuid4().hex
         served_at = time.time()
-        served = recommend(sb, req, params, np.random.default_rng(), now=served_at, explore=True)
-        log_served(request_id, "/recommend", req.user_id, sb, served, served_at)
+        sb = holder.current  # read ONCE: this request is served by this bundle
+        if sb is None and bandit is not None:
+            served, bundle_id = _from_bandit(bandit, request_id, req), bandit_mod.BUNDLE_ID
+            metrics.bandit_lists.inc()
+        else:
+            sb = live()
+            served = recommend(
+                sb, req, params, np.random.default_rng(), now=served_at, explore=True
+            )
+            bundle_id = sb.bundle_id
+        log_served(request_id, "/recommend", req.user_id, bundle_id, served, served_at)
         return {
             "request_id": request_id,
-            "bundle_id": sb.bundle_id,
+            "bundle_id": bundle_id,
             "user_id": req.user_id,
             "served_at": served_at,
             "strategy": served.strategy,
@@ -362,7 +377,7 @@ def create_app(
             raise HTTPException(404, f"item {item_id!r} is not in bundle {sb.bundle_id}")
         request_id = uuid.uuid4().hex
         served = similar_items(sb, item_id, k, params, np.random.default_rng())
-        log_served(request_id, "/similar-items", None, sb, served, time.time())
+        log_served(request_id, "/similar-items", None, sb.bundle_id, served, time.time())
         return {
             "request_id": request_id,
             "bundle_id": sb.bundle_id,
@@ -403,6 +418,10 @@ def create_app(
         for row in rows:
             kind = row["kind"] if row["kind"] in BUILTIN_KINDS else "custom"
             metrics.events.labels(kind).inc()
+            if bandit is not None and bandit.update(
+                row["request_id"], row["item_id"], bandit_mod.is_positive(row["kind"], row["value"])
+            ):
+                metrics.bandit_successes.inc()
         return {"accepted": len(rows), "event_ids": [r["event_id"] for r in rows]}
 
     @app.post("/events", response_model=EventsAccepted)
@@ -420,6 +439,8 @@ def create_app(
     @app.get("/ready")
     def ready() -> JSONResponse:
         sb = holder.current
+        if sb is None and bandit is not None:
+            return JSONResponse({"ready": True, "bundle_id": None, "serving": "bandit"})
         if sb is None:
             return JSONResponse({"ready": False, "detail": "no bundle loaded" + _why(holder)}, 503)
         return JSONResponse({"ready": True, "bundle_id": sb.bundle_id})
@@ -443,6 +464,50 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _bandit(params: Params) -> bandit_mod.ThompsonBandit | None:
+    """The bandit that serves /recommend while no bundle is live (None when it is off or
+    there is no catalog to serve)."""
+    b = params.serving.bandit
+    if not b.enabled:
+        return None
+    directory = b.catalog_dir or params.data.dir
+    if is_remote(directory):
+        log.warning("serving.bandit: %s is remote; no bandit (a local catalog is read)", directory)
+        return None
+    try:
+        return bandit_mod.ThompsonBandit.from_catalog(
+            directory,
+            prior_strength=b.prior_strength,
+            base_rate=b.base_rate,
+            pool=b.pool,
+            draws=b.draws,
+            max_tracked_lists=params.feedback.max_tracked_lists,
+        )
+    except Exception:  # noqa: BLE001 - serving starts; without a bundle it answers 503
+        log.exception("serving.bandit: could not read the catalog in %s", directory)
+        return None
+
+
+def _from_bandit(bandit: bandit_mod.ThompsonBandit, request_id: str, req) -> Served:
+    """One list from the bandit: the request's excluded and recent items are left out."""
+    exclude = set(req.exclude_items or ())
+    if req.exclude_seen:
+        exclude |= set(req.recent_items or ())
+    got = bandit.recommend(request_id, req.k, np.random.default_rng(), exclude)
+    n = len(got.item_ids)
+    return Served(
+        "bandit",
+        bandit_mod.POLICY,
+        got.rows,
+        got.means,
+        None,
+        got.propensities,
+        got.item_ids,
+        np.zeros(n, dtype=bool),
+        0.0,
+    )
 
 
 def wal_dir(params: Params) -> str:

@@ -16,6 +16,8 @@
   with exploration slots, and the items drawn into them.
 - `shortlist_exploration_cost`: summary of each list's expected loss in score against
   the greedy list (`_sum / _count`: the mean cost per list; greedy lists count 0).
+- `shortlist_bandit_lists_total`, `shortlist_bandit_successes_total`: lists the bandit
+  served while no bundle was live, and positive events credited to its posterior.
 - `shortlist_events_total{kind}`: events accepted (written to the events log), by kind
   (custom kinds are counted as `custom`, so clients cannot grow the label set).
 - `shortlist_events_rejected_total{reason}`: events refused, by reason: unknown_request,
@@ -107,6 +109,14 @@ class ServingMetrics:
         self.exploration_cost = Summary(
             "shortlist_exploration_cost",
             "Expected loss in score of each served list against the greedy list",
+            registry=r,
+        )
+        self.bandit_lists = Counter(
+            "shortlist_bandit_lists", "Lists served by the bandit (no bundle live)", registry=r
+        )
+        self.bandit_successes = Counter(
+            "shortlist_bandit_successes",
+            "Positive events credited to the bandit's posterior",
             registry=r,
         )
         self.events = Counter("shortlist_events", "Events accepted, by kind", ["kind"], registry=r)

@@ -58,7 +58,7 @@ class RecommendResponse(BaseModel):
     bundle_id: str
     user_id: str | None
     served_at: float  # unix seconds; also the request context the user tower saw
-    strategy: Literal["personalized", "popularity"]
+    strategy: Literal["personalized", "popularity", "bandit"]
     policy: str
     # Expected loss in score of this list against the greedy list (0 when greedy).
     exploration_cost: float = 0.0
