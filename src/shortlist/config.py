@@ -176,8 +176,8 @@ class RankerParams(_Section):
     cooccurrence_shrink: float = Field(10.0, ge=0)
     # Candidates the extra sources add to the towers' `candidates` for the ranker to rank
     # (shortlist.ranking.sources): ItemKNN neighbours of the history, the recent trend.
-    item_to_item_candidates: int = Field(100, ge=0)
-    popular_candidates: int = Field(20, ge=0)
+    item_to_item_candidates: int = Field(0, ge=0)
+    popular_candidates: int = Field(0, ge=0)
     # Requests per validation user the ranker trains on: the first validation event, then
     # cuts spread over the later ones (positives: the items from the cut on).
     cut_points: int = Field(1, ge=1)

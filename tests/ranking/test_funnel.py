@@ -21,6 +21,8 @@ def test_funnel_evaluation_and_matrix_rerank(params):
             "ranker.id_dim": 4,
             "ranker.threads": 1,
             "ranker.holdout_fraction": 0.3,
+            "ranker.item_to_item_candidates": 10,
+            "ranker.popular_candidates": 5,
         }
     )
     inter, items, users = tiny_data()
