@@ -231,7 +231,9 @@ class OffPolicyParams(_Section):
     # stage lands them).
     logged_path: str = ""
     # The challenger as a target policy: its greedy top k, or its own exploration slots.
-    target: Literal["deterministic", "exploration"] = "exploration"
+    # Greedy by default: its slots reach deeper into the tail than a differently ranked
+    # logger could have shown, and mass on items the logs cannot show biases every estimate.
+    target: Literal["deterministic", "exploration"] = "deterministic"
     # Reward of a shown item: engaged (0/1) or its engagement weight.
     reward: Literal["engaged", "weight"] = "engaged"
     confidence: float = Field(0.95, gt=0, lt=1)
