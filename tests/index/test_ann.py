@@ -106,6 +106,30 @@ def test_ivf_pq_refine_stores_against_exact(data, refine):
     np.testing.assert_array_equal(ann.search(loaded, queries, 10)[1], rows)
 
 
+def test_pq_width_without_a_good_divisor_is_padded_not_coarsened():
+    assert ann.pq_layout(64, 32) == (32, 64) and ann.pq_layout(64, 16) == (16, 64)
+    assert ann.pq_layout(65, 32) == (33, 66)  # embedding + popularity column: 2 dims each
+    assert ann.pq_layout(65, 16) == (17, 68)
+    assert ann.pq_layout(8, 16) == (8, 8)
+    items = clustered(6000, 33, 40, seed=5)  # 33 = 3 x 11: PQ8 would have no divisor
+    queries = clustered(200, 33, 40, seed=6)
+    _, exact = ann.exact_search(items, queries, 10)
+    p = IndexParams(type="ivf_pq", nlist=64, nprobe=1, pq_m=8, refine_factor=8, refine_type="fp16")
+    stats: dict = {}
+    index = ann.build_index(items, p, stats=stats)
+    assert index.d == 33 and stats["params"]["pq_m"] == 9 and stats["params"]["padded_dim"] == 36
+    assert ann.index_kind(index) == "ivf_pq"
+    r1 = ann.recall_at_k(ann.search(index, queries, 10)[1], exact, 10)
+    ann.set_search_params(index, {"nprobe": 16})  # reaches through the padding
+    _, rows = ann.search(index, queries, 10)
+    assert ann.recall_at_k(rows, exact, 10) >= 0.9 > r1
+    import faiss
+
+    loaded = faiss.deserialize_index(faiss.serialize_index(index))
+    ann.set_search_params(loaded, {"nprobe": 16, "refine_factor": 8})
+    np.testing.assert_array_equal(ann.search(loaded, queries, 10)[1], rows)
+
+
 def test_compact_refine_is_smaller(data):
     items = data[0]
     sizes = {}

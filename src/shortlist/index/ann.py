@@ -117,7 +117,8 @@ def estimate_bytes(kind: str, n_items: int, dim: int, params: Any, refine: str =
     elif kind == "ivf_flat":
         per_item = 4.0 * d + 8
     elif kind == "ivf_pq":
-        per_item = pq_subquantizers(d, p.pq_m) + 8 + REFINE_BYTES[refine] * d
+        m, padded = pq_layout(d, p.pq_m)
+        per_item = m + 8 + REFINE_BYTES[refine] * padded
     else:
         raise ValueError(f"unknown index type {kind!r} (one of {INDEX_TYPES})")
     centroids = 4 * d * effective_nlist(n, p.nlist) if kind.startswith("ivf") else 0
@@ -208,6 +209,25 @@ def pq_subquantizers(dim: int, pq_m: int) -> int:
     return 1
 
 
+def pq_layout(dim: int, pq_m: int) -> tuple[int, int]:
+    """(subquantizers, padded width) of IVF-PQ for `dim`-wide vectors and `pq_m` asked.
+
+    PQ needs the width to be a multiple of the subquantizer count. When `pq_m` divides
+    `dim` that is (pq_m, dim). Otherwise (a 64-d embedding plus a popularity column is 65
+    wide, whose only divisors are 5, 13 and 65) each subquantizer keeps the dim // pq_m
+    dimensions it would have had and the vectors are padded with zero columns to the
+    next multiple, which leaves inner products and L2 distances unchanged.
+    """
+    dim, pq_m = int(dim), max(1, int(pq_m))
+    if pq_m >= dim:
+        return dim, dim
+    if dim % pq_m == 0:
+        return pq_m, dim
+    dsub = max(1, dim // pq_m)
+    m = -(-dim // dsub)
+    return m, m * dsub
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as fh:
@@ -268,18 +288,22 @@ def build_index(
             index = faiss.IndexIVFFlat(quantizer, d, nlist, fmetric)
             built = {"nlist": nlist}
         else:
-            m = pq_subquantizers(d, p.pq_m)
+            m, padded = pq_layout(d, p.pq_m)
             # 2**nbits PQ centroids want ~39 training points each.
             nbits = max(1, min(8, int(math.log2(max(n // 39, 2)))))
             refine = {"flat": "RFlat", "fp16": "Refine(SQfp16)", "sq8": "Refine(SQ8)"}
             spec = f"IVF{nlist},PQ{m}x{nbits},{refine[plan.refine]}"
-            index = faiss.index_factory(d, spec, fmetric)
+            index = faiss.index_factory(padded, spec, fmetric)
             # Polysemous training (on by default for 8-bit codes) reorders PQ centroids for
             # Hamming filtering, which this index never uses: it dominated training time.
             faiss.downcast_index(
                 faiss.downcast_index(index).base_index
             ).do_polysemous_training = False
             built = {"nlist": nlist, "pq_m": m, "pq_nbits": nbits, "refine_type": plan.refine}
+            if padded != d:  # zero columns appended to items and queries alike
+                pad = faiss.RemapDimensionsTransform(d, padded, True)
+                index = faiss.IndexPreTransform(pad, index)
+                built["padded_dim"] = padded
         # k-means on a sample: 64 points per list is plenty for the centroids and PQ.
         index.train(_train_sample(vectors, max(64 * nlist, 256 * 64), seed=0))
     else:
@@ -332,10 +356,19 @@ def search_params(kind: str, params: Any) -> dict[str, int]:
     return {}
 
 
-def index_kind(index) -> str:
-    """The Shortlist type name of a built or loaded FAISS index."""
+def _unwrap(index):
+    """The index under any pre-transform (IVF-PQ's zero padding), downcast."""
     faiss = _faiss()
     index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    return index
+
+
+def index_kind(index) -> str:
+    """The Shortlist type name of a built or loaded FAISS index."""
+    index = _unwrap(index)
+    faiss = _faiss()
     if isinstance(index, faiss.IndexRefine):
         return "ivf_pq"
     if isinstance(index, faiss.IndexHNSW):
@@ -357,7 +390,7 @@ def set_search_params(index, params: Any) -> None:
         def get(key, default=None):
             return getattr(p, key, default)
 
-    index = faiss.downcast_index(index)
+    index = _unwrap(index)
     if isinstance(index, faiss.IndexRefine):
         if get("refine_factor") is not None:
             index.k_factor = float(get("refine_factor"))
