@@ -103,6 +103,9 @@ def run(
         "catalog": catalog,
         "heavy_user_quantile": ev.heavy_user_quantile,
         "batch_users": ev.batch_users or None,
+        "block_cells": ev.block_cells,
+        "sample_users": ev.sample_users or None,
+        "seed": params.project.seed,
         "progress": True,
     }
 
