@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -269,6 +270,19 @@ def create_app(
     )
     served_lists = ServedLists(fb.lateness_seconds, fb.max_tracked_lists)
     bandit = _bandit(params)
+    replay_lock = threading.Lock()
+    replayed = threading.Event()
+
+    def bandit_ready() -> None:
+        # The posterior is rebuilt from the logs once, when the bandit is first needed
+        # (never while a bundle serves from the start).
+        if bandit is None or replayed.is_set():
+            return
+        with replay_lock:
+            if not replayed.is_set():
+                _replay_bandit(bandit, params, impressions.directory, events.directory)
+                replayed.set()
+
     try:
         served_lists.load(impressions.directory, endpoint_url=params.storage.s3_endpoint_url)
     except Exception:  # noqa: BLE001 - serving starts; only older lists' events are refused
@@ -346,6 +360,7 @@ def create_app(
         served_at = time.time()
         sb = holder.current  # read ONCE: this request is served by this bundle
         if sb is None and bandit is not None:
+            bandit_ready()
             served, bundle_id = _from_bandit(bandit, request_id, req), bandit_mod.BUNDLE_ID
             metrics.bandit_lists.inc()
         else:
@@ -415,6 +430,8 @@ def create_app(
         except EventLogUnavailable as exc:
             metrics.events_rejected.labels("unavailable").inc(len(batch))
             return JSONResponse({"detail": f"{exc}; not accepted, retry"}, status_code=503)
+        if holder.current is None:
+            bandit_ready()
         for row in rows:
             kind = row["kind"] if row["kind"] in BUILTIN_KINDS else "custom"
             metrics.events.labels(kind).inc()
@@ -488,6 +505,48 @@ def _bandit(params: Params) -> bandit_mod.ThompsonBandit | None:
     except Exception:  # noqa: BLE001 - serving starts; without a bundle it answers 503
         log.exception("serving.bandit: could not read the catalog in %s", directory)
         return None
+
+
+def _replay_bandit(
+    bandit: bandit_mod.ThompsonBandit, params: Params, impressions_dir: str, events_dir_: str
+) -> None:
+    """Rebuild the posterior from the lists the bandit served before (impressions named
+    `bandit`) and their events, so a restart keeps what it learned."""
+    try:
+        endpoint = params.storage.s3_endpoint_url
+        columns = ["request_id", "item_id", "bundle_id"]
+        shown = _read_log(impressions_dir, "impressions", columns, endpoint)
+        shown = shown[shown["bundle_id"] == bandit_mod.BUNDLE_ID]
+        if len(shown):
+            columns = ["request_id", "item_id", "kind", "value"]
+            events = _read_log(events_dir_, "events", columns, endpoint)
+            events = events[events["request_id"].isin(set(shown["request_id"]))]
+            credited = bandit.replay(shown, events)
+            log.info("bandit: %d shown items and %d successes replayed", len(shown), credited)
+    except Exception:  # noqa: BLE001 - it serves from its priors instead
+        log.exception("bandit: could not replay its logged lists; serving from the priors")
+
+
+def _read_log(directory: str, prefix: str, columns: list[str], endpoint: str | None):
+    """Every row of a log directory's Parquet files (named `<prefix>-...`), these columns."""
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shortlist.storage import open_store
+
+    store = open_store(directory, endpoint_url=endpoint)
+    keys = [k for k in store.list() if "/" not in k and k.startswith(prefix + "-")]
+    tables = [
+        pq.read_table(io.BytesIO(store.read_bytes(k)), columns=columns)
+        for k in keys
+        if k.endswith(".parquet")
+    ]
+    if not tables:
+        return pd.DataFrame({c: [] for c in columns})
+    return pa.concat_tables(tables, promote_options="default").to_pandas()
 
 
 def _from_bandit(bandit: bandit_mod.ThompsonBandit, request_id: str, req) -> Served:

@@ -22,9 +22,10 @@ snapshot (the served one included) that put this item at this position. Its rela
 error is about 1 / sqrt(draws x p); the policy is logged as `thompson` so that readers
 know the propensities are estimates.
 
-The posterior lives in the serving process (lost on restart; the events log still holds
-everything needed to rebuild it); once a bundle is live the app serves the bundle and
-the bandit only takes the events of the lists it served.
+The posterior lives in the serving process and is rebuilt when the process starts
+(`replay`: every impression the bandit logged is a trial, every positive event on one of
+them a success), so a restart keeps what it learned. Once a bundle is live the app
+serves the bundle and the bandit only takes the events of the lists it served.
 """
 
 from __future__ import annotations
@@ -155,6 +156,26 @@ class ThompsonBandit:
             a[chosen] / (a[chosen] + b[chosen]),
             prop,
         )
+
+    def replay(self, impressions: Any, events: Any) -> int:
+        """Apply logged history: `impressions` (request_id, item_id rows the bandit showed)
+        and `events` (request_id, item_id, kind, value). Returns the successes credited."""
+        rows = [self.row_of.get(str(i)) for i in impressions["item_id"]]
+        known = [r for r in rows if r is not None]
+        with self._lock:
+            np.add.at(self.beta, np.asarray(known, dtype=np.int64), 1.0)
+            for rid, r in zip(impressions["request_id"], rows, strict=True):
+                if r is not None:
+                    self._shown.setdefault(str(rid), set()).add(r)
+            while len(self._shown) > self.max_tracked:
+                self._shown.popitem(last=False)
+        credited = 0
+        for rid, item, kind, value in zip(
+            events["request_id"], events["item_id"], events["kind"], events["value"], strict=True
+        ):
+            v = None if value is None or value != value else float(value)
+            credited += self.update(str(rid), str(item), is_positive(str(kind), v))
+        return credited
 
     def update(self, request_id: str, item_id: str, positive: bool) -> bool:
         """Credit a positive event on an item the bandit showed in that list (once);
