@@ -131,3 +131,15 @@ def test_a_restarted_server_keeps_what_the_bandit_learned(world, tmp_path):
         assert (after.beta - beta).sum() == 1.0 and after.beta[shown_now] == beta[shown_now] + 1
         assert client.post("/events", json=ev).status_code == 200  # a retry: not twice
         np.testing.assert_allclose(after.alpha, alpha)
+
+
+def test_the_genre_filter_applies_to_the_bandit():
+    genres = [["drama"], ["comedy"], ["drama", "comedy"], None, ["horror"]]
+    b = ThompsonBandit(["a", "b", "c", "d", "e"], pool=5, draws=20, genres=genres)
+    rng = np.random.default_rng(0)
+    for r in range(20):
+        got = b.recommend(f"r{r}", 5, rng, genres={"drama"})
+        assert sorted(got.item_ids) == ["a", "c"]
+    assert b.recommend("x", 3, rng, genres={"western"}).item_ids == []
+    plain = ThompsonBandit(["a", "b"], pool=2, draws=5)
+    assert plain.recommend("y", 2, rng, genres={"drama"}).item_ids == []

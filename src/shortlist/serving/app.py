@@ -550,11 +550,13 @@ def _read_log(directory: str, prefix: str, columns: list[str], endpoint: str | N
 
 
 def _from_bandit(bandit: bandit_mod.ThompsonBandit, request_id: str, req) -> Served:
-    """One list from the bandit: the request's excluded and recent items are left out."""
+    """One list from the bandit: the request's excluded and recent items are left out, and
+    its genre filter applies as for a bundle."""
     exclude = set(req.exclude_items or ())
     if req.exclude_seen:
         exclude |= set(req.recent_items or ())
-    got = bandit.recommend(request_id, req.k, np.random.default_rng(), exclude)
+    genres = set(req.genres) if req.genres else None
+    got = bandit.recommend(request_id, req.k, np.random.default_rng(), exclude, genres)
     n = len(got.item_ids)
     return Served(
         "bandit",

@@ -64,6 +64,7 @@ class ThompsonBandit:
         pool: int = 500,
         draws: int = 500,
         max_tracked_lists: int = 100_000,
+        genres: Any = None,
     ) -> None:
         self.item_ids = np.asarray(item_ids, dtype=object).astype(str)
         self.row_of = {item: r for r, item in enumerate(self.item_ids)}
@@ -75,6 +76,7 @@ class ThompsonBandit:
         self.pool = pool
         self.draws = draws
         self.max_tracked = max_tracked_lists
+        self.genres = None if genres is None else np.asarray(genres, dtype=object)  # per item
         self._shown: OrderedDict[str, set[int]] = OrderedDict()  # request -> uncredited rows
         self._lock = threading.Lock()
         self.lists_served = 0
@@ -91,10 +93,14 @@ class ThompsonBandit:
         items_path = Path(directory) / schema.ITEMS
         if not items_path.exists():
             return None
-        ids = pd.read_parquet(items_path, columns=[schema.ITEM_ID])[schema.ITEM_ID]
-        ids = ids.astype(str).drop_duplicates().to_numpy()
+        table = pd.read_parquet(items_path)
+        table = table.assign(**{schema.ITEM_ID: table[schema.ITEM_ID].astype(str)})
+        table = table.drop_duplicates(schema.ITEM_ID)
+        ids = table[schema.ITEM_ID].to_numpy()
         if not len(ids):
             return None
+        if "genres" in table.columns:
+            kwargs.setdefault("genres", table["genres"].to_numpy(dtype=object))
         prior = None
         inter_path = Path(directory) / schema.INTERACTIONS
         if inter_path.exists():
@@ -120,8 +126,10 @@ class ThompsonBandit:
         k: int,
         rng: np.random.Generator,
         exclude: set[str] | None = None,
+        genres: set[str] | None = None,
     ) -> BanditList:
-        """Draw one list of at most k items and count its items as shown trials."""
+        """Draw one list of at most k items (none of `exclude`; with `genres`, only items
+        with at least one of them) and count its items as shown trials."""
         with self._lock:
             a, b = self.alpha.copy(), self.beta.copy()
         allowed = np.ones(len(a), dtype=bool)
@@ -129,6 +137,13 @@ class ThompsonBandit:
             r = self.row_of.get(item)
             if r is not None:
                 allowed[r] = False
+        if genres is not None:
+            if self.genres is None:
+                allowed[:] = False
+            else:
+                for r in np.flatnonzero(allowed):
+                    g = self.genres[r]
+                    allowed[r] = g is not None and any(x in genres for x in g)
         rows = np.flatnonzero(allowed)
         k = min(k, len(rows))
         if k == 0:
