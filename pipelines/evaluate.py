@@ -269,16 +269,17 @@ def off_policy_section(
     by_user = {u: g for u, g in before.groupby(before[schema.USER_ID].astype(str))}
     target = np.zeros(len(rows))
     target_lists: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    users = rows["user_id"].astype(str).unique().tolist()
-    block = 256
+    rows_of = {u: g for u, g in rows.groupby(rows["user_id"].astype(str))}
+    users = list(rows_of)
+    # Users scored per block: at most evaluation.block_cells score cells at a time.
+    block = max(1, min(256, params.evaluation.block_cells // max(len(catalog), 1)))
     for b in range(0, len(users), block):
         ids = users[b : b + block]
-        scores = np.asarray(model.score(ids), dtype=np.float64)
+        scores = np.asarray(model.score(ids))
         for u, user_scores in zip(ids, scores, strict=True):
             history = by_user.get(u)
-            mine = rows[rows["user_id"].astype(str) == u]
-            for rid, req in mine.groupby("request_id"):
-                s = user_scores.copy()
+            for rid, req in rows_of[u].groupby("request_id"):
+                s = user_scores.astype(np.float64)
                 if history is not None:
                     earlier = history[history[schema.TIMESTAMP] < req[schema.TIMESTAMP].min()]
                     s[earlier["_col"].to_numpy(dtype=np.int64)] = -np.inf
