@@ -317,19 +317,22 @@ def merge(paths: list[str], out: Path) -> None:
     """One result from several: every run kept with its own provenance, one summary."""
     docs = [json.loads(Path(p).read_text()) for p in paths]
     rows = [
-        dict(r, label=r.get("label", d["label"]), provenance=d["provenance"])
+        dict(r, label=r.get("label", d["label"]), provenance=r.get("provenance", d["provenance"]))
         for d in docs
         for r in d["runs"]
+    ]
+    sources = [
+        m
+        for d in docs
+        for m in d.get("merged_from")
+        or [{"label": d["label"], "provenance": d["provenance"], "overrides": d.get("overrides")}]
     ]
     summary = summarise(rows)
     result = {
         "benchmark": "quality",
         "label": ", ".join(sorted({d["label"] for d in docs})),
         "provenance": provenance(__file__),
-        "merged_from": [
-            {"label": d["label"], "provenance": d["provenance"], "overrides": d["overrides"]}
-            for d in docs
-        ],
+        "merged_from": sources,
         "protocol": docs[0]["protocol"],
         "summary": summary,
         "runs": rows,
