@@ -66,6 +66,8 @@ def test_dags_test_joins_and_lands(airflow_home, params_file: Path, params) -> N
             "propensity": [0.9, 0.6, 0.3],
             "policy": ["plackett_luce"] * 3,
             "strategy": ["personalized"] * 3,
+            "explored": [False] * 3,
+            "exploration_cost": [0.0] * 3,
         },
         imp.SCHEMA,
     )
