@@ -5,7 +5,8 @@ Endpoints: `POST /recommend`, `GET /similar-items/{item_id}?k=`, `POST /events` 
 an event for an unknown request id is a 404, an item that was not in the list or an event
 later than feedback.lateness_seconds a 422, each with its reason, and a batch with one
 bad event writes nothing), `/health` (the process
-is up), `/ready` (a bundle is loaded, or the bandit serves; 503 otherwise), `/version` (the live bundle id),
+is up), `/ready` (a bundle is loaded, or no bundle was ever promoted and the bandit serves;
+503 otherwise), `/version` (the live bundle id),
 `/metrics` (Prometheus text), `/docs` and `/redoc` (Swagger UI and ReDoc served from the
 fastapi-offline package's own files under `/static-offline-docs`, no CDN: they work
 offline and behind egress filters). While no bundle is live, /recommend is served by a Thompson-sampling bandit over the
@@ -456,7 +457,8 @@ def create_app(
     @app.get("/ready")
     def ready() -> JSONResponse:
         sb = holder.current
-        if sb is None and bandit is not None:
+        if sb is None and bandit is not None and holder.polled and not holder.live_named:
+            # A new system: nothing was ever promoted, the bandit is what serves.
             return JSONResponse({"ready": True, "bundle_id": None, "serving": "bandit"})
         if sb is None:
             return JSONResponse({"ready": False, "detail": "no bundle loaded" + _why(holder)}, 503)

@@ -70,6 +70,10 @@ class BundleHolder:
         self.tampered: str | None = None  # the live bundle's files changed after loading
         self._file_stats: dict[str, tuple[int, int]] = {}  # path -> (size, mtime_ns)
         self.swaps = 0
+        #: Whether a poll has read the pointer yet, and whether it names a live bundle
+        #: (then /ready waits for that bundle instead of counting the bandit as ready).
+        self.polled = False
+        self.live_named = False
 
     # --- the pointer ---------------------------------------------------------------
     def _slots_obj(self):
@@ -83,7 +87,9 @@ class BundleHolder:
         """One poll: swap to the bundle the pointer names if it is not live. True if swapped."""
         slots = self._slots_obj()
         pointer = slots.read_pointer()
-        if not pointer or not pointer.get("live_slot"):
+        self.live_named = bool(pointer and pointer.get("live_slot"))
+        self.polled = True
+        if not self.live_named:
             return False
         slot, bundle_id = str(pointer["live_slot"]), str(pointer.get("bundle_id") or "")
         live = self.current
