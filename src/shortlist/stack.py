@@ -395,11 +395,24 @@ def _wait_gone(pid_file: Path, timeout: float) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Exited members nobody has reaped yet
+    (zombies: the stack's leaders are reparented when the starting process exits) run
+    nothing and do not count."""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def down(params: Params, ports: dict[str, int] | None = None) -> dict[str, str]:
