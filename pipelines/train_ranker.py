@@ -11,8 +11,10 @@ model saved beside them (MODEL_DIR/early_stopped) and serves beside the refitted
 The ranker is saved only when it beats the retrieval order on held-out validation users
 (`shortlist.ranking.decision`); otherwise MODEL_DIR keeps no ranker, so export, the bundle
 and serving use the retrieval order, and ranker_metrics.json records why
-(`shipped`, `decision`). `shortlist train-ranker SPLIT --model MODEL`, DVC and Airflow
-call `run`.
+(`shipped`, `decision`). With `ranker.propensity_weighting` the logged exposures at
+<data.dir>/exposures.parquet (landed by the feedback stage) weight the positives that came
+from shown items by their clipped inverse propensity. `shortlist train-ranker SPLIT
+--model MODEL`, DVC and Airflow call `run`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     trained_against = early if (early / "towers.json").exists() else Path(model_dir)
     towers = TwoTowerRetriever.load(str(trained_against))
     ranker, summary = train_ranker(
-        params, towers, split.train, split.validation, split.items, split.users
+        params,
+        towers,
+        split.train,
+        split.validation,
+        split.items,
+        split.users,
+        exposures=_exposures(params) if params.ranker.propensity_weighting else None,
     )
     summary["trained_against_towers"] = EARLY_STOPPED if trained_against == early else "."
     for name in (WEIGHTS, CONFIG):  # a ranker of an earlier run must not be served
@@ -69,3 +77,18 @@ def run(params: Params, *, split_dir: str, model_dir: str) -> dict[str, Any]:
     }
     Path(model_dir, METRICS).write_text(json.dumps(out, indent=2, default=str))
     return {k: v for k, v in out.items() if k != "history"}
+
+
+def _exposures(params: Params):
+    """The logged exposures at <data.dir>/exposures.parquet, or None when there are none."""
+    from shortlist.data import schema
+    from shortlist.data.io import read_table
+    from shortlist.storage import open_store
+
+    store = open_store(params.data.dir, endpoint_url=params.storage.s3_endpoint_url)
+    if not store.exists(schema.EXPOSURES):
+        log.info(
+            "ranker.propensity_weighting: no exposures in %s; weights unchanged", params.data.dir
+        )
+        return None
+    return read_table(store, schema.EXPOSURES)

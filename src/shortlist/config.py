@@ -189,6 +189,11 @@ class RankerParams(_Section):
     # retrieval order by more than this many standard errors (shortlist.ranking.decision);
     # otherwise the bundle serves the retrieval order.
     ship_min_z: float = 1.0
+    # Weight positives engaged from a logged exposure (the feedback join's exposures table)
+    # by 1 / propensity, clipped at propensity_clip (shortlist.ranking.propensity). Off by
+    # default: see params.yaml.
+    propensity_weighting: bool = False
+    propensity_clip: float = Field(10.0, ge=1)  # largest inverse-propensity weight
 
     @model_validator(mode="after")
     def _holdouts_leave_users_to_fit(self) -> RankerParams:

@@ -64,3 +64,44 @@ def test_the_ranker_is_saved_only_when_it_ships(params, tmp_path, monkeypatch, s
     assert Ranker.exists(str(model)) is shipped
     record = json.loads((model / train_ranker.METRICS).read_text())
     assert record["shipped"] is shipped and record["decision"] == decision
+
+
+@pytest.mark.parametrize("weighting", [True, False])
+def test_the_stage_reads_the_landed_exposures_only_when_weighting(
+    params, tmp_path, monkeypatch, weighting
+):
+    """With ranker.propensity_weighting the stage hands <data.dir>/exposures.parquet to the
+    trainer (which reweights by it: tests/ranking/test_propensity.py); without, nothing."""
+    import pandas as pd
+
+    from shortlist.data import split_io
+    from shortlist.models import two_tower
+    from shortlist.ranking import train as ranking_train
+
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    logged = pd.DataFrame(
+        {"user_id": ["u1"], "item_id": ["i1"], "propensity": [0.25], "engaged": [True]}
+    )
+    logged.to_parquet(data / "exposures.parquet")
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "towers.json").write_text("{}")
+    got = {}
+
+    def fake_train(*args, **kwargs):
+        got["exposures"] = kwargs.get("exposures")
+        decision = {"shipped": False, "reason": "does not ship"}
+        return object(), {"shipped": False, "decision": decision, "history": []}
+
+    frame = pd.DataFrame({"user_id": ["u"]})
+    split = split_io.Split(frame, frame, frame, frame, frame, {})
+    monkeypatch.setattr(split_io, "load_split", lambda uri: split)
+    monkeypatch.setattr(two_tower.TwoTowerRetriever, "load", staticmethod(lambda d: object()))
+    monkeypatch.setattr(ranking_train, "train_ranker", fake_train)
+    p = params.with_overrides({"ranker.propensity_weighting": weighting})
+    train_ranker.run(p, split_dir="S", model_dir=str(model))
+    if weighting:
+        assert got["exposures"].to_dict("list") == logged.to_dict("list")
+    else:
+        assert got["exposures"] is None

@@ -8,7 +8,9 @@ seed and their id: fitting, early stopping on NDCG@eval_k (`ranker.holdout_fract
 the ship decision (`ranker.decision_fraction`, `shortlist.ranking.decision`). With
 `ranker.ensemble` > 1 the ranker is the mean of that many networks
 (`shortlist.ranking.fit`), each with its own seed and its own folds (bagging); every
-request is featurised once and shared by the members.
+request is featurised once and shared by the members. With `ranker.propensity_weighting`
+and the logged exposures, the positives that came from a shown item are weighted by its
+clipped inverse propensity (`shortlist.ranking.propensity`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from shortlist.ranking.features import ABLATABLE, FeatureSpace
 from shortlist.ranking.featurize import featurize
 from shortlist.ranking.fit import fit_network, predict
 from shortlist.ranking.model import DCNEnsemble
+from shortlist.ranking.propensity import reweight
 from shortlist.ranking.ranker import Ranker
 from shortlist.ranking.request_metrics import per_request_metrics, request_metrics
 from shortlist.ranking.requests import make_requests
@@ -55,13 +58,15 @@ def train_ranker(
     seed: int | None = None,
     progress: bool = True,
     mlflow_run: bool = True,
+    exposures: pd.DataFrame | None = None,
 ) -> tuple[Ranker, dict[str, Any]]:
     """Fit the ranker on validation requests over `retriever`'s candidates (the towers, or
     anything with their `item_ids`, `embed_items`, `embed_users` and `fingerprint`).
 
     Returns (Ranker, summary dict with the ship decision (`shortlist.ranking.decision`),
     the stop-set metrics of the ranker and of the retrieval-only order, the epoch
-    history, row counts and timings).
+    history, row counts and timings). `exposures` (the feedback join's table) is read only
+    with `ranker.propensity_weighting`.
     """
     rp = params.ranker
     seed = params.project.seed if seed is None else seed
@@ -90,8 +95,11 @@ def train_ranker(
         popular=rp.popular_candidates,
     )
     retrieval = Retrieval(retriever, items, cat, users, params)
+    labels, ips = validation, None
+    if rp.propensity_weighting:
+        labels, ips = reweight(validation, exposures, rp.propensity_clip)
     reqs = make_requests(
-        validation,
+        labels,
         train,
         space.item_index(),
         engagement=rp.positive_weight == "engagement",
@@ -199,6 +207,7 @@ def train_ranker(
         "n_dense": space.n_dense,
         "seconds": time.perf_counter() - t0,
         "seed": seed,
+        "propensity_weighting": ips,
     }
     meta = {
         "sources": {
