@@ -327,6 +327,10 @@ class BanditParams(_Section):
 
 class ServingParams(_Section):
     host: str = "127.0.0.1"
+    # Once a bundle is live, the deepest exploration slot of a list shows a Thompson draw
+    # over the bundle's items without interactions when the cold share has room. Off by
+    # default: see params.yaml.
+    cold_section: bool = False
     port: int = Field(8000, gt=0, lt=65536)
     max_k: int = Field(1000, gt=0)
     max_body_bytes: int = Field(65_536, gt=0)

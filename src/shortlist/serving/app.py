@@ -45,6 +45,7 @@ from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from shortlist.config import Params
+from shortlist.ranking.cold_share import cold_slots
 from shortlist.serving import bandit as bandit_mod
 from shortlist.serving.events import (
     BUILTIN_KINDS,
@@ -271,6 +272,7 @@ def create_app(
     )
     served_lists = ServedLists(fb.lateness_seconds, fb.max_tracked_lists)
     bandit = _bandit(params)
+    sections: dict[str, np.ndarray] = {}  # bundle id -> the bandit's rows of its cold items
     replay_lock = threading.Lock()
     replayed = threading.Event()
 
@@ -369,6 +371,8 @@ def create_app(
             served = recommend(
                 sb, req, params, np.random.default_rng(), now=served_at, explore=True
             )
+            if bandit is not None and params.serving.bandit.cold_section:
+                served = _cold_section(bandit, sb, served, request_id, req, params, sections)
             bundle_id = sb.bundle_id
         log_served(request_id, "/recommend", req.user_id, bundle_id, served, served_at)
         return {
@@ -549,6 +553,67 @@ def _read_log(directory: str, prefix: str, columns: list[str], endpoint: str | N
     if not tables:
         return pd.DataFrame({c: [] for c in columns})
     return pa.concat_tables(tables, promote_options="default").to_pandas()
+
+
+def _cold_section(
+    bandit: bandit_mod.ThompsonBandit,
+    sb: Any,
+    served: Served,
+    request_id: str,
+    req: Any,
+    params: Params,
+    sections: dict[str, np.ndarray],
+) -> Served:
+    """The list with its deepest exploration slot showing a Thompson draw over the live
+    bundle's items without interactions (`shortlist.serving.bandit`), when the list has an
+    exploration slot and its cold share has room for one more cold item; else unchanged.
+
+    That position's propensity is the bandit's Monte Carlo estimate, its score and
+    retrieval score the item's posterior mean; the list's expected cost stays the slot
+    policy's (the item the slot would have drawn is not the one shown)."""
+    if sb.cold is None or served.explored is None or not served.explored.any():
+        return served
+    pos = int(np.flatnonzero(served.explored)[-1])
+    rows = np.asarray(served.rows, dtype=np.int64)
+    others = np.delete(rows, pos)
+    room = cold_slots(req.k, params.serving.max_cold_share) - int(sb.cold[others].sum())
+    if room < 1:
+        return served
+    section = sections.get(sb.bundle_id)
+    if section is None:
+        cold_ids = np.asarray(sb.bundle.item_ids)[sb.cold]
+        section = sections.setdefault(sb.bundle_id, bandit.section(cold_ids))
+    exclude = set(served.item_ids) | set(req.exclude_items or ())
+    if req.exclude_seen:  # (cold items have no interactions: no user has seen one yet)
+        exclude |= set(req.recent_items or ())
+    genres = set(req.genres) if req.genres else None
+    got = bandit.recommend(request_id, 1, np.random.default_rng(), exclude, genres, section)
+    if not got.item_ids or got.item_ids[0] not in sb.row_of:
+        return served
+    item = got.item_ids[0]
+    item_ids = list(served.item_ids)
+    item_ids[pos] = item
+    rows = rows.copy()
+    rows[pos] = sb.row_of[item]
+    scores = np.asarray(served.scores, dtype=np.float64).copy()
+    scores[pos] = got.means[0]
+    retrieval = None
+    if served.retrieval_scores is not None:
+        retrieval = np.asarray(served.retrieval_scores, dtype=np.float64).copy()
+        retrieval[pos] = got.means[0]
+    prop = np.asarray(served.propensities, dtype=np.float64).copy()
+    prop[pos] = got.propensities[0]
+    return Served(
+        served.strategy,
+        served.policy,
+        rows,
+        scores,
+        retrieval,
+        prop,
+        item_ids,
+        served.explored,
+        served.exploration_cost,
+    )
 
 
 def _from_bandit(bandit: bandit_mod.ThompsonBandit, request_id: str, req) -> Served:

@@ -26,6 +26,15 @@ The posterior lives in the serving process and is rebuilt when the process start
 (`replay`: every impression the bandit logged is a trial, every positive event on one of
 them a success), so a restart keeps what it learned. Once a bundle is live the app
 serves the bundle and the bandit only takes the events of the lists it served.
+
+A catalog section with no interactions (the live bundle's cold items) is served by the
+same bandit once a bundle is live (`serving.bandit.cold_section`): the deepest exploration
+slot of a list shows one Thompson draw restricted to that section (`recommend(...,
+only=...)`) when the list's cold share (`serving.max_cold_share`) has room for one more
+cold item. It spends no slot the exploration budget does not already spend, and the cold
+items learn from their own clicks instead of from their content-based scores alone. Only
+the bandit's own lists are replayed after a restart: trials and successes of cold-section
+slots in a bundle's lists live in the process until it stops.
 """
 
 from __future__ import annotations
@@ -127,12 +136,14 @@ class ThompsonBandit:
         rng: np.random.Generator,
         exclude: set[str] | None = None,
         genres: set[str] | None = None,
+        only: np.ndarray | None = None,
     ) -> BanditList:
         """Draw one list of at most k items (none of `exclude`; with `genres`, only items
-        with at least one of them) and count its items as shown trials."""
+        with at least one of them; with `only`, a boolean mask over the catalog's rows, only
+        those) and count its items as shown trials."""
         with self._lock:
             a, b = self.alpha.copy(), self.beta.copy()
-        allowed = np.ones(len(a), dtype=bool)
+        allowed = np.ones(len(a), dtype=bool) if only is None else np.asarray(only, bool).copy()
         for item in exclude or ():
             r = self.row_of.get(item)
             if r is not None:
@@ -207,6 +218,13 @@ class ThompsonBandit:
             self.beta[r] = max(self.beta[r] - 1.0, 1e-6)
             self.successes += 1
             return True
+
+    def section(self, item_ids: Any) -> np.ndarray:
+        """A boolean mask over the catalog's rows: the given items the catalog holds."""
+        mask = np.zeros(self.n_items, dtype=bool)
+        rows = [self.row_of.get(str(i)) for i in item_ids]
+        mask[[r for r in rows if r is not None]] = True
+        return mask
 
     def served(self, request_id: str) -> bool:
         with self._lock:

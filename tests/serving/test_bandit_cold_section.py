@@ -1,0 +1,94 @@
+"""With a live bundle, the bandit serves the catalog section with no interactions through
+the deepest exploration slot, bounded by the cold share (`serving.bandit.cold_section`)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from shortlist.ranking.cold_share import cold_slots
+from shortlist.serving.app import create_app
+
+NEVER = {f"i{j}" for j in range(280, 300)}  # tiny_tables: nobody interacted with these
+
+
+def _serve(world, live_root, tmp_path, **overrides):
+    root, _a, _b = live_root
+    params = world.params.with_overrides(
+        {
+            "data.dir": world.data_dir,
+            "serving.impressions_dir": str(tmp_path / "imp"),
+            "serving.exploration_slots": 2,
+            **overrides,
+        }
+    )
+    client = TestClient(create_app(params, root=root))
+    client.__enter__()
+    deadline = time.time() + 30
+    while client.get("/ready").status_code != 200 and time.time() < deadline:
+        time.sleep(0.05)
+    assert client.get("/ready").json()["bundle_id"]
+    return client
+
+
+def _lists(client, n, k=10):
+    return [client.post("/recommend", json={"user_id": f"u{u}", "k": k}).json() for u in range(n)]
+
+
+def test_the_deepest_exploration_slot_draws_from_the_cold_section(world, live_root, tmp_path):
+    client = _serve(
+        world,
+        live_root,
+        tmp_path,
+        **{"serving.bandit.cold_section": True, "serving.max_cold_share": 0.1},
+    )
+    try:
+        bodies = _lists(client, 40)
+        bandit = client.app.state.bandit
+        for body in bodies:
+            items = body["items"]
+            deepest = max(it["position"] for it in items if it["explored"])
+            shown = items[deepest]
+            assert shown["item_id"] in NEVER  # the section the bandit serves
+            assert 0 < shown["propensity"] <= 1
+            assert sum(it["item_id"] in NEVER for it in items) <= cold_slots(10, 0.1)
+            assert len({it["item_id"] for it in items}) == len(items)
+        # A click on that slot's item is a success of the bandit's posterior, once.
+        body = bodies[0]
+        item = body["items"][max(it["position"] for it in body["items"] if it["explored"])]
+        row = bandit.row_of[item["item_id"]]
+        before = bandit.alpha[row]
+        ev = {"request_id": body["request_id"], "item_id": item["item_id"], "kind": "click"}
+        assert client.post("/events", json=ev).status_code == 200
+        assert client.post("/events", json=ev).status_code in (200, 409)
+        assert bandit.alpha[row] == before + 1
+        assert bandit.lists_served == 40
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_no_room_in_the_cold_share_or_off_leaves_the_list_alone(world, live_root, tmp_path):
+    client = _serve(
+        world,
+        live_root,
+        tmp_path,
+        **{"serving.bandit.cold_section": True, "serving.max_cold_share": 0.0},
+    )
+    try:
+        bodies = _lists(client, 20)
+        assert not any(it["item_id"] in NEVER for b in bodies for it in b["items"])
+        assert client.app.state.bandit.lists_served == 0
+    finally:
+        client.__exit__(None, None, None)
+    client = _serve(world, live_root, tmp_path / "off", **{"serving.max_cold_share": 0.1})
+    try:
+        deepest = [
+            b["items"][max(it["position"] for it in b["items"] if it["explored"])]["item_id"]
+            for b in _lists(client, 40)
+        ]
+        assert np.mean([i in NEVER for i in deepest]) < 0.5  # the slot policy's own draws
+        assert client.app.state.bandit.lists_served == 0
+    finally:
+        client.__exit__(None, None, None)
