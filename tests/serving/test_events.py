@@ -298,23 +298,24 @@ def test_served_lists_forget_the_oldest_and_read_only_recent_files():
 
 def test_a_write_ahead_failure_refuses_the_batch_and_the_next_one_goes_through(tmp_path):
     from shortlist.serving import events as events_module
+    from shortlist.serving import wal as wal_module
 
     log = EventLog(str(tmp_path / "events"), rotate_rows=1000, fsync_ms=0)
     row = {"event_id": "a", "request_id": "r", "item_id": "i", "position": 0, "kind": "click",
            "value": None, "timestamp": 2.0, "occurred_at": None, "served_at": 1.0}  # fmt: skip
     log.append([row])
-    real_write = events_module._Segment.write
+    real_write = wal_module.Segment.write
 
     def torn(self, data: bytes) -> None:  # half a line reaches the file, then the disk is full
         real_write(self, data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    events_module._Segment.write = torn
+    wal_module.Segment.write = torn
     try:
         with pytest.raises(events_module.EventLogUnavailable, match="No space"):
             log.append([{**row, "event_id": "b"}])
     finally:
-        events_module._Segment.write = real_write
+        wal_module.Segment.write = real_write
     log.append([{**row, "event_id": "c"}])
     log.close()
     assert log.wal_errors == 1

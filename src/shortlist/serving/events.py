@@ -8,7 +8,7 @@ refers to a list this server remembers (`ServedLists`), names an item of that li
 arrives within `feedback.lateness_seconds` of the serving; one bad event refuses the
 batch, so nothing of it is written.
 
-Durability follows the impressions log (`shortlist.serving.impressions`): `EventLog.append`
+Durability is the impressions log's (`shortlist.serving.wal`): `EventLog.append`
 writes an accepted batch as ONE JSON line to a local write-ahead segment before the
 request answers, so killing the process (even kill -9) loses nothing acknowledged; a
 sync thread `fdatasync`s every `feedback.events_fsync_ms` (0: before answering), which
@@ -29,9 +29,7 @@ optional), served_at (when the list was served).
 
 from __future__ import annotations
 
-import fcntl
 import io
-import json
 import logging
 import os
 import re
@@ -40,13 +38,12 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shortlist.serving.impressions import WAL_SUFFIX, _NoSegment, _Segment, _sync_dir
+from shortlist.serving.wal import WriteAheadLog
 from shortlist.storage import is_remote, open_store
 
 log = logging.getLogger(__name__)
@@ -292,72 +289,26 @@ class EventLogUnavailable(Exception):
     """The write-ahead file refused a batch (e.g. a full disk): it was not accepted."""
 
 
-def _empty() -> dict[str, list[Any]]:
-    return {c: [] for c in COLUMNS}
-
-
-def _extend(columns: dict[str, list[Any]], rows: list[dict[str, Any]]) -> int:
-    for c in COLUMNS:
-        columns[c].extend(r[c] for r in rows)
-    return len(rows)
-
-
-class EventLog:
+class EventLog(WriteAheadLog):
     """Thread-safe events log: one write-ahead JSON line per accepted batch, rotated
     into Parquet files (see the module docstring)."""
 
-    def __init__(
-        self,
-        directory: str,
-        rotate_rows: int,
-        endpoint_url: str | None = None,
-        flush_seconds: float = 0.0,
-        wal_dir: str | None = None,
-        fsync_ms: float = 5.0,
-    ):
-        self.directory = directory
-        self.rotate_rows = rotate_rows
-        self.flush_seconds = flush_seconds
-        self.fsync_ms = fsync_ms
-        if wal_dir is None:
-            if is_remote(directory):
-                raise ValueError(
-                    f"feedback.events_wal_dir must name a local directory when "
-                    f"feedback.events_dir is remote ({directory})"
-                )
-            wal_dir = os.path.join(directory, ".wal")
-        if is_remote(wal_dir):
-            raise ValueError(f"feedback.events_wal_dir must be local, got {wal_dir}")
-        self.wal_dir = Path(wal_dir)
-        self.wal_dir.mkdir(parents=True, exist_ok=True)
-        self._store = open_store(directory, endpoint_url=endpoint_url)
-        self._lock = threading.Lock()
-        self._io_lock = threading.Lock()
-        self._columns = _empty()
-        self._rows = 0
-        self._segment: _Segment | None = None
-        self._live: list[_Segment] = []
-        self._pending: list[tuple[dict[str, list[Any]], Any]] = []
-        self._wake = threading.Event()
-        self._stop_sync = threading.Event()
-        self._closed = False
-        self._seq = 0
-        self._token = os.urandom(3).hex()
-        self.files_written = 0
-        self.rows_written = 0
-        self.batches_replayed = 0
-        self.rows_replayed = 0
-        self.lines_skipped = 0
-        self.wal_errors = 0
-        self.replay()
-        self._writer = threading.Thread(target=self._run, name="events-writer", daemon=True)
-        self._writer.start()
-        self._syncer: threading.Thread | None = None
-        if fsync_ms > 0:
-            self._syncer = threading.Thread(
-                target=self._sync_loop, name="events-fsync", daemon=True
-            )
-            self._syncer.start()
+    prefix = FILE_PREFIX[:-1]
+    schema = SCHEMA
+    record_name = "event batch"
+    records_name = "event batches"
+    dir_setting = "feedback.events_dir"
+    wal_dir_setting = "feedback.events_wal_dir"
+
+    @property
+    def batches_replayed(self) -> int:
+        return self.records_replayed
+
+    def _extend(self, columns: dict[str, list[Any]], record: Any) -> int:
+        rows = record["events"]
+        for c in COLUMNS:
+            columns[c].extend(r[c] for r in rows)
+        return len(rows)
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Log one accepted batch: in the write-ahead file (kernel) when this returns,
@@ -365,172 +316,25 @@ class EventLog:
         write-ahead file cannot take it; then none of it is logged."""
         if not rows:
             return
-        line = json.dumps({"events": rows}, separators=(",", ":")).encode() + b"\n"
+        record = {"events": rows}
+        line = self._encode(record)
         with self._lock:
             if self._closed:
                 raise EventLogUnavailable("the events log is closed")
             try:
-                if self._segment is None:
-                    self._segment = _Segment(self.wal_dir / (self._next_stem() + WAL_SUFFIX))
-                    self._live.append(self._segment)
-                self._segment.write(line)
-                self._segment.dirty = True
+                self._write_ahead_locked(line)
             except OSError as exc:
                 self.wal_errors += 1
                 # A partly written line may end the segment: retire it with the rows it
                 # holds whole, so the next batch starts a clean file.
                 self._rotate_locked()
-                self._segment = None
                 self._wake.set()
                 raise EventLogUnavailable(
                     f"could not write the events write-ahead file: {exc}"
                 ) from exc
-            self._rows += _extend(self._columns, rows)
-            if self._rows >= self.rotate_rows:
-                self._rotate_locked()
-                self._wake.set()
+            self._add_locked(record)
         if self.fsync_ms <= 0:
             self.sync()
-
-    def _next_stem(self) -> str:
-        self._seq += 1
-        ms = int(time.time() * 1000)
-        return f"{FILE_PREFIX}{ms}-{os.getpid()}-{self._token}-{self._seq:06d}"
-
-    def _rotate_locked(self) -> None:
-        seg = self._segment
-        self._segment = None
-        if self._rows:
-            self._pending.append((self._columns, seg or _NoSegment(self._next_stem())))
-            self._columns = _empty()
-            self._rows = 0
-        elif seg is not None:  # nothing whole in it (a failed first write): drop it
-            self._live.remove(seg)
-            seg.remove()
-
-    def _sync_loop(self) -> None:
-        interval = self.fsync_ms / 1000.0
-        while not self._stop_sync.wait(interval):
-            self.sync()
-
-    def sync(self) -> None:
-        """fdatasync every segment written since the last sync (and new directory entries)."""
-        with self._lock:
-            dirty = [s for s in self._live if s.dirty or s.new]
-            new = any(s.new for s in dirty)
-            for s in dirty:
-                s.dirty = s.new = False
-        try:
-            if new:
-                _sync_dir(self.wal_dir)
-            for s in dirty:
-                s.sync()
-        except OSError:
-            log.exception("could not sync the events write-ahead file in %s", self.wal_dir)
-
-    def _run(self) -> None:
-        while True:
-            woke = self._wake.wait(self.flush_seconds or None)
-            self._wake.clear()
-            if not woke:
-                with self._lock:
-                    if self._rows:
-                        self._rotate_locked()
-            self._drain()
-            with self._lock:
-                if self._closed and not self._pending:
-                    return
-
-    def _drain(self) -> None:
-        with self._io_lock:
-            while True:
-                with self._lock:
-                    if not self._pending:
-                        return
-                    batch, seg = self._pending.pop(0)
-                try:
-                    self._write(batch, seg.stem)
-                except Exception:  # noqa: BLE001 - the segment stays; the next start replays it
-                    log.exception("could not write an events file to %s", self.directory)
-                    continue
-                with self._lock:
-                    if seg in self._live:
-                        self._live.remove(seg)
-                seg.remove()
-
-    def _write(self, batch: dict[str, list[Any]], stem: str) -> None:
-        table = pa.Table.from_pydict(batch, schema=SCHEMA)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        self._store.write_bytes(stem + ".parquet", buf.getvalue())
-        self.files_written += 1
-        self.rows_written += table.num_rows
-
-    def replay(self) -> int:
-        """Turn write-ahead segments no live log holds into Parquet; returns batches replayed."""
-        batches = 0
-        for path in sorted(self.wal_dir.glob(FILE_PREFIX + "*" + WAL_SUFFIX)):
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live log still writes it
-                stem = path.name[: -len(WAL_SUFFIX)]
-                columns, n = self._read_segment(path)
-                if n and not self._store.exists(stem + ".parquet"):
-                    self._write(columns, stem)
-                    self.rows_replayed += len(columns["event_id"])
-                    self.batches_replayed += n
-                    batches += n
-                path.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
-        if batches:
-            log.warning(
-                "replayed %d event batches from %s into %s", batches, self.wal_dir, self.directory
-            )
-        return batches
-
-    def _read_segment(self, path: Path) -> tuple[dict[str, list[Any]], int]:
-        columns, n = _empty(), 0
-        with open(path, "rb") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows = json.loads(line)["events"]
-                    staged = _empty()
-                    _extend(staged, rows)  # the whole batch, or none of it
-                except (ValueError, KeyError, TypeError) as exc:
-                    self.lines_skipped += 1
-                    log.warning("%s line %d: not an event batch, skipped (%s)", path, lineno, exc)
-                    continue
-                for c in COLUMNS:
-                    columns[c].extend(staged[c])
-                n += 1
-        return columns, n
-
-    def flush(self) -> None:
-        """Write what is buffered now; returns when it is in a Parquet file."""
-        with self._lock:
-            if self._rows:
-                self._rotate_locked()
-        self._drain()
-
-    def close(self) -> None:
-        """Flush the remainder to Parquet and stop the threads."""
-        self.flush()
-        with self._lock:
-            self._closed = True
-        self._wake.set()
-        self._stop_sync.set()
-        self._writer.join(timeout=30)
-        if self._syncer is not None:
-            self._syncer.join(timeout=30)
 
 
 def read_events(directory: str, endpoint_url: str | None = None) -> pa.Table:
