@@ -193,6 +193,15 @@ class RankerParams(_Section):
     # by 1 / propensity, clipped at propensity_clip (shortlist.ranking.propensity). Off by
     # default: see params.yaml.
     propensity_weighting: bool = False
+    # The item-item blend (shortlist.ranking.item_item): candidates re-ordered by the
+    # standardised retrieval score plus a weight times the standardised EASE score. The
+    # weight is chosen on validation among blend_weights (empty: no blend) and the blend
+    # ships under the same rule as the network; the better of the two on the decision
+    # users is served.
+    blend_weights: list[float] = [0.1, 0.2, 0.3, 0.5, 1.0]
+    ease_l2: float = Field(250.0, gt=0)  # EASE's L2 regularisation (lambda)
+    ease_neighbours: int = Field(200, gt=0)  # EASE weights kept per item
+    ease_max_items: int = Field(10_000, gt=0)  # EASE fitted on this many most popular items
     propensity_clip: float = Field(10.0, ge=1)  # largest inverse-propensity weight
 
     @model_validator(mode="after")

@@ -42,6 +42,7 @@ def small_params(params):
             "ranker.feature_groups": ["crosses", "cooccurrence", "popularity", "ids"],
             "ranker.cooccurrence_neighbours": 5,
             "ranker.ensemble": 2,
+            "ranker.blend_weights": [],  # the network alone; the blend: test_item_item.py
         }
     )
 

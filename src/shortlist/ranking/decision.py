@@ -34,9 +34,15 @@ class RankerDecision:
 
 
 def decide(
-    ranker: np.ndarray, retrieval: np.ndarray, *, metric: str, min_z: float
+    ranker: np.ndarray,
+    retrieval: np.ndarray,
+    *,
+    metric: str,
+    min_z: float,
+    name: str = "ranker",
 ) -> RankerDecision:
-    """Paired decision on per-request metric values (same requests, same order)."""
+    """Paired decision on per-request metric values (same requests, same order); `name`
+    says in the reason which order was judged (the network, or the item-item blend)."""
     ranker = np.asarray(ranker, dtype=np.float64)
     retrieval = np.asarray(retrieval, dtype=np.float64)
     if ranker.shape != retrieval.shape:
@@ -46,7 +52,7 @@ def decide(
         return RankerDecision(
             False, metric, float(ranker.mean()) if n else 0.0,
             float(retrieval.mean()) if n else 0.0, 0.0, 0.0, float("inf"), n, min_z,
-            f"only {n} held-out request(s): too few to show the ranker helps",
+            f"only {n} held-out request(s): too few to show the {name} helps",
         )  # fmt: skip
     diff = ranker - retrieval
     gain = float(diff.mean())
@@ -56,7 +62,7 @@ def decide(
     shipped = gain > 0 and gain > min_z * stderr
     verdict = "ships" if shipped else "does not ship"
     reason = (
-        f"ranker {verdict}: {metric} {ranker.mean():.4f} vs retrieval order {base:.4f} "
+        f"{name} {verdict}: {metric} {ranker.mean():.4f} vs retrieval order {base:.4f} "
         f"({rel:+.1%}, gain {gain:+.4f} ± {stderr:.4f} over {n} held-out requests; "
         f"needs gain > {min_z:g} standard errors)"
     )

@@ -4,10 +4,13 @@ Files, beside the towers in MODEL_DIR (no pickle):
 
 - ``ranker.safetensors``: network weights plus the feature arrays (item genres and
   numerics, user feature table, standardisation statistics, and the per-item popularity
-  and recent-trend snapshots as of the end of the training log);
+  and recent-trend snapshots as of the end of the training log), and the EASE item-item
+  table when the blend is what ships;
 - ``ranker.json``: format, network config, feature-space metadata (vocabularies, windows,
   groups, feature names), the snapshot time, the towers' fingerprint, the candidate
-  sources' sizes, training summary.
+  sources' sizes, which order ships (``order``: the network, ``ranker``, or the item-item
+  blend of `shortlist.ranking.item_item`, ``blend``, with its ``blend_weight``), training
+  summary.
 
 At serving time the item statistics come from the snapshot (the feature store "now"),
 user-side features from the request's history, context from the request time; the
@@ -26,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from shortlist.ranking.cooccurrence import ItemNeighbours
 from shortlist.ranking.features import FeatureSpace, Request
+from shortlist.ranking.item_item import blend, item_item_scores
 from shortlist.ranking.sources import CandidateSources, popular_order
 
 WEIGHTS = "ranker.safetensors"
@@ -36,7 +41,8 @@ FORMAT = 1
 
 class Ranker:
     """A DCN ranker (or an ensemble of them) with its feature state; scores the
-    candidates of one request."""
+    candidates of one request with the network, or with the item-item blend when that is
+    the order that won (``meta["order"] == "blend"``)."""
 
     def __init__(
         self,
@@ -46,6 +52,7 @@ class Ranker:
         meta: dict[str, Any] | None = None,
         *,
         trend: np.ndarray | None = None,
+        item_item: ItemNeighbours | None = None,
     ) -> None:
         self.space = space
         self.model = model.eval()
@@ -56,9 +63,18 @@ class Ranker:
         self.trend = (
             np.zeros(space.n_items, np.float32) if trend is None else np.asarray(trend, np.float32)
         )
+        #: EASE item-item weights over the catalog (the blend's second score).
+        self.item_item = item_item
+        if self.order == "blend" and item_item is None:
+            raise ValueError("a blend ranker needs its item-item table")
         self._retrieval: Any = None
         self._sources: CandidateSources | None = None
         self._model_dir: str | None = None
+
+    @property
+    def order(self) -> str:
+        """Which order this ranker serves: ``ranker`` (the network) or ``blend``."""
+        return str(self.meta.get("order", "ranker"))
 
     # ---- persistence -----------------------------------------------------------------
     def save(self, model_dir: str) -> dict[str, str]:
@@ -74,6 +90,8 @@ class Ranker:
         tensors.update({k: np.ascontiguousarray(v) for k, v in arrays.items()})
         tensors["snapshot.popularity"] = np.ascontiguousarray(self.popularity[:-1])
         tensors["snapshot.trend"] = np.ascontiguousarray(self.trend)
+        if self.item_item is not None:
+            tensors.update(self.item_item.arrays("item_item"))
         blob = save(tensors, metadata={"format": str(FORMAT)})
         (out / WEIGHTS).write_bytes(blob)
         digest = hashlib.sha256(blob).hexdigest()
@@ -116,8 +134,18 @@ class Ranker:
             for k, v in doc.items()
             if k not in {"format", "weights_sha256", "model", "features"}
         }
+        item_item = (
+            ItemNeighbours.from_arrays(arrays, "item_item")
+            if "item_item.indptr" in arrays
+            else None
+        )
         ranker = cls(
-            space, model, arrays["snapshot.popularity"], meta, trend=arrays.get("snapshot.trend")
+            space,
+            model,
+            arrays["snapshot.popularity"],
+            meta,
+            trend=arrays.get("snapshot.trend"),
+            item_item=item_item,
         )
         ranker._model_dir = str(root)
         return ranker
@@ -173,6 +201,11 @@ class Ranker:
         scores = ctx.get("retrieval_scores")
         if scores is None:
             scores = self._retrieval_scores(user_id, history, candidate_item_ids, ts)
+        if self.order == "blend":
+            hist = self.space.item_positions(list(history))
+            i2i = item_item_scores(self.item_item, hist[hist >= 0], cand)
+            weight = float(self.meta["blend_weight"])
+            return blend(np.asarray(scores, np.float64), i2i, weight).astype(np.float32)
         req = Request(
             user_id=str(user_id),
             timestamp=ts,

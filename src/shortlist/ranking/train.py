@@ -11,6 +11,11 @@ the ship decision (`ranker.decision_fraction`, `shortlist.ranking.decision`). Wi
 request is featurised once and shared by the members. With `ranker.propensity_weighting`
 and the logged exposures, the positives that came from a shown item are weighted by its
 clipped inverse propensity (`shortlist.ranking.propensity`).
+
+Beside the network, the item-item blend (`shortlist.ranking.item_item`) is fitted: EASE on
+the towers' part, its weight chosen on the fitting and stopping users, judged on the
+decision users like the network. Whichever of the two ships with the larger gain is what
+the bundle serves (`summary["order"]`); neither shipping means the retrieval order.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from shortlist.ranking.cooccurrence import ItemNeighbours
 from shortlist.ranking.decision import RankerDecision, decide
 from shortlist.ranking.event_log import EventLog, popularity_block
 from shortlist.ranking.features import ABLATABLE, FeatureSpace
-from shortlist.ranking.featurize import featurize
+from shortlist.ranking.featurize import RankerRows, featurize
 from shortlist.ranking.fit import fit_network, predict
+from shortlist.ranking.item_item import blend_rows, fit_ease, rows_item_item
 from shortlist.ranking.model import DCNEnsemble
 from shortlist.ranking.propensity import reweight
 from shortlist.ranking.ranker import Ranker
@@ -181,8 +187,14 @@ def train_ranker(
             metric=key,
             min_z=rp.ship_min_z,
         )
+        blended = None
+        if rp.blend_weights:
+            histories = _histories(log, space, first)
+            blended = _blend(rp, _ease(train, space, rp), serve_rows, histories, seed, key)
+        order = _order(decision, blended)
         if run is not None:
             _log_result(final, baseline, decision, reports[0], rp.eval_k)
+            _log_blend(blended, order)
     model = members[0] if len(members) == 1 else DCNEnsemble(members)
 
     popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
@@ -191,9 +203,14 @@ def train_ranker(
         space.neighbours = _neighbours(seen_all, space, rp)
     trend = trend_popularity(seen_all, space.item_ids, half_life)
     head = reports[0]
+    item_item = _ease(seen_all, space, rp) if order == "blend" else None
     summary = {
-        "shipped": decision.shipped,
+        "shipped": order != "retrieval",
+        "order": order,
         "decision": decision.to_dict(),
+        "blend": None
+        if blended is None
+        else {**blended, "decision": blended["decision"].to_dict()},
         "stop_ranker": final,
         "stop_retrieval_only": baseline,
         "history": head["history"],
@@ -214,11 +231,84 @@ def train_ranker(
             "item_to_item": rp.item_to_item_candidates,
             "popular": rp.popular_candidates,
         },
+        "order": "blend" if order == "blend" else "ranker",
+        "blend_weight": None if blended is None else blended["weight"],
         "snapshot_end": log.end,
         "tower_fingerprint": getattr(retriever, "fingerprint", ""),
         "training": {k: v for k, v in summary.items() if k != "history"},
     }
-    return Ranker(space, model, popularity, meta, trend=trend), summary
+    ranker = Ranker(space, model, popularity, meta, trend=trend, item_item=item_item)
+    return ranker, summary
+
+
+def _histories(log: EventLog, space: FeatureSpace, requests: Sequence[Any]) -> list[np.ndarray]:
+    """Catalog positions of each request's history as of its time (what serving passes)."""
+    index = space.item_index()
+    out = []
+    for r in requests:
+        pos = [index.get(str(i), -1) for i in log.user_history(r.user_id, r.timestamp)[0]]
+        out.append(np.asarray([p for p in pos if p >= 0], np.int64))
+    return out
+
+
+def _ease(interactions: pd.DataFrame, space: FeatureSpace, rp: RankerParams) -> ItemNeighbours:
+    return fit_ease(
+        interactions,
+        space.item_index(),
+        l2=rp.ease_l2,
+        neighbours=rp.ease_neighbours,
+        max_items=rp.ease_max_items,
+    )
+
+
+def _blend(
+    rp: RankerParams,
+    table: ItemNeighbours,
+    rows: RankerRows,
+    histories: Sequence[np.ndarray],
+    seed: int,
+    key: str,
+) -> dict[str, Any]:
+    """The blend's weight, chosen on the first member's fitting and stopping users, and
+    its ship decision on that member's decision users (never seen by the choice)."""
+    if len(rows) != len(histories):
+        raise ValueError(f"{len(rows)} requests but {len(histories)} histories")
+    fit_mask, hold, judge = _folds(rows.user_ids, seed, rp)
+
+    def part(mask: np.ndarray) -> tuple[RankerRows, np.ndarray]:
+        ex = rows.select(mask)
+        hist = [histories[i] for i in np.flatnonzero(mask)]
+        return ex, rows_item_item(table, hist, ex.rows, ex.offsets)
+
+    def per_request(ex: RankerRows, scores: np.ndarray) -> np.ndarray:
+        return per_request_metrics(ex, scores, [rp.eval_k])[key]
+
+    ex, i2i = part(fit_mask | hold)
+    chosen = {
+        w: float(per_request(ex, blend_rows(ex.retrieval, i2i, ex.offsets, w)).mean())
+        for w in rp.blend_weights
+    }
+    weight = max(chosen, key=lambda w: (chosen[w], -w))  # ties: the smaller weight
+    ex, i2i = part(judge)
+    decision = decide(
+        per_request(ex, blend_rows(ex.retrieval, i2i, ex.offsets, weight)),
+        per_request(ex, ex.retrieval),
+        metric=key,
+        min_z=rp.ship_min_z,
+        name="item-item blend",
+    )
+    return {"weight": weight, "validation": chosen, "decision": decision}
+
+
+def _order(decision: RankerDecision, blended: dict[str, Any] | None) -> str:
+    """What serves: the network or the blend when it ships (the larger mean on the
+    decision users when both do), else the retrieval order."""
+    best, score = "retrieval", -np.inf
+    if decision.shipped:
+        best, score = "ranker", decision.ranker
+    if blended is not None and blended["decision"].shipped and blended["decision"].ranker > score:
+        best = "blend"
+    return best
 
 
 def _neighbours(
@@ -230,6 +320,18 @@ def _neighbours(
         neighbours=rp.cooccurrence_neighbours,
         shrink=rp.cooccurrence_shrink,
     )
+
+
+def _log_blend(blended: dict[str, Any] | None, order: str) -> None:
+    import mlflow
+
+    mlflow.set_tag("ranker.order", order)
+    if blended is not None:
+        d = blended["decision"]
+        mlflow.set_tag("blend.decision", d.reason)
+        mlflow.log_metrics(
+            {"blend_weight": blended["weight"], "blend_gain": d.gain, "blend_gain_stderr": d.stderr}
+        )
 
 
 def _mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -1,0 +1,158 @@
+"""The item-item blend: the retrieval score plus a weighted EASE item-item score.
+
+EASE (Steck 2019) fits a dense item-item weight matrix B = -P / diag(P), P = (XᵀX + λI)⁻¹,
+with a zero diagonal, in closed form. Its score of item j for a user is the sum of B[h, j]
+over the items h of their history. It memorises co-consumption that a dot product of two
+64-dimensional summaries smooths away, and it is strongest exactly where the towers are
+weakest (histories without order, small catalogs). The blend re-orders the retrieved
+candidates of one request by
+
+    z(retrieval score) + weight * z(EASE score),
+
+each standardised over that request's candidates, so the weight does not depend on the
+scale either model happens to have; weight 0 is the retrieval order. The weight is chosen
+on validation requests and the blend ships only when it beats the retrieval order on
+users it did not choose on (`shortlist.ranking.decision`).
+
+B is kept as each item's top `neighbours` weights (an `ItemNeighbours` table, so it lives
+in the ranker's safetensors beside the rest). Catalogs above `max_items` fit B on the most
+popular `max_items` items only (the inverse costs O(n³) time and O(n²) memory); the other
+items score 0, which their standardised score treats as "no evidence".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from shortlist.data import schema
+from shortlist.ranking.cooccurrence import ItemNeighbours
+
+
+def fit_ease(
+    interactions: pd.DataFrame,
+    item_index: dict[str, int],
+    *,
+    l2: float,
+    neighbours: int,
+    max_items: int,
+) -> ItemNeighbours:
+    """EASE weights of the catalog `item_index` (id -> position) fitted on `interactions`
+    (user, item pairs; repeats count once; items outside the catalog are ignored), as each
+    item's `neighbours` largest weights. Rows of items outside the fitted set are empty."""
+    n_items = len(item_index)
+    pos = interactions[schema.ITEM_ID].astype(str).map(item_index)
+    known = pos.notna().to_numpy()
+    if not known.any() or neighbours <= 0 or max_items <= 0:
+        return ItemNeighbours.empty(n_items)
+    users = pd.factorize(interactions[schema.USER_ID].astype(str).to_numpy()[known])[0]
+    cols = pos.to_numpy()[known].astype(np.int64)
+    counts = np.bincount(cols, minlength=n_items)
+    fitted = np.flatnonzero(counts)
+    if len(fitted) > max_items:
+        # The most popular items (ties by position), then back in position order.
+        fitted = np.sort(fitted[np.lexsort((fitted, -counts[fitted]))[:max_items]])
+    local = np.full(n_items, -1, np.int64)
+    local[fitted] = np.arange(len(fitted))
+    keep = local[cols] >= 0
+    x = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float64), (users[keep], local[cols[keep]])),
+        shape=(int(users.max()) + 1, len(fitted)),
+    )
+    x.data[:] = 1.0  # duplicates were summed by the constructor: binarise
+    gram = (x.T @ x).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)
+    np.fill_diagonal(b, 0.0)
+    k = min(neighbours, len(fitted) - 1)
+    if k <= 0:
+        return ItemNeighbours.empty(n_items)
+    top = np.argpartition(-b, k - 1, axis=1)[:, :k]
+    w = np.take_along_axis(b, top, axis=1)
+    order = np.argsort(-w, axis=1, kind="stable")
+    top, w = np.take_along_axis(top, order, axis=1), np.take_along_axis(w, order, axis=1)
+    lengths = np.zeros(n_items, np.int64)
+    lengths[fitted] = k
+    indptr = np.zeros(n_items + 1, np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    return ItemNeighbours(
+        indptr, fitted[top].ravel().astype(np.int32), w.ravel().astype(np.float32)
+    )
+
+
+def item_item_scores(
+    table: ItemNeighbours, history: np.ndarray, candidates: np.ndarray
+) -> np.ndarray:
+    """Per candidate position, the sum of the table's weights from each history position
+    (positions outside the table, -1 included, contribute and receive nothing)."""
+    candidates = np.asarray(candidates, np.int64)
+    out = np.zeros(len(candidates), np.float64)
+    flat = table.entries_of(np.asarray(history, np.int64))
+    if not len(flat) or not len(candidates):
+        return out
+    order = np.argsort(candidates, kind="stable")
+    sorted_c = candidates[order]
+    targets = table.indices[flat].astype(np.int64)
+    at = np.searchsorted(sorted_c, targets)
+    hit = at < len(sorted_c)
+    hit[hit] = sorted_c[at[hit]] == targets[hit]
+    per = np.bincount(
+        at[hit], weights=table.sims[flat][hit].astype(np.float64), minlength=len(sorted_c)
+    )
+    # Repeated candidates share one sorted slot's total only at the first copy: spread it.
+    first = np.searchsorted(sorted_c, sorted_c)
+    out[order] = per[first]
+    return out
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / std over one request's candidates; all zeros when x is constant."""
+    x = np.asarray(x, np.float64)
+    if not len(x):
+        return x
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 1e-12 else np.zeros_like(x)
+
+
+def blend(retrieval: np.ndarray, item_item: np.ndarray, weight: float) -> np.ndarray:
+    """The blend score of one request's candidates (higher is better)."""
+    return standardise(retrieval) + weight * standardise(item_item)
+
+
+def blend_rows(
+    retrieval: np.ndarray, item_item: np.ndarray, offsets: np.ndarray, weight: float
+) -> np.ndarray:
+    """`blend` of each request r over rows offsets[r]:offsets[r + 1] of flat row arrays."""
+    out = np.empty(len(retrieval), np.float64)
+    for r in range(len(offsets) - 1):
+        sl = slice(int(offsets[r]), int(offsets[r + 1]))
+        out[sl] = blend(retrieval[sl], item_item[sl], weight)
+    return out
+
+
+def rows_item_item(
+    table: ItemNeighbours,
+    histories: Sequence[np.ndarray],
+    rows: np.ndarray,
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """`item_item_scores` of each request's rows (catalog positions) against its history."""
+    out = np.zeros(len(rows), np.float64)
+    for r, hist in enumerate(histories):
+        sl = slice(int(offsets[r]), int(offsets[r + 1]))
+        out[sl] = item_item_scores(table, hist, rows[sl])
+    return out
+
+
+__all__ = [
+    "blend",
+    "blend_rows",
+    "fit_ease",
+    "item_item_scores",
+    "rows_item_item",
+    "standardise",
+]
