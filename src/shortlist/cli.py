@@ -168,6 +168,33 @@ def _feedback(p: Params, a: argparse.Namespace) -> None:
     print(feedback.to_json(result) if a.json else feedback.summary_line(result))
 
 
+def _simulate(p: Params, a: argparse.Namespace) -> None:
+    from shortlist import simulate
+
+    spec = simulate.SimSpec(
+        users=a.users,
+        items=a.items,
+        interactions=a.interactions,
+        rounds=a.rounds,
+        retrain_every=a.retrain_every,
+        k=a.k,
+        seed=p.project.seed if a.seed is None else a.seed,
+        promote=a.promote,
+    )
+    policies = {n: simulate.POLICIES[n] for n in (a.policy or list(simulate.POLICIES))}
+    result = simulate.simulate(
+        p,
+        spec,
+        a.out,
+        policies=policies,
+        bandit_users=a.bandit_users,
+        on_round=lambda r: print(simulate.round_line(r), flush=True),
+    )
+    print(json.dumps(result["summary"], indent=2))
+    if "bandit_first_users" in result:
+        print(json.dumps(result["bandit_first_users"], indent=2))
+
+
 def _serve(p: Params, a: argparse.Namespace) -> None:
     from shortlist.serving.app import serve
 
@@ -287,6 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--land", action="store_true", help="merge all batches into data.dir (gated)")
     c.add_argument("--force", action="store_true", help="join a window that is still open")
     c.add_argument("--json", action="store_true")
+
+    c = add("simulate", _simulate, "closed-loop simulation with ground-truth users")
+    c.add_argument("--rounds", type=int, default=10, help="serving rounds after the first bundle")
+    c.add_argument("--retrain-every", type=int, default=1, help="retrain every N rounds")
+    c.add_argument("--users", type=int, default=300)
+    c.add_argument("--items", type=int, default=400)
+    c.add_argument("--interactions", type=int, default=6000, help="generated history")
+    c.add_argument("--k", type=int, default=10, help="list length")
+    c.add_argument("--seed", type=int, default=None, help="default: project.seed")
+    c.add_argument("--policy", action="append", choices=["no_exploration", "exploration_ips"])
+    c.add_argument("--promote", choices=["blessed", "always"], default="blessed")
+    c.add_argument("--bandit-users", type=int, default=0, help="the bandit experiment's users")
+    c.add_argument("--out", default=".shortlist/simulate", help="working and result directory")
 
     c = add("serve", _serve, "serve the live bundle over HTTP")
     c.add_argument("--root")
