@@ -129,6 +129,10 @@ class TowerParams(_Section):
     early_stopping_patience: int = Field(3, ge=1)
     eval_k: int = Field(20, gt=0)
     threads: int = Field(2, ge=1)
+    # Data-parallel training processes (torchrun + DDP, `threads` each); 1 = one process.
+    processes: int = Field(1, ge=1)
+    # Their process group: gloo (CPU), nccl (CUDA), auto = nccl where CUDA is available.
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
     # After early stopping picks the epoch count, retrain from scratch (same seed) on
     # train + validation for that many epochs, as the baselines refit after tuning.
     refit_on_validation: bool = True

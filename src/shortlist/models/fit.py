@@ -4,10 +4,17 @@
 validation part (`shortlist.models.validation`), keeps the epoch with the best
 validation Recall@K, and by default retrains for that many epochs on train + validation.
 The examples, the objective and the reporting live in their own modules beside this one.
+
+Under torchrun the same functions train data-parallel (`shortlist.models.distributed`):
+every rank steps through the same global batches, each on its own shard of them, with
+DDP averaging the gradients; rank 0 alone validates, decides and writes, and broadcasts
+its decisions. A single process (no torchrun environment) runs exactly the loop it ran
+before distributed training existed: the same random streams, the same numbers.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import time
@@ -22,6 +29,7 @@ import torch
 from torch import nn
 
 from shortlist.config import Params, TowerParams
+from shortlist.models.distributed import Ranks, global_batches, setup, shard
 from shortlist.models.early_stopping import EarlyStopping
 from shortlist.models.examples import (
     build_examples,
@@ -86,15 +94,28 @@ def fit_towers(
     progress: bool,
     desc: str,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[FittedTowers, TowerValidationSet | None, pd.DataFrame]:
     """Train from scratch (seeded) for at most `epochs`; with `validation`, evaluate every
     epoch and stop early, keeping the best epoch's weights; without, keep the last.
     `on_epoch` sees each epoch's row (loss, validation metrics) as it is recorded.
-    Returns the run, its validation set and the catalog in vocabulary order."""
+    Returns the run, its validation set and the catalog in vocabulary order.
+
+    With `ranks` of a distributed run: every rank draws the same example order (same
+    seed) and trains on its shard of each global batch, with its own stream for the
+    batches' negatives and dropout (seeded by seed and rank), so the ranks do not repeat
+    each other's samples. Rank 0 alone validates and keeps the best weights; its stop
+    decision and best epoch reach every rank. Elsewhere the validation set is None, the
+    history holds losses only and the weights are the rank's last averaged ones.
+    """
     from tqdm.auto import tqdm
 
+    ranks = ranks or Ranks()
     _seed_everything(seed)
     rng = np.random.default_rng(seed)
+    # One process draws the order and the batches from one stream, as it always has.
+    batch_rng = rng if ranks.world == 1 else np.random.default_rng([seed, ranks.rank])
+    device = ranks.device
     t_start = time.perf_counter()
 
     state = FeatureState.fit(
@@ -104,9 +125,12 @@ def fit_towers(
     net = build_net(state, config, items)
     examples = build_examples(train, state, users, tp.history_len, tp.history_mode)
     item_feats = item_feature_tensors(state, items)
+    if device.type != "cpu":
+        net.to(device)
+        item_feats = {k: v.to(device) for k, v in item_feats.items()}
     catalog = vocab_catalog(state, items)
     vset = None
-    if validation is not None:
+    if validation is not None and ranks.is_main:
         vset = TowerValidationSet(state, train, validation, tp.history_len)
     n_items = state.n_item_ids - 1
     counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
@@ -117,10 +141,15 @@ def fit_towers(
     if tp.logq.enabled:  # warm-up pass over one shuffled epoch of positives (no gradients)
         estimator.update(examples.item_idx[rng.permutation(len(examples))], 0)
 
+    loss_module = ranks.wrap(net)  # DDP starts every replica from rank 0's weights
+    loss_module = None if loss_module is net else loss_module
     optimizer = make_optimizer(net, tp)
+    # The replicas take identical steps, so each rank's average is the same too.
     ema = WeightAverage(net, tp.ema_decay) if tp.ema_decay else None
     eval_net = ema.net if ema is not None else net  # the weights evaluated and kept
-    retriever = TwoTowerRetriever(eval_net, state, config, items, fingerprint="-")
+    # Validation embeds on the CPU: a GPU run evaluates a host copy of those weights.
+    eval_host = eval_net if device.type == "cpu" else copy.deepcopy(eval_net).cpu()
+    retriever = TwoTowerRetriever(eval_host, state, config, items, fingerprint="-")
 
     history: list[dict[str, Any]] = []
     stopping = EarlyStopping(tp.early_stopping_patience)
@@ -130,30 +159,49 @@ def fit_towers(
     n = len(examples)
     bs = tp.batch_size
     step = estimator.steps_seen
-    bar = tqdm(total=epochs * max(1, math.ceil(n / bs)), desc=desc, disable=not progress)
+    batches = global_batches(n, bs, ranks.world)
+    bar = tqdm(
+        total=epochs * max(1, math.ceil(n / bs)),
+        desc=desc,
+        disable=not (progress and ranks.is_main),
+    )
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
         net.train()
         perm = rng.permutation(n)
         losses = []
-        for s in range(0, n, bs):
-            rows = perm[s : s + bs]
-            if len(rows) < 2:
-                continue
+        for s, stop in batches:
+            batch_rows = perm[s:stop]  # the global batch; this rank trains on its shard
+            rows = shard(batch_rows, ranks.rank, ranks.world)
             losses.append(
-                train_step(net, optimizer, examples, rows, item_feats, estimator, step, tp, rng)
+                train_step(
+                    net,
+                    optimizer,
+                    examples,
+                    rows,
+                    item_feats,
+                    estimator,
+                    step,
+                    tp,
+                    batch_rng,
+                    stream_rows=batch_rows,
+                    loss_module=loss_module,
+                )
             )
-            step += len(rows)
+            step += len(batch_rows)
             if ema is not None:
                 ema.update(net)
             bar.update(1)
         train_seconds = time.perf_counter() - t_epoch
         net.eval()
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "loss": float(np.mean(losses)) if losses else float("nan"),
-        }
+        if ranks.distributed:  # the mean over every rank's steps
+            loss = ranks.mean(float(np.sum(losses)), len(losses))
+        else:
+            loss = float(np.mean(losses)) if losses else float("nan")
+        row: dict[str, Any] = {"epoch": epoch, "loss": loss}
         if vset is not None:
+            if eval_host is not eval_net:
+                eval_host.load_state_dict(eval_net.state_dict())
             t_eval = time.perf_counter()
             metrics = evaluate_retriever(retriever, vset, catalog, users, ks)
             row.update({f"val_{k}": v for k, v in metrics.items()})
@@ -162,22 +210,27 @@ def fit_towers(
         row["train_seconds"] = train_seconds
         history.append(row)
         last_epoch = epoch
-        if on_epoch is not None:
+        if on_epoch is not None and ranks.is_main:
             on_epoch(row)
-        if vset is not None and stopping.update(epoch, metrics[metric_key], eval_net):
-            break
+        if validation is not None:
+            stop = vset is not None and stopping.update(epoch, metrics[metric_key], eval_net)
+            if ranks.broadcast(stop):  # rank 0 decides; every rank stops with it
+                break
     bar.close()
     if stopping.best_state is not None:
         net.load_state_dict(stopping.best_state)
     elif ema is not None:
         net.load_state_dict(ema.net.state_dict())
     net.eval()
+    if device.type != "cpu":
+        net.cpu()  # the model is saved and served from the CPU
+    best_epoch = stopping.best_epoch if validation is not None else last_epoch
     fitted = FittedTowers(
         net=net,
         state=state,
         config=config,
         history=history,
-        best_epoch=stopping.best_epoch if vset is not None else last_epoch,
+        best_epoch=ranks.broadcast(best_epoch),
         train_examples=n,
         log_pop=log_pop,
         counts=counts,
@@ -214,33 +267,99 @@ def train_two_tower(
     without the inference popularity term; measured before any refit, as the refit model
     has seen validation), the refit's own history, timings and, when logged, the MLflow
     run id. With out_dir the model is saved there (and logged as run artifacts).
+
+    Run under torchrun (`shortlist.models.distributed`), every rank calls this with the
+    same arguments and trains its shard; rank 0 alone validates, writes the model and
+    logs to MLflow, and every rank returns rank 0's report. The model returned on other
+    ranks is their replica, not necessarily the saved one.
     """
     tp = params.towers
     if tp.history_mode == "auto":
         tp = tp.model_copy(update={"history_mode": resolve_history_mode("auto", real_time)})
     seed = params.project.seed if seed is None else seed
     torch.set_num_threads(tp.threads)
-    t_start = time.perf_counter()
+    ranks = setup(tp.backend)
+    try:
+        return _train(
+            params,
+            tp,
+            train,
+            validation,
+            items,
+            users,
+            seed,
+            ranks,
+            progress=progress,
+            mlflow_run=mlflow_run,
+            snapshot_id=snapshot_id,
+            out_dir=out_dir,
+            on_epoch=on_epoch,
+        )
+    finally:
+        ranks.close()
 
+
+def _train(
+    params: Params,
+    tp: TowerParams,
+    train: pd.DataFrame,
+    validation: pd.DataFrame,
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+    seed: int,
+    ranks: Ranks,
+    *,
+    progress: bool,
+    mlflow_run: bool,
+    snapshot_id: str,
+    out_dir: str | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> tuple[TwoTowerRetriever, dict[str, Any]]:
+    """train_two_tower's body, on this process's rank (see its docstring)."""
+    t_start = time.perf_counter()
     es, vset, catalog = fit_towers(
-        tp, train, items, users, seed, tp.epochs, validation, progress, "train towers", on_epoch
+        tp,
+        train,
+        items,
+        users,
+        seed,
+        tp.epochs,
+        validation,
+        progress,
+        "train towers",
+        on_epoch,
+        ranks,
     )
-    assert vset is not None
+    assert vset is not None or not ranks.is_main
     ks = tuple(sorted({tp.eval_k, *VALIDATION_KS}))
     history = es.history
-    best_metrics = {k[4:]: v for k, v in history[es.best_epoch - 1].items() if k.startswith("val_")}
+    best_metrics: dict[str, float] = {}
     w = tp.logq.inference_popularity_weight
     with_pop = best_metrics
-    if w:
-        es_retriever = TwoTowerRetriever(es.net, es.state, es.config, items, fingerprint="-")
-        with_pop = evaluate_retriever(es_retriever, vset, catalog, users, ks, w, es.log_pop)
+    if vset is not None:
+        best_row = history[es.best_epoch - 1]
+        best_metrics = {k[4:]: v for k, v in best_row.items() if k.startswith("val_")}
+        with_pop = best_metrics
+        if w:
+            es_retriever = TwoTowerRetriever(es.net, es.state, es.config, items, fingerprint="-")
+            with_pop = evaluate_retriever(es_retriever, vset, catalog, users, ks, w, es.log_pop)
 
     final = es
     refit: dict[str, Any] | None = None
+    # es.best_epoch is rank 0's on every rank, so all of them refit or none does.
     if tp.refit_on_validation and len(validation) and es.best_epoch > 0:
         full = pd.concat([train, validation], ignore_index=True)
         final, _, _ = fit_towers(
-            tp, full, items, users, seed, es.best_epoch, None, progress, "refit towers"
+            tp,
+            full,
+            items,
+            users,
+            seed,
+            es.best_epoch,
+            None,
+            progress,
+            "refit towers",
+            ranks=ranks,
         )
         refit = {
             "epochs": es.best_epoch,
@@ -257,11 +376,12 @@ def train_two_tower(
         "epochs_run": len(history),
         "validation": best_metrics,
         "validation_with_popularity": with_pop,
-        "validation_users": len(vset),
+        "validation_users": len(vset) if vset is not None else 0,
         "train_examples": es.train_examples,
         "catalog_items": es.state.n_item_ids - 1,
         "history_mode": tp.history_mode,
         "seed": seed,
+        "processes": ranks.world,
         "refit": refit,
         "timings": {
             "prepare_seconds": es.prepare_seconds,
@@ -295,6 +415,12 @@ def train_two_tower(
         return TwoTowerRetriever(fitted.net, state, fitted.config, items, meta=meta)
 
     model = model_of(final, refit is not None)
+    if not ranks.is_main:  # rank 0 writes and logs; the others take its report
+        report = ranks.broadcast(None)
+        model.meta.update(metrics=report["validation"])
+        if "mlflow_run_id" in report:
+            model.meta["mlflow_run_id"] = report["mlflow_run_id"]
+        return model, report
     if out_dir is not None:
         model.save(out_dir)
         write_history(report, out_dir)
@@ -310,4 +436,6 @@ def train_two_tower(
         model.meta["mlflow_run_id"] = report["mlflow_run_id"]
         if out_dir is not None:
             model.save(out_dir)
+    if ranks.distributed:
+        ranks.broadcast(report)
     return model, report

@@ -41,11 +41,12 @@ def batch_loss(
     )
     b = len(pos)
     hits = pos[:, None] == cand[None, :]
-    hits[:, :b] &= ~torch.eye(b, dtype=torch.bool)
+    hits[:, :b] &= ~torch.eye(b, dtype=torch.bool, device=pos.device)
     logits = q @ v.T / temperature
     if log_q is not None:
         logits = logits - log_q[None, :]
-    return nn.functional.cross_entropy(logits.masked_fill(hits, float("-inf")), torch.arange(b))
+    target = torch.arange(b, device=pos.device)
+    return nn.functional.cross_entropy(logits.masked_fill(hits, float("-inf")), target)
 
 
 def make_optimizer(net: nn.Module, tp: TowerParams) -> torch.optim.Optimizer:
@@ -70,22 +71,39 @@ def train_step(
     step: int,
     tp: TowerParams,
     rng: np.random.Generator,
+    *,
+    stream_rows: np.ndarray | None = None,
+    loss_module: nn.Module | None = None,
 ) -> float:
     """One optimisation step on examples[rows]; `step` is the stream position of rows[0].
 
     The frequency estimate sees the batch's positives before their log Q is read. The
     expected count of a candidate is the batch's share of it (batch size x probability)
     plus the uniform negatives' (mixed_negatives / catalog size). Returns the loss.
+
+    In a distributed run `rows` is this rank's shard of the global batch `stream_rows`:
+    the estimate sees the whole global batch (every rank then holds the same estimate,
+    the one a single process would), while the expected counts are those of the
+    candidates this rank scores, its own positives and negatives. `loss_module` (the DDP
+    wrapper, see `shortlist.models.distributed`) computes the loss in place of `net`, so
+    that the gradients are averaged over the ranks. Batches go to the device of `net`.
     """
     n_items = len(item_feats["genres"]) - 1
     batch = make_batch(examples, rows, tp, rng, n_items)
+    device = next(net.parameters()).device
+    if device.type != "cpu":
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     log_q = None
     if tp.logq.enabled:
-        estimator.update(examples.item_idx[rows], step)
-        p = estimator.probability(batch["candidates"].numpy())
+        stream = rows if stream_rows is None else stream_rows
+        estimator.update(examples.item_idx[stream], step)
+        p = estimator.probability(batch["candidates"].cpu().numpy())
         expected = len(rows) * p + tp.mixed_negatives / n_items
-        log_q = torch.from_numpy(np.log(expected).astype(np.float32))
-    loss = batch_loss(net, batch, item_feats, log_q, tp.temperature)
+        log_q = torch.from_numpy(np.log(expected).astype(np.float32)).to(device)
+    if loss_module is None:
+        loss = batch_loss(net, batch, item_feats, log_q, tp.temperature)
+    else:
+        loss = loss_module(batch, item_feats, log_q, tp.temperature)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
