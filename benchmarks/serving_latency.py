@@ -10,7 +10,10 @@ index against exact search for real user queries, then one `shortlist serve` pro
 127.0.0.1 and a bounded closed-loop load generator:
 concurrency 1 for latency, then `--concurrency` clients for throughput. Each request
 retrieves the top `ranker.candidates` (200), ranks them (the bundle's ranker when it
-has one, else the retrieval score) and returns k=20.
+has one, else the retrieval score) and returns k=20. `--ranker-order` picks which order
+the bundled ranker serves: the network (`ranker`, the costlier) or the item-item blend
+(`blend`: retrieval score plus EASE score, `shortlist.ranking.item_item`), whichever
+would win on this synthetic data, so the cost of each is measured on purpose.
 
 Then the swap under load at that catalog size: a second bundle (towers trained with
 another seed) is built into the idle slot and, while 2 clients keep sending requests,
@@ -39,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from shortlist.config import load_params
@@ -74,7 +78,7 @@ def _params(work: Path, n_items: int, args):
     )
 
 
-def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
+def _train(params, data_dir: str, model_dir: str, with_ranker: bool, order: str = "ranker") -> dict:
     from shortlist.data.io import read_dataset
     from shortlist.models.fit import train_two_tower
 
@@ -123,11 +127,29 @@ def _train(params, data_dir: str, model_dir: str, with_ranker: bool) -> dict:
                 progress=False,
                 mlflow_run=False,
             )
+            _serve_order(ranker, order, pd.concat([train, validation]), params)
             ranker.save(model_dir)
-            out["ranker"] = {"seconds": round(time.perf_counter() - t0, 1)}
+            out["ranker"] = {"seconds": round(time.perf_counter() - t0, 1), "order": order}
         except Exception as exc:  # noqa: BLE001 - reported, the benchmark goes on without
             out["ranker"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
+
+
+def _serve_order(ranker, order: str, seen, params) -> None:
+    """Make `ranker` serve `order` whatever its decision picked on this synthetic data."""
+    from shortlist.ranking.item_item import fit_ease
+
+    if order == "blend":
+        rp = params.ranker
+        ranker.item_item = fit_ease(
+            seen,
+            ranker.space.item_index(),
+            l2=rp.ease_l2,
+            neighbours=rp.ease_neighbours,
+            max_items=rp.ease_max_items,
+        )
+        ranker.meta["blend_weight"] = ranker.meta.get("blend_weight") or 0.3
+    ranker.meta["order"] = order
 
 
 def _recall(location: str, n_queries: int) -> dict:
@@ -309,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--recall-queries", type=int, default=1000)
     ap.add_argument("--ranker", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--ranker-order",
+        choices=("ranker", "blend"),
+        default="ranker",
+        help="the order the bundled ranker serves: the network or the item-item blend",
+    )
     ap.add_argument("--swap", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--swap-phase-seconds", type=float, default=5.0)
     ap.add_argument(
@@ -368,10 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["train_synth_seconds"] = round(time.perf_counter() - t0, 1)
         model_dir = str(base / "model")
-        results["training"] = _train(params, data_dir, model_dir, args.ranker)
+        results["training"] = _train(params, data_dir, model_dir, args.ranker, args.ranker_order)
         if args.swap:  # bundle B's towers: another seed, so its scores differ from A's
             params_b = params.with_overrides({"project.seed": params.project.seed + 1})
-            results["training_b"] = _train(params_b, data_dir, str(base / "model-b"), args.ranker)
+            results["training_b"] = _train(
+                params_b, data_dir, str(base / "model-b"), args.ranker, args.ranker_order
+            )
         print(f"trained: {results['training']}", flush=True)
         for n in sorted(args.sizes):
             results["sizes"].append(run_size(n, args, base / f"n{n}", model_dir))
