@@ -193,10 +193,6 @@ class RankerParams(_Section):
     # retrieval order by more than this many standard errors (shortlist.ranking.decision);
     # otherwise the bundle serves the retrieval order.
     ship_min_z: float = 1.0
-    # Weight positives engaged from a logged exposure (the feedback join's exposures table)
-    # by 1 / propensity, clipped at propensity_clip (shortlist.ranking.propensity). Off by
-    # default: see params.yaml.
-    propensity_weighting: bool = False
     # The item-item blend (shortlist.ranking.item_item): candidates re-ordered by the
     # standardised retrieval score plus a weight times the standardised EASE score. The
     # weight is chosen on validation among blend_weights (empty: no blend) and the blend
@@ -206,6 +202,10 @@ class RankerParams(_Section):
     ease_l2: float = Field(250.0, gt=0)  # EASE's L2 regularisation (lambda)
     ease_neighbours: int = Field(200, gt=0)  # EASE weights kept per item
     ease_max_items: int = Field(10_000, gt=0)  # EASE fitted on this many most popular items
+    # Weight positives engaged from a logged exposure (the feedback join's exposures table)
+    # by 1 / propensity, clipped at propensity_clip (shortlist.ranking.propensity). Off by
+    # default: see params.yaml.
+    propensity_weighting: bool = False
     propensity_clip: float = Field(10.0, ge=1)  # largest inverse-propensity weight
 
     @model_validator(mode="after")
@@ -336,14 +336,14 @@ class BanditParams(_Section):
     base_rate: float = Field(0.05, gt=0, lt=1)  # prior click probability of a typical item
     pool: int = Field(500, gt=0)  # items (highest posterior upper bound) each list draws from
     draws: int = Field(500, gt=0)  # Monte Carlo draws behind each logged propensity
-
-
-class ServingParams(_Section):
-    host: str = "127.0.0.1"
     # Once a bundle is live, the deepest exploration slot of a list shows a Thompson draw
     # over the bundle's items without interactions when the cold share has room. Off by
     # default: see params.yaml.
     cold_section: bool = False
+
+
+class ServingParams(_Section):
+    host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     max_k: int = Field(1000, gt=0)
     max_body_bytes: int = Field(65_536, gt=0)
