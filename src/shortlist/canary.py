@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,9 @@ from shortlist.models.vectors import serving_item_vectors, serving_query_vectors
 from shortlist.ranking.features import FEATURE_HISTORY
 from shortlist.ranking.sources import catalog_maps, extra_columns
 
+if TYPE_CHECKING:
+    from shortlist.bundle.bundle import LoadedBundle
+
 
 def _sample(values: list[str], n: int, seed: int) -> list[str]:
     if len(values) <= n:
@@ -35,7 +38,7 @@ def _sample(values: list[str], n: int, seed: int) -> list[str]:
     return [values[i] for i in sorted(rng.choice(len(values), n, replace=False))]
 
 
-def _users_frame(bundle: Any, user_ids: list[str]) -> pd.DataFrame | None:
+def _users_frame(bundle: LoadedBundle, user_ids: list[str]) -> pd.DataFrame | None:
     users = bundle.users
     if users is None or "user_id" not in getattr(users, "columns", ()):
         return None
@@ -43,7 +46,7 @@ def _users_frame(bundle: Any, user_ids: list[str]) -> pd.DataFrame | None:
     return table.set_index("user_id").reindex(user_ids).reset_index()
 
 
-def ann_recall(bundle: Any, params: Params) -> dict[str, Any]:
+def ann_recall(bundle: LoadedBundle, params: Params) -> dict[str, Any]:
     """(a) recall@10 and @100 of the bundle's index against exact search."""
     ids = _sample(
         sorted(u for u, h in bundle.histories.items() if h), params.canary.users, params.canary.seed
@@ -75,7 +78,7 @@ def ann_recall(bundle: Any, params: Params) -> dict[str, Any]:
 
 
 def _held_out(
-    bundle: Any, params: Params
+    bundle: LoadedBundle, params: Params
 ) -> tuple[list[str], list[list[str]], list[str], list[int], list[list[int]]]:
     """Users with >= 2 stored items: (ids, histories without the last, the last item, its
     time, the history's timestamps)."""
@@ -100,7 +103,7 @@ def _hit_rate(recommended: list[list[str]], targets: list[str]) -> float:
 
 
 def _live_recommendations(
-    bundle: Any,
+    bundle: LoadedBundle,
     params: Params,
     ids: list[str],
     histories: list[list[str]],
@@ -132,7 +135,7 @@ def _live_recommendations(
 
 
 def _offline_recommendations(
-    bundle: Any,
+    bundle: LoadedBundle,
     params: Params,
     ids: list[str],
     histories: list[list[str]],
@@ -193,7 +196,7 @@ def _offline_recommendations(
     return out
 
 
-def live_path_recall(bundle: Any, params: Params) -> dict[str, Any]:
+def live_path_recall(bundle: LoadedBundle, params: Params) -> dict[str, Any]:
     """(b) recall@K of each held-out item: served path vs the model scored exactly."""
     ids, histories, targets, times, stamps = _held_out(bundle, params)
     if not ids:
@@ -220,7 +223,7 @@ def live_path_recall(bundle: Any, params: Params) -> dict[str, Any]:
     }
 
 
-def consistency(bundle: Any, params: Params) -> dict[str, Any]:
+def consistency(bundle: LoadedBundle, params: Params) -> dict[str, Any]:
     """(c) same training run: fingerprint match and stored embeddings reproduced."""
     fp_ok = bundle.retriever.fingerprint == bundle.manifest.model_fingerprint
     n = len(bundle.item_ids)
@@ -245,7 +248,7 @@ def consistency(bundle: Any, params: Params) -> dict[str, Any]:
     }
 
 
-def run_checks(bundle: Any, params: Params) -> dict[str, Any]:
+def run_checks(bundle: LoadedBundle, params: Params) -> dict[str, Any]:
     """All three checks; `passed` only when every one passed. Names what failed."""
     t0 = time.perf_counter()
     checks = {

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,12 @@ from shortlist.errors import BundleError
 from shortlist.ranking.sources import trend_popularity
 from shortlist.storage import is_remote, open_store
 
+if TYPE_CHECKING:
+    import faiss
+
+    from shortlist.models.two_tower import TwoTowerRetriever
+    from shortlist.ranking.ranker import Ranker
+
 log = logging.getLogger(__name__)
 
 MODEL = "model"
@@ -82,19 +88,19 @@ class LoadedBundle:
 
     bundle_id: str
     manifest: Manifest
-    retriever: Any  # shortlist.models.two_tower.TwoTowerRetriever
-    index: Any  # faiss.Index
+    retriever: TwoTowerRetriever
+    index: faiss.Index
     item_ids: np.ndarray  # str, row -> item_id
     item_vectors: np.ndarray  # (n, d) float32, in memory (read-only), never a memory map
     items: pd.DataFrame  # row-aligned with item_ids
     histories: dict[str, list[str]]  # user_id -> recent item ids, oldest first
     popularity: np.ndarray  # row-aligned recent-trend prior
-    ranker: Any = None
+    ranker: Ranker | None = None
     users: pd.DataFrame | None = None
     history_table: pd.DataFrame | None = None  # user_id, item_ids, timestamps
     location: str = ""
     local_dir: str = ""
-    seen: Any = None  # shortlist.bundle.seen.SeenSets; None for bundles built without it
+    seen: SeenSets | None = None  # None for bundles built without it
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -32,7 +32,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shortlist.data import schema
+
+if TYPE_CHECKING:
+    from shortlist.config import SynthParams
 
 GENRES = (
     "Action",
@@ -91,7 +94,7 @@ class SynthSpec:
     threads: int = 2  # chunk workers; the output does not depend on it
 
     @classmethod
-    def from_params(cls, synth: Any, **overrides: Any) -> SynthSpec:
+    def from_params(cls, synth: SynthParams, **overrides: Any) -> SynthSpec:
         """From a `SynthParams` section; keyword overrides win (the CLI's sizes and seed)."""
         values = {k: v for k, v in synth.model_dump().items() if k in cls.__dataclass_fields__}
         values.update({k: v for k, v in overrides.items() if v is not None})

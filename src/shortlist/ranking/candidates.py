@@ -10,15 +10,21 @@ same candidate distribution.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from shortlist.data import schema
 
+if TYPE_CHECKING:
+    import faiss
 
-def search(index: Any, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from shortlist.config import Params
+    from shortlist.models.two_tower import TwoTowerRetriever
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (scores, rows) per query: the one place the search backend is chosen."""
     from shortlist.index import ann
 
@@ -30,11 +36,11 @@ class Retrieval:
 
     def __init__(
         self,
-        retriever: Any,
+        retriever: TwoTowerRetriever,
         items: pd.DataFrame,
         catalog: Sequence[str],
         users: pd.DataFrame | None = None,
-        params: Any = None,
+        params: Params | None = None,
     ) -> None:
         from shortlist.index import ann
         from shortlist.models.vectors import serving_item_vectors

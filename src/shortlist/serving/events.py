@@ -38,13 +38,16 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shortlist.serving.wal import WriteAheadLog
 from shortlist.storage import is_remote, open_store
+
+if TYPE_CHECKING:
+    from shortlist.config import Params
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ def event_weight(
     return float(value or 0.0)
 
 
-def events_dir(params: Any) -> str:
+def events_dir(params: Params) -> str:
     """feedback.events_dir, else `events` beside serving.impressions_dir (so moving the
     impressions moves the events with them)."""
     if params.feedback.events_dir:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +41,10 @@ from prometheus_client import (
     Summary,
     generate_latest,
 )
+
+if TYPE_CHECKING:
+    from shortlist.serving.events import EventLog, ServedLists
+    from shortlist.serving.impressions import ImpressionLog
 
 LATENCY_BUCKETS = (
     0.001,
@@ -125,7 +129,7 @@ class ServingMetrics:
         )
         self._lock = threading.Lock()
 
-    def watch_events(self, log: Any, served: Any) -> None:
+    def watch_events(self, log: EventLog, served: ServedLists) -> None:
         """Expose the events log's recovery and write-ahead error counts, and how many
         served lists are held to check events against."""
         r = self.registry
@@ -145,7 +149,7 @@ class ServingMetrics:
             registry=r,
         ).set_function(lambda: len(served))
 
-    def watch_impressions(self, log: Any) -> None:
+    def watch_impressions(self, log: ImpressionLog) -> None:
         """Expose the impressions log's recovery and write-ahead error counts."""
         r = self.registry
         Gauge(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,13 @@ from shortlist.ranking.sources import CandidateSources, catalog_maps, extra_colu
 from shortlist.serving.explore import ExplorationParams, explore
 from shortlist.serving.schemas import RecommendRequest
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from shortlist.bundle.bundle import LoadedBundle
+    from shortlist.models.two_tower import TwoTowerRetriever
+    from shortlist.ranking.ranker import Ranker
+
 MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k items
 
 
@@ -51,13 +58,13 @@ MAX_WIDEN_ROUNDS = 4  # candidate pool grows x4 per round when filters leave < k
 class ServingBundle:
     """A loaded bundle plus the lookups serving needs, built once before the swap."""
 
-    bundle: Any  # shortlist.bundle.bundle.LoadedBundle
+    bundle: LoadedBundle
     bundle_id: str
     location: str
     row_of: Mapping[str, int]  # item id -> index row
     genres: np.ndarray | None  # per index row: sequence of genre strings, or None
     popular_rows: np.ndarray  # index rows by popularity prior, most popular first
-    encoder: Any = None  # QueryEncoder over this bundle's retriever and users
+    encoder: QueryEncoder | None = None  # over this bundle's retriever and users
     # per index row: no interaction in the towers' training data (capped per list)
     cold: np.ndarray | None = None
     # The ranker's extra candidate sources and the maps between its catalog and index
@@ -72,7 +79,7 @@ class ServingBundle:
         return len(self.row_of)
 
 
-def prepare(bundle: Any, location: str) -> ServingBundle:
+def prepare(bundle: LoadedBundle, location: str) -> ServingBundle:
     """Precompute the id map, per-row genres and the popularity order of a bundle.
 
     Runs in the serving process's loader thread beside live requests, so work over the
@@ -320,7 +327,7 @@ def recommend(
 
 def _with_sources(
     sb: ServingBundle,
-    ranker: Any,
+    ranker: Ranker,
     history: list[str],
     query: np.ndarray,
     rows: np.ndarray,
@@ -349,7 +356,9 @@ class QueryEncoder:
     index scores dot / temperature + weight * log popularity, as offline evaluation does.
     """
 
-    def __init__(self, retriever: Any, users: Any, width: int | None = None) -> None:
+    def __init__(
+        self, retriever: TwoTowerRetriever, users: pd.DataFrame | None, width: int | None = None
+    ) -> None:
         self.retriever = retriever
         self.users = users
         self.width = int(width or vector_width(retriever))

@@ -13,15 +13,19 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from shortlist.models.vectors import serving_query_vectors
 from shortlist.serving.loadgen import RequestFactory, Sample, run_load, summarise
 
+if TYPE_CHECKING:
+    from shortlist.bundle.bundle import LoadedBundle
+    from shortlist.bundle.slots import Slots
 
-def verify_responses(bundle: Any, responses: list[dict[str, Any]], atol: float = 1e-4):
+
+def verify_responses(bundle: LoadedBundle, responses: list[dict[str, Any]], atol: float = 1e-4):
     """(personalised responses score-checked, problems): each problem names a response
     whose items are missing from `bundle` or whose retrieval scores are not its own."""
     row_of = {str(i): r for r, i in enumerate(bundle.item_ids)}
@@ -123,7 +127,7 @@ def _first_from(samples: list[Sample], bundle_id: str, after: float, timeout: fl
 
 def swap_under_load(
     url: str,
-    slots: Any,
+    slots: Slots,
     make_request: RequestFactory,
     *,
     phase_seconds: float = 3.0,
