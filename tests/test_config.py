@@ -1,4 +1,5 @@
-"""The one typed params object: params.yaml mirrors it, and every mistake names its key."""
+"""The one typed params object: params.yaml is generated from it, and every mistake names
+its key."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
-from shortlist.config import ConfigError, Params, load_params
+from shortlist.config import ConfigError, Params, load_params, render_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,33 +24,68 @@ def _keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
     return out
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        out |= _flat(value, path + ".") if isinstance(value, dict) else {path: value}
-    return out
-
-
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(text)
     return path
 
 
-def test_repo_params_yaml_loads_and_mirrors_the_schema() -> None:
+def test_repo_params_yaml_is_what_config_generates() -> None:
+    """A default lives in config.py alone: params.yaml is its rendering, byte for byte."""
+    assert (REPO / "params.yaml").read_text() == render_params(), (
+        "params.yaml differs from shortlist.config: run `shortlist params --out params.yaml`"
+    )
     loaded = load_params(REPO / "params.yaml")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    defaults = Params().model_dump()
-    # every schema key is spelled out in params.yaml (and nothing else: extra keys fail)
-    assert _keys(raw) == _keys(defaults), _keys(raw) ^ _keys(defaults)
-    # and params.yaml states the schema's defaults, so code and file cannot disagree
-    differ = {
-        k: (v, _flat(defaults)[k])
-        for k, v in _flat(loaded.model_dump()).items()
-        if v != _flat(defaults)[k]
-    }
-    assert differ == {}, f"params.yaml vs config.py defaults (update both): {differ}"
+    assert _keys(raw) == _keys(Params().model_dump())  # every key spelled out, for DVC
+    assert loaded == Params()
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:
+    out: dict[str, FieldInfo] = {}
+    for name, info in model.model_fields.items():
+        out[prefix + name] = info
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out |= _fields(info.annotation, f"{prefix}{name}.")
+    return out
+
+
+def test_every_setting_has_a_one_line_description() -> None:
+    fields = _fields(Params)
+    assert len(fields) > 200
+    missing = [k for k, info in fields.items() if not (info.description or "").strip()]
+    assert missing == [], f"add a docstring under each field in config.py: {missing}"
+    long = [k for k, info in fields.items() if "\n" in info.description.strip()]
+    assert long == [], f"descriptions are one line: {long}"
+
+
+def test_render_params_round_trips_any_values(tmp_path: Path) -> None:
+    changed = Params().with_overrides(
+        {
+            "towers.epochs": 3,
+            "data.path": "",
+            "schedules.data": "@hourly",
+            "storage.s3_endpoint_url": "http://127.0.0.1:9000",
+            "evaluation.ks": [5, 10],
+            "ranker.blend_weights": [],
+        }
+    )
+    assert load_params(write(tmp_path, render_params(changed))) == changed
+
+
+def test_shortlist_params_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from shortlist.cli import main
+
+    out = tmp_path / "params.yaml"
+    out.write_text("not: [valid")  # a stale or broken file does not stop the generator
+    assert main(["params", "--out", str(out), "--params", str(out)]) == 0
+    assert out.read_text() == render_params()
+    assert main(["params", "--check", "--out", str(out)]) == 0
+    out.write_text(out.read_text().replace("epochs: 20", "epochs: 21", 1))
+    assert main(["params", "--check", "--out", str(out)]) == 1
+    assert "shortlist params --out" in capsys.readouterr().err
+    assert main(["params", "--set", "towers.epochs=3"]) == 0
+    assert load_params(write(tmp_path, capsys.readouterr().out)).towers.epochs == 3
 
 
 def test_missing_file_means_defaults_only_when_not_named(

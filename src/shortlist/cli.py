@@ -195,6 +195,29 @@ def _simulate(p: Params, a: argparse.Namespace) -> None:
         print(json.dumps(result["bandit_first_users"], indent=2))
 
 
+def _params(p: Params, a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from shortlist.config import DEFAULT_PARAMS_FILE, render_params
+
+    text = render_params(p)
+    if a.check:
+        path = Path(a.out or DEFAULT_PARAMS_FILE)
+        if path.exists() and path.read_text() == text:
+            return 0
+        print(
+            f"{path} is not what shortlist.config generates: run `shortlist params --out {path}`",
+            file=sys.stderr,
+        )
+        return 1
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _serve(p: Params, a: argparse.Namespace) -> None:
     from shortlist.serving.app import serve
 
@@ -328,6 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--bandit-users", type=int, default=0, help="the bandit experiment's users")
     c.add_argument("--out", default=".shortlist/simulate", help="working and result directory")
 
+    c = add("params", _params, "write params.yaml: every default (and --set) with its description")
+    c.set_defaults(reads_params_file=False)
+    c.add_argument("--out", help="file to write (default: standard output)")
+    c.add_argument(
+        "--check", action="store_true", help="exit 1 unless --out (or params.yaml) is up to date"
+    )
+
     c = add("serve", _serve, "serve the live bundle over HTTP")
     c.add_argument("--root")
     c.add_argument("--host", default=None)
@@ -339,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("SHORTLIST_DEBUG") == "1"
     try:
-        params = load_params(args.params, args.overrides)
+        if getattr(args, "reads_params_file", True):
+            params = load_params(args.params, args.overrides)
+        else:  # `params` renders the defaults: a stale params file must not stop it
+            params = Params().with_overrides(args.overrides)
         code = args.handler(params, args)
     except (ConfigError, ShortlistError, FileNotFoundError) as exc:
         if debug:

@@ -1,7 +1,9 @@
-"""One typed configuration for every stage.
+"""One typed configuration for every stage, and the single home of every default.
 
-`params.yaml` is the single source of hyperparameters, thresholds and paths. DVC reads
-it for dependency tracking, Airflow and the CLI load it here into one validated object.
+Each setting is a typed field here with its default and a one-line description (the
+docstring under it). `params.yaml` is generated from these (`shortlist params --out
+params.yaml`, `render_params`), so a default lives in one place; DVC reads that file for
+dependency tracking, and Airflow and the CLI load it here into one validated object.
 Unknown keys and wrong types are errors that name the offending key, so a typo cannot
 silently fall back to a default.
 """
@@ -9,6 +11,7 @@ silently fall back to a default.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,189 +27,262 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A field's docstring is its description: the comment `render_params` writes.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
 
 
 class ProjectParams(_Section):
     work_dir: str = ".shortlist"
+    """Local working directory of the stages' outputs."""
     seed: int = 42
+    """Seed of every random choice the stages make."""
 
 
 class DataParams(_Section):
     source: Literal["movielens-100k", "movielens-1m", "movielens-latest", "csv", "synth"] = (
         "movielens-100k"
     )
+    """Importer of the data at `path`."""
     path: str = ""
+    """Source data to import (empty: MovieLens 100K from the shared datasets, else synth)."""
     dir: str = ".shortlist/data"
+    """Dataset directory the stages read (a path or s3://)."""
 
 
 class SynthParams(_Section):
     users: int = Field(5000, gt=0)
+    """Users of a generated dataset."""
     items: int = Field(2000, gt=0)
+    """Items of a generated dataset."""
     interactions: int = Field(200_000, gt=0)
+    """Interactions of a generated dataset."""
     factors: int = Field(16, gt=0)
-    topics: int = Field(32, gt=0)  # latent item clusters; titles draw words per topic
-    candidates: int = Field(4, gt=0)  # items drawn per interaction, best affinity wins
+    """Dimension of the latent user and item factors."""
+    topics: int = Field(32, gt=0)
+    """Latent item clusters; titles draw words per topic."""
+    candidates: int = Field(4, gt=0)
+    """Items drawn per interaction; the best affinity wins."""
     zipf_exponent: float = Field(1.1, gt=0)
+    """Exponent of the Zipf popularity inside each topic."""
     cold_item_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of items released late in the period (no interactions before release)."""
     late_user_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of users who join late in the period."""
     period_days: int = Field(180, gt=0)
+    """Length of the generated period."""
     drift: float = Field(0.3, ge=0)
+    """How far a user's taste moves toward a second topic by the end of the period."""
     chunk_rows: int = Field(1_000_000, gt=0)
-    start_timestamp: int = 1_640_995_200  # 2022-01-01 UTC
-    threads: int = Field(2, ge=1)  # chunk workers; the output does not depend on it
+    """Interactions generated and written per Parquet row group."""
+    start_timestamp: int = 1_640_995_200
+    """Start of the period, unix seconds (2022-01-01 UTC)."""
+    threads: int = Field(2, ge=1)
+    """Chunk workers; the output does not depend on it."""
 
 
 class ValidationParams(_Section):
     reference_dir: str = ".shortlist/reference"
+    """The last accepted batch, which the next one is compared with."""
     quarantine_dir: str = ".shortlist/quarantine"
+    """Where a batch that fails validation is moved."""
     docs_dir: str = ".shortlist/data_docs"
-    min_timestamp: int = 631_152_000  # 1990-01-01 UTC: older is a unit error, not history
+    """Great Expectations Data Docs site."""
+    min_timestamp: int = 631_152_000
+    """Oldest timestamp accepted (1990-01-01 UTC): older is a unit error, not history."""
     max_future_seconds: int = Field(3600, ge=0)
+    """Timestamps at most this far past the validation time are accepted."""
     volume_tolerance: float = Field(0.5, gt=0)
+    """Each table's row count within this relative change of the reference's."""
     max_new_item_share: float = Field(0.5, ge=0, le=1)
+    """Most of the interactions that may name items the reference does not have."""
     max_new_user_share: float = Field(0.5, ge=0, le=1)
+    """Most of the interactions that may name users the reference does not have."""
     per_user_quantile_tolerance: float = Field(1.0, gt=0)
+    """Largest fold change minus 1 of each per-user interaction-count quantile vs the reference."""
     per_user_quantiles: list[float] = [0.5, 0.9, 0.99]
+    """Quantiles of interactions per user compared with the reference."""
     example_rows: int = Field(5, gt=0)
-    # Absolute rules, checked on every batch (the first one has no reference to compare
-    # with): weights finite and at most max_weight (a rating, count or seconds, not 1e38);
-    # ids 1..max_id_length characters without leading/trailing whitespace or control
-    # characters (the serving API accepts ids of at most 128); at least min_users users;
-    # at least min_title_share of the items with a non-blank title (the item tower reads
-    # titles; set 0 for a catalog without titles).
+    """Offending values shown per failed check."""
     max_weight: float = Field(1e6, gt=0)
+    """Largest interaction weight accepted (a rating, count or seconds; weights must be finite)."""
     max_id_length: int = Field(128, ge=1)
+    """Longest user or item id (the serving API accepts at most 128 characters)."""
     min_users: int = Field(10, ge=1)
+    """Fewest users a batch may have."""
     min_title_share: float = Field(0.5, ge=0, le=1)
+    """Share of items that must have a title (the item tower reads them; 0 for none)."""
 
 
 class SplitParams(_Section):
     dir: str = ".shortlist/split"
+    """Where the split writes its train, validation and test tables."""
     # auto: random per-user holdout when timestamps were synthesised; with real time a
-    # global time cut when it puts global_min_user_share of the users in validation,
-    # else each user's most recent interactions (per_user). See shortlist.data.split.
+    # global time cut when it puts global_min_user_share of the users in validation, else
+    # each user's most recent interactions (per_user). See shortlist.data.split.
     mode: Literal["auto", "global", "per_user", "random"] = "auto"
+    """auto: random if time was synthesised, else a global or per-user time cut."""
     validation_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of interactions in validation."""
     test_fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of interactions in test (may be 0)."""
     min_user_interactions: int = Field(1, ge=1)
+    """Users with fewer interactions are left out of the split."""
     global_min_user_share: float = Field(0.5, ge=0, le=1)
-    # A validation or test part with fewer users that have history is an error: early
-    # stopping, the ranker's decision and the blessing would be drawn from noise.
+    """auto: a global time cut only when validation covers this share of users."""
     min_validation_users: int = Field(50, ge=1)
+    """Fewer users with history in validation or test is an error (metrics would be noise)."""
 
 
 class LogQParams(_Section):
     enabled: bool = True
+    """Correct the in-batch softmax by each item's sampling probability (logQ)."""
     hash_buckets: int = Field(1 << 20, gt=0)
+    """Buckets of the streaming item-frequency estimate."""
     alpha: float = Field(0.01, gt=0, le=1)
+    """Learning rate of the streaming frequency estimate."""
     inference_popularity_weight: float = 0.3
+    """Weight of log popularity added to the serving score (0: none)."""
 
 
 class TowerParams(_Section):
     out_dir: str = ".shortlist/model"
+    """Where train-towers writes the model."""
     embedding_dim: int = Field(64, gt=0)
+    """Width of the user and item embeddings."""
     hidden_dim: int = Field(128, gt=0)
+    """Width of each tower's hidden layer."""
     history_len: int = Field(50, gt=0)
-    # Training examples' histories: "causal" = the user's items before the target's time
-    # (next-item); "leave_one_out" = the user's last history_len train items except the
-    # target (a set: no order). "auto" = causal where timestamps are real, leave_one_out
-    # where they were synthesised from row order (the split records which).
+    """Most recent items of a user's history the user tower reads."""
+    # causal = the user's items before the target's time (next-item); leave_one_out = the
+    # user's last history_len train items except the target; auto = causal where
+    # timestamps are real, leave_one_out where they were synthesised (the split records it).
     history_mode: Literal["auto", "causal", "leave_one_out"] = "auto"
-    # Evaluate and keep an exponential moving average of the weights (per step); 0 = off.
+    """causal: items before the target (real time); leave_one_out: a set (synthesised time)."""
     ema_decay: float = Field(0.995, ge=0, lt=1)
+    """Decay of the weights' moving average, evaluated and kept (0: off)."""
     title_hash_buckets: int = Field(16384, gt=0)
+    """Hash buckets of title words in the item tower."""
     user_buckets: int = Field(1, ge=1)
+    """Embedding rows shared by users unseen in training."""
     id_dropout: float = Field(0.1, ge=0, le=1)
+    """Chance an id is replaced by the unknown id in training (teaches the content path)."""
     id_dim: int = Field(64, gt=0)
+    """Width of the user and item id embeddings."""
     context_dropout: float = Field(0.5, ge=0, le=1)
+    """Chance the request context is zeroed in training."""
     temperature: float = Field(0.05, gt=0)
+    """Softmax temperature of the in-batch loss."""
     batch_size: int = Field(1024, gt=0)
+    """Training examples per step."""
     epochs: int = Field(20, gt=0)
+    """Most epochs (early stopping usually ends sooner)."""
     learning_rate: float = Field(0.005, gt=0)
+    """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0)
+    """Adam's weight decay."""
     mixed_negatives: int = Field(512, ge=0)
+    """Uniformly drawn items added to each batch's in-batch negatives."""
     early_stopping_patience: int = Field(3, ge=1)
+    """Epochs without a better validation recall before training stops."""
     eval_k: int = Field(20, gt=0)
+    """K of the validation recall that early stopping watches."""
     threads: int = Field(2, ge=1)
-    # Data-parallel training processes (torchrun + DDP, `threads` each); 1 = one process.
+    """torch threads per training process."""
     processes: int = Field(1, ge=1)
-    # Their process group: gloo (CPU), nccl (CUDA), auto = nccl where CUDA is available.
+    """Data-parallel training processes (torchrun + DDP, `threads` each); 1: one process."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
-    # After early stopping picks the epoch count, retrain from scratch (same seed) on
-    # train + validation for that many epochs, as the baselines refit after tuning.
+    """Their process group: gloo (CPU), nccl (CUDA); auto: nccl where CUDA is available."""
     refit_on_validation: bool = True
+    """Retrain on train + validation for the epochs early stopping chose."""
     logq: LogQParams = LogQParams()
+    """The sampling-bias correction (Yi et al. 2019) and the serving popularity term."""
 
 
 class RankerParams(_Section):
     candidates: int = Field(200, gt=0)
+    """Candidates the towers retrieve for the ranker."""
     random_negatives: int = Field(5, ge=0)
-    # Hard negatives per training request, sampled from the retrieved candidates the user
-    # did not take (0: all of them). Early stopping always ranks all candidates.
+    """Uniformly drawn catalog items added as negatives per training request."""
     hard_negatives: int = Field(50, ge=0)
-    # With an ensemble, 5 members of one rank-16 cross layer and a (64, 32) MLP matched
-    # 5 members of 2 full-rank layers and (128, 64) on validation.
+    """Retrieved candidates the user did not take, sampled per training request (0: all)."""
     cross_layers: int = Field(2, ge=0)
-    # Rank of each cross layer's weight (0 = full rank: n_features^2 multiply-adds per
-    # candidate; DCN-v2's low-rank form costs 2 * n_features * rank).
+    """DCN cross layers."""
+    # Full rank costs n_features^2 multiply-adds per candidate; DCN-v2's low-rank form
+    # costs 2 * n_features * rank.
     cross_rank: int = Field(0, ge=0)
+    """Rank of each cross layer's weight (0: full rank)."""
     hidden_dims: list[int] = [128, 64]
+    """Widths of the MLP beside the cross layers."""
     batch_size: int = Field(1024, gt=0)
+    """Training rows per step."""
     epochs: int = Field(20, gt=0)
+    """Most epochs (early stopping usually ends sooner)."""
     learning_rate: float = Field(0.0003, gt=0)
+    """Adam's learning rate."""
     early_stopping_patience: int = Field(3, ge=1)
+    """Epochs without a better held-out NDCG before training stops."""
     eval_k: int = Field(20, gt=0)
+    """K of the NDCG that early stopping and the ship decision use."""
     threads: int = Field(2, ge=1)
+    """torch threads for training."""
     id_dim: int = Field(16, gt=0)
+    """Width of the ranker's user and item id embeddings."""
     dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout of the MLP."""
     weight_decay: float = Field(0.0, ge=0)
-    # Positives weighted by engagement (the rating on MovieLens), or all weight 1.
+    """Adam's weight decay."""
     positive_weight: Literal["engagement", "unit"] = "engagement"
+    """Positives weighted by engagement (the rating on MovieLens), or all 1."""
     popularity_windows_days: list[int] = [1, 7, 30]
-    # Feature groups used (retrieval, item and user are always on); for ablations.
+    """Windows of the item popularity features."""
     feature_groups: list[Literal["crosses", "cooccurrence", "popularity", "ids"]] = [
         "crosses",
         "cooccurrence",
         "popularity",
         "ids",
     ]
-    # Networks averaged into the ranker, each with its own seed and early-stopping users
-    # (bagging: the ranker learns from a few hundred requests, so one network's order
-    # varies with its initialisation and stop set). Off by default: see params.yaml.
+    """Feature groups beyond the always-on retrieval, item and user features (for ablations)."""
+    # 1: 5 members gain on test but add ~0.9 ms to every ranked request, more than the
+    # serving p99 target can spare (benchmarks/HISTORY.md, funnel quality).
     ensemble: int = Field(1, ge=1)
-    # Item-item neighbours of the `cooccurrence` group: top-k by shrunk cosine similarity.
+    """Networks averaged into the ranker, each with its own seed and early-stopping users."""
     cooccurrence_neighbours: int = Field(100, gt=0)
+    """Item-item neighbours of the `cooccurrence` group (top-k by shrunk cosine)."""
     cooccurrence_shrink: float = Field(10.0, ge=0)
-    # Candidates the extra sources add to the towers' `candidates` for the ranker to rank
-    # (shortlist.ranking.sources): ItemKNN neighbours of the history, the recent trend.
+    """Shrinkage of the co-occurrence cosine similarity."""
+    # The extra sources (shortlist.ranking.sources) are off: on validation they lowered the
+    # ranker (benchmarks/HISTORY.md); `shortlist tune` searches them.
     item_to_item_candidates: int = Field(0, ge=0)
+    """ItemKNN neighbours of the history added to the ranker's candidates (0: off)."""
     popular_candidates: int = Field(0, ge=0)
-    # Requests per validation user the ranker trains on: the first validation event, then
-    # cuts spread over the later ones (positives: the items from the cut on).
+    """Recent-trend items added to the ranker's candidates (0: off)."""
     cut_points: int = Field(1, ge=1)
-    # Share of validation users held out of ranker fitting for early stopping.
+    """Training requests per validation user (the first event, then later cuts)."""
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    # Another share, disjoint from the first, held out for the ship decision alone.
+    """Validation users kept out of fitting, for early stopping."""
     decision_fraction: float = Field(0.2, gt=0, lt=1)
-    # The ranker ships only when its NDCG@eval_k on the decision users beats the
-    # retrieval order by more than this many standard errors (shortlist.ranking.decision);
-    # otherwise the bundle serves the retrieval order.
+    """Other validation users kept out, for the ship decision alone."""
+    # Below it the bundle serves the retrieval order (shortlist.ranking.decision).
     ship_min_z: float = 1.0
-    # The item-item blend (shortlist.ranking.item_item): candidates re-ordered by the
-    # standardised retrieval score plus a weight times the standardised EASE score. The
-    # weight is chosen on validation among blend_weights (empty: no blend) and the blend
-    # ships under the same rule as the network; the better of the two on the decision
-    # users is served.
+    """Ship the ranker only if it beats the retrieval order by this many standard errors."""
+    # The blend (shortlist.ranking.item_item) ships under the network's rule; the better
+    # of the two on the decision users is served.
     blend_weights: list[float] = [0.1, 0.2, 0.3, 0.5, 1.0]
-    ease_l2: float = Field(250.0, gt=0)  # EASE's L2 regularisation (lambda)
-    ease_neighbours: int = Field(200, gt=0)  # EASE weights kept per item
-    ease_max_items: int = Field(10_000, gt=0)  # EASE fitted on this many most popular items
-    # Weight positives engaged from a logged exposure (the feedback join's exposures table)
-    # by 1 / propensity, clipped at propensity_clip (shortlist.ranking.propensity). Off by
-    # default: see params.yaml.
+    """Weights of z(EASE) added to z(retrieval score), chosen on validation (empty: no blend)."""
+    ease_l2: float = Field(250.0, gt=0)
+    """EASE's L2 regularisation (lambda) in the blend."""
+    ease_neighbours: int = Field(200, gt=0)
+    """EASE weights kept per item."""
+    ease_max_items: int = Field(10_000, gt=0)
+    """EASE fitted on this many most popular items."""
+    # Off until a closed-loop run shows it helps (benchmarks/feedback_loop.py); no effect
+    # on data without an exposures table (shortlist.ranking.propensity).
     propensity_weighting: bool = False
-    propensity_clip: float = Field(10.0, ge=1)  # largest inverse-propensity weight
+    """Weight positives engaged from a logged exposure by 1 / propensity (clipped)."""
+    propensity_clip: float = Field(10.0, ge=1)
+    """Largest inverse-propensity weight."""
 
     @model_validator(mode="after")
     def _holdouts_leave_users_to_fit(self) -> RankerParams:
@@ -216,265 +292,336 @@ class RankerParams(_Section):
 
 
 class TuningParams(_Section):
-    """`shortlist tune`: a budgeted search on validation whose result later runs reuse."""
-
     path: str = ".shortlist/tuning/best.json"
+    """Written by `shortlist tune`, read by train-towers and train-ranker."""
     budget_minutes: float = Field(10.0, gt=0)
-    ranker_share: float = Field(0.3, ge=0, lt=1)  # of the budget, for the ranker's knobs
-    # train-towers and train-ranker apply a tuning file whose data shape matches the split.
+    """Wall-clock budget of one search."""
+    ranker_share: float = Field(0.3, ge=0, lt=1)
+    """Share of the budget spent on the ranker's knobs."""
     use: bool = True
-    # The retrain DAG runs the search when no tuning file fits the data's shape (off: a
-    # retrain never spends the budget unasked; run `shortlist tune` or turn this on).
+    """Apply the tuning file while the data keeps the shape it was tuned on."""
+    # Off: a retrain never spends the budget unasked.
     in_retrain: bool = False
+    """The retrain DAG searches when no tuning file fits the data's shape."""
 
 
 class BaselineGridParams(_Section):
-    """Validation grids of the baselines (shortlist.eval.baselines); small on purpose."""
-
     item_knn_neighbours: list[int] = [50, 100, 200]
+    """ItemKNN neighbours tried."""
     item_knn_shrink: list[float] = [0.0, 10.0, 50.0]
+    """ItemKNN shrinkage tried."""
     ease_lambda: list[float] = [100.0, 250.0, 500.0, 1000.0]
+    """EASE L2 regularisation tried."""
     als_factors: list[int] = [32, 64, 128]
+    """ALS factors tried."""
     als_regularization: list[float] = [0.01, 0.1]
+    """ALS regularisation tried."""
     als_iterations: list[int] = [15]
+    """ALS iterations tried."""
     als_alpha: list[float] = [1.0, 10.0]
+    """ALS confidence scaling tried."""
 
 
 class OffPolicyParams(_Section):
-    """Off-policy estimates of the challenger's reward on the live bundle's logged lists."""
-
-    # Estimate when logged exposures (with propensities and engagement) exist.
     enabled: bool = True
-    # Exposures table to read (empty: <data.dir>/exposures.parquet, where the feedback
-    # stage lands them).
+    """Estimate when logged exposures (with propensities and engagement) exist."""
     logged_path: str = ""
-    # The challenger as a target policy: its greedy top k, or its own exploration slots.
-    # Greedy by default: its slots reach deeper into the tail than a differently ranked
+    """Exposures table to read (empty: <data.dir>/exposures.parquet)."""
+    # Greedy: its exploration slots reach deeper into the tail than a differently ranked
     # logger could have shown, and mass on items the logs cannot show biases every estimate.
     target: Literal["deterministic", "exploration"] = "deterministic"
-    # Reward of a shown item: engaged (0/1) or its engagement weight.
+    """The challenger as a target policy: its greedy top k, or its own exploration slots."""
     reward: Literal["engaged", "weight"] = "engaged"
+    """Reward of a shown item: engaged (0/1) or its engagement weight."""
     confidence: float = Field(0.95, gt=0, lt=1)
-    clip: float = Field(0.0, ge=0)  # importance weights capped here (0: no cap)
-    # Part of the blessing gate (off by default): when the effective sample size reaches
-    # min_ess, the `estimator`'s value must be at least the logged policy's own reward
-    # times (1 + min_lift); below min_ess the gate is skipped and the report says so.
+    """Level of the estimates' confidence intervals."""
+    clip: float = Field(0.0, ge=0)
+    """Cap on importance weights (0: none)."""
     gate: bool = False
+    """Blessing also needs estimator value >= logged reward x (1 + min_lift) once ESS >= min_ess."""
     estimator: Literal["ips", "snips", "dr"] = "snips"
+    """Estimator the gate reads."""
     min_lift: float = -0.05
+    """Least relative lift over the logged policy's reward the gate accepts."""
     min_ess: float = Field(500.0, ge=0)
+    """Effective sample size below which the gate is skipped (and the report says so)."""
 
 
 class EvaluationParams(_Section):
     ks: list[int] = [10, 20, 50, 200]
+    """Cutoffs of the full-ranking metrics."""
     primary_metric: str = "recall@20"
+    """Metric that blessing compares."""
     heavy_user_quantile: float = Field(0.8, gt=0, lt=1)
+    """Users above this quantile of train interactions form the heavy segment."""
     baselines: list[Literal["most_popular", "item_knn", "ease", "als"]] = [
         "most_popular",
         "item_knn",
         "ease",
         "als",
     ]
+    """Baselines evaluated beside the model; blessing requires beating them."""
     min_relative_gain_over_champion: float = 0.0
+    """Least relative gain in the primary metric over the live model to bless."""
     min_relative_gain_over_baselines: float = 0.0
+    """Least relative gain in the primary metric over the best baseline to bless."""
     threads: int = Field(2, ge=1)
-    batch_users: int = Field(0, ge=0)  # users scored per block at most; 0 = sized to the catalog
-    # Score cells (users x catalog) per block: bounds the harness's memory at any catalog size.
+    """Threads for scoring."""
+    batch_users: int = Field(0, ge=0)
+    """Users per scoring block at most (0: sized by block_cells)."""
     block_cells: int = Field(20_000_000, gt=0)
-    # Evaluate a seeded sample of this many users (0: all); the result states the sample.
+    """Users x items score cells per block: bounds evaluation memory."""
     sample_users: int = Field(0, ge=0)
-    # EASE inverts an items x items matrix: above this many items it is fitted on the most
-    # popular ones only (stated in its result's notes); 20k items take ~3.2 GB in float64.
+    """Evaluate a seeded sample of this many users (0: all), stated in the result."""
+    # EASE inverts an items x items matrix: 20k items take ~3.2 GB in float64.
     ease_max_items: int = Field(20_000, gt=0)
+    """EASE above this many items is fitted on the most popular ones only (noted)."""
     grid: BaselineGridParams = BaselineGridParams()
+    """Validation grids of the baselines (shortlist.eval.baselines); small on purpose."""
     off_policy: OffPolicyParams = OffPolicyParams()
+    """IPS, SNIPS and DR estimates of the challenger on the live bundle's logged lists."""
 
 
 class IndexParams(_Section):
     type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = "auto"
+    """FAISS index; auto picks by catalog size and memory (shortlist.index.ann.plan_index)."""
     flat_max_items: int = Field(200_000, gt=0)
-    hnsw_max_items: int = Field(500_000, gt=0)  # auto: HNSW up to here (build minutes/M)
-    ivf_flat_max_items: int = Field(5_000_000, gt=0)  # then IVF-Flat; IVF-PQ+refine beyond
-    # auto also falls to IVF-PQ+refine when the size rule's index would exceed this many MiB
-    # (0: half the memory available at build time); see shortlist.index.ann.plan_index.
+    """auto: exact flat search up to this many items."""
+    hnsw_max_items: int = Field(500_000, gt=0)
+    """auto: HNSW up to this many items (builds take minutes per million)."""
+    ivf_flat_max_items: int = Field(5_000_000, gt=0)
+    """auto: IVF-Flat up to this many items, IVF-PQ with refine beyond."""
     memory_budget_mb: int = Field(0, ge=0)
-    # IVF-PQ's re-ranking vectors: float32 ("flat"), "fp16" or "sq8" (8-bit per component);
-    # auto: the most precise that fits the memory budget.
+    """auto: IVF-PQ with refine when the index would exceed this (0: half of free RAM)."""
     refine_type: Literal["auto", "flat", "fp16", "sq8"] = "auto"
+    """IVF-PQ re-rank vectors: flat (float32), fp16 or sq8; auto: the best that fits."""
     hnsw_m: int = Field(32, gt=0)
+    """HNSW links per node."""
     ef_construction: int = Field(40, gt=0)
+    """HNSW search depth while building."""
     ef_search: int = Field(128, gt=0)
+    """HNSW search depth per query."""
     nlist: int = Field(1024, gt=0)
+    """IVF lists."""
     nprobe: int = Field(32, gt=0)
-    # IVF-PQ: validated at 10M items (benchmarks/results/index_scale.json): pq_m 16 stayed
-    # below recall@10 0.88 at any refine factor up to 16; 32 with refine 16 reached 0.96.
+    """IVF lists searched per query."""
+    # Validated at 10M items (benchmarks/results/index_scale.json).
     pq_m: int = Field(32, gt=0)
+    """IVF-PQ sub-quantisers per vector."""
     refine_factor: int = Field(16, ge=1)
+    """IVF-PQ candidates re-ranked per result with the refine vectors."""
     embed_batch_size: int = Field(65_536, gt=0)
+    """Items embedded per batch when building a bundle."""
     threads: int = Field(2, ge=1)
+    """FAISS threads for building."""
 
 
 class CanaryParams(_Section):
     recall_slo: float = Field(0.95, ge=0, le=1)
+    """Least ANN recall@10 against exact search."""
     users: int = Field(1000, gt=0)
+    """Users sampled for the recall checks."""
     live_path_tolerance: float = Field(0.05, ge=0)
+    """Largest gap of live-path recall below the offline recall."""
     breaches_before_rollback: int = Field(2, ge=1)
-    live_path_k: int = Field(100, gt=0)  # recall@K of held-out items, live vs offline
-    reembed_sample: int = Field(1000, gt=0)  # items re-embedded for the consistency check
-    reembed_tolerance: float = Field(1e-4, gt=0)  # max |stored - re-embedded| per component
+    """Consecutive failed scheduled canaries on live before a rollback."""
+    live_path_k: int = Field(100, gt=0)
+    """K of the live-path recall of held-out items."""
+    reembed_sample: int = Field(1000, gt=0)
+    """Items re-embedded for the consistency check."""
+    reembed_tolerance: float = Field(1e-4, gt=0)
+    """Largest |stored - re-embedded| per component."""
     seed: int = 0
+    """Seed of the canary's samples."""
 
 
 class BanditParams(_Section):
-    """Thompson sampling over the catalog while no bundle is live (`shortlist.serving.bandit`)."""
-
     enabled: bool = True
-    # Dataset directory whose items (and interaction counts, for the priors) it serves;
-    # empty: data.dir. Without an items table there is no bandit.
+    """Serve Thompson-sampled lists over the catalog while no bundle is live."""
     catalog_dir: str = ""
-    prior_strength: float = Field(10.0, gt=0)  # pseudo-trials behind each item's prior
-    base_rate: float = Field(0.05, gt=0, lt=1)  # prior click probability of a typical item
-    pool: int = Field(500, gt=0)  # items (highest posterior upper bound) each list draws from
-    draws: int = Field(500, gt=0)  # Monte Carlo draws behind each logged propensity
-    # Once a bundle is live, the deepest exploration slot of a list shows a Thompson draw
-    # over the bundle's items without interactions when the cold share has room. Off by
-    # default: see params.yaml.
+    """Dataset whose items it serves (empty: data.dir); no items table, no bandit."""
+    prior_strength: float = Field(10.0, gt=0)
+    """Pseudo-trials behind each item's popularity prior."""
+    base_rate: float = Field(0.05, gt=0, lt=1)
+    """Prior click probability of a typical item."""
+    pool: int = Field(500, gt=0)
+    """Items with the highest posterior upper bound each list draws from."""
+    draws: int = Field(500, gt=0)
+    """Monte Carlo draws behind each logged propensity."""
+    # Off: its propensity is a Monte Carlo estimate, not exact like the slot policy's.
     cold_section: bool = False
+    """With a live bundle, the deepest exploration slot draws among items without interactions."""
 
 
 class ServingParams(_Section):
     host: str = "127.0.0.1"
+    """Address `shortlist serve` listens on."""
     port: int = Field(8000, gt=0, lt=65536)
+    """Port `shortlist serve` listens on."""
     max_k: int = Field(1000, gt=0)
+    """Longest list a request may ask for."""
     max_body_bytes: int = Field(65_536, gt=0)
+    """Largest request body accepted."""
     impressions_dir: str = ".shortlist/impressions"
+    """Where served lists are logged as Parquet files (a directory or s3://)."""
     impressions_rotate_rows: int = Field(10_000, gt=0)
-    # Also turn the buffered impressions into a Parquet file this often (0: only on
-    # rotation and shutdown), so a quiet server's log reaches readers within this time.
+    """Impression rows per Parquet file."""
     impressions_flush_seconds: float = Field(30.0, ge=0)
-    # Local write-ahead directory: every served list is appended there before the response
-    # (a crash, even kill -9, loses none) and replayed into Parquet on restart. Empty:
-    # <impressions_dir>/.wal when that is local, else <project.work_dir>/impressions-wal.
+    """Also write buffered impressions this often (0: rotation and shutdown only)."""
+    # Every served list is appended there before the response (a crash, even kill -9,
+    # loses none) and replayed into Parquet on restart (shortlist.serving.wal).
     impressions_wal_dir: str = ""
-    # fdatasync the write-ahead file this often (ms) when written, off the request thread:
-    # a power loss or kernel crash loses at most this window. 0: sync in every request.
+    """Local write-ahead dir (empty: <impressions_dir>/.wal, or <work_dir>/impressions-wal)."""
+    # Off the request thread: a power loss or kernel crash loses at most this window.
     impressions_fsync_ms: float = Field(5.0, ge=0, le=1000)
-    # Pointer poll interval: a promotion or rollback is visible within one poll.
+    """fdatasync the write-ahead file this often (0: in every request)."""
     poll_seconds: float = Field(0.25, gt=0)
-    # Keep the previously live bundle in memory so a rollback is a reference swap.
+    """Live pointer poll interval: a promotion or rollback is served within one poll."""
     keep_previous: bool = True
-    # Most of each list that items without interactions (placed by content alone) may take.
+    """Keep the previous bundle in memory so a rollback is a reference swap."""
     max_cold_share: float = Field(0.1, ge=0, le=1)
-    # > 0: every served list is a Plackett-Luce draw at this temperature (overrides the
-    # slots below); 0: the slot policy of `shortlist.serving.explore`.
+    """At most this share of a list for items with no interactions yet."""
     exploration_temperature: float = Field(0.0, ge=0)
-    # Positions of each /recommend list drawn from the ranked tail (0: deterministic top-k).
+    """> 0: whole lists sampled by Plackett-Luce at this temperature instead of the slots."""
     exploration_slots: int = Field(2, ge=0)
-    # The top positions exploration never displaces.
+    """Positions of each list drawn from the ranked tail (0: deterministic)."""
     exploration_protected: int = Field(3, ge=0)
-    # Ranked candidates after the greedy part that the slots draw from (split among them).
+    """Top positions exploration never displaces."""
     exploration_pool: int = Field(50, ge=1)
-    # Share of each slot's draw reserved for under-exposed items (cold, or low popularity).
+    """Ranked candidates after the greedy part that the slots draw from."""
     exploration_underexposed_share: float = Field(0.5, ge=0, le=1)
-    # Popularity quantile of the tail at or below which an item counts as under-exposed.
+    """Share of each slot's draw reserved for cold or low-popularity items."""
     exploration_underexposed_quantile: float = Field(0.25, ge=0, le=1)
+    """Popularity quantile of the tail at or below which an item is under-exposed."""
     bandit: BanditParams = BanditParams()
-    # torch and FAISS threads per request (one query at a time: more threads only contend).
+    """Thompson sampling over the catalog (shortlist.serving.bandit)."""
     threads: int = Field(1, ge=1)
+    """torch and FAISS threads per request (one query at a time: more only contend)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the serving process."""
 
 
 class BundleParams(_Section):
     root: str = ".shortlist/bundles"
+    """Artifact root with the blue and green slots and the live pointer (a path or s3://)."""
     staging_dir: str = ".shortlist/staging"
-    cache_dir: str = ".shortlist/bundle-cache"  # local copies of s3:// bundles
-    popularity_half_life_days: float = Field(7.0, gt=0)  # recent-trend prior for new users
-    history_len: int = Field(200, gt=0)  # most recent items kept per user for serving
+    """Local directory where a bundle is assembled before it is written to its slot."""
+    cache_dir: str = ".shortlist/bundle-cache"
+    """Local copies of s3:// bundles."""
+    popularity_half_life_days: float = Field(7.0, gt=0)
+    """Half-life of the recent-trend prior served to new users."""
+    history_len: int = Field(200, gt=0)
+    """Most recent items kept per user for serving."""
 
 
 class PromotionParams(_Section):
     registered_model: str = "shortlist-bundle"
+    """MLflow registered model that holds one version per bundle."""
     auto_approve: bool = False
-    approval_timeout_seconds: int = Field(8 * 3600, gt=0)  # a working day, then "not approved"
+    """Move the `champion` alias without waiting for a person."""
+    approval_timeout_seconds: int = Field(8 * 3600, gt=0)
+    """Wait for approval this long (a working day), then the run ends "not approved"."""
     poll_seconds: int = Field(30, gt=0)
+    """Approval poll interval (keep >= 10 under a scheduler)."""
 
 
 class MlflowParams(_Section):
     tracking_uri: str = "sqlite:///.shortlist/mlflow.db"
+    """MLflow tracking and registry URI."""
     experiment: str = "shortlist"
+    """MLflow experiment of the runs."""
 
 
 class ScheduleParams(_Section):
     data: str = "@daily"
+    """When the data DAG runs (cron or preset)."""
     retrain: str = "@weekly"
+    """When the retrain DAG runs."""
     reembed: str = "@daily"
+    """When the re-embed DAG runs."""
     canary: str = "@hourly"
+    """When the canary on live runs."""
 
 
 class StorageParams(_Section):
     s3_endpoint_url: str | None = None
+    """S3 endpoint for s3:// paths (null: the AWS default)."""
     s3_region: str = "us-east-1"
+    """S3 region."""
 
 
 class FeedbackParams(_Section):
-    """The feedback loop: events on served lists, and their join into training data."""
-
-    # Where the serving process writes accepted events as Parquet files (a directory or
-    # s3://). Empty: `events` beside serving.impressions_dir (its sibling directory).
     events_dir: str = ""
-    # Local write-ahead directory for events (empty: <events_dir>/.wal when that is local,
-    # else <project.work_dir>/events-wal): an acknowledged event survives kill -9.
+    """Accepted events as Parquet (a dir or s3://); empty: `events` beside impressions_dir."""
     events_wal_dir: str = ""
-    # Turn buffered events into a Parquet file every this many events.
+    """Local write-ahead dir for events; empty: <events_dir>/.wal or <work_dir>/events-wal."""
     events_rotate_rows: int = Field(10_000, gt=0)
-    # Also write buffered events this often (seconds; 0: only on rotation and shutdown).
+    """Events per Parquet file."""
     events_flush_seconds: float = Field(30.0, ge=0)
-    # fdatasync the events write-ahead file this often (ms); 0: sync before answering.
+    """Also write buffered events this often (0: rotation and shutdown only)."""
     events_fsync_ms: float = Field(5.0, ge=0, le=1000)
-    # An event more than this many seconds after its list was served is refused (422).
+    """fdatasync the events write-ahead file this often (0: before answering)."""
     lateness_seconds: float = Field(3600.0, gt=0)
-    # Served lists the server remembers to check events against; beyond it the oldest go.
+    """Events later than this after their list was served are refused."""
     max_tracked_lists: int = Field(1_000_000, gt=0)
-    # Most events one POST /events/batch may carry.
+    """Served lists remembered to check events against (the oldest go first)."""
     max_batch_events: int = Field(1000, gt=0)
-    # Body size limit of POST /events/batch (other endpoints keep serving.max_body_bytes).
+    """Most events in one POST /events/batch."""
     max_batch_bytes: int = Field(1_048_576, gt=0)
-    # Interaction weight of a click.
+    """Body size limit of POST /events/batch."""
     click_weight: float = Field(1.0, ge=0)
-    # A watch weighs its seconds divided by this (60: one minute weighs as one click).
+    """Interaction weight of a click."""
     watch_seconds_per_unit: float = Field(60.0, gt=0)
-    # Cap on the summed engagement weight of one shown item (keeps weights on a rating scale).
+    """A watch weighs its seconds / this (60: a minute weighs as a click)."""
     max_weight: float = Field(5.0, gt=0)
-    # Where `shortlist feedback` writes one joined batch per closed window (empty:
-    # <project.work_dir>/feedback).
+    """Cap on one shown item's summed engagement weight."""
     batches_dir: str = ""
-    # Length of one join window in seconds (the DAG's interval; 3600 = hourly).
+    """Where the join writes one batch per closed window; empty: <work_dir>/feedback."""
     window_seconds: int = Field(3600, gt=0)
-    # Closed windows one scheduled run joins when earlier runs were missed (oldest first).
+    """Length of one join window (the DAG's interval)."""
     max_catch_up_windows: int = Field(24, ge=1)
-    # When the shortlist_feedback DAG runs (UTC cron).
+    """Closed windows one scheduled run joins after missed runs (oldest first)."""
     schedule: str = "@hourly"
+    """When the shortlist_feedback DAG runs (UTC cron)."""
 
 
 class Params(_Section):
     project: ProjectParams = ProjectParams()
+    """Working directory and seed."""
     data: DataParams = DataParams()
+    """The source to import and the dataset directory."""
     synth: SynthParams = SynthParams()
+    """The synthetic generator (`shortlist synth`, and the default without MovieLens)."""
     validation: ValidationParams = ValidationParams()
+    """The data contract each batch must pass (Great Expectations)."""
     split: SplitParams = SplitParams()
+    """Train, validation and test split."""
     towers: TowerParams = TowerParams()
+    """The two-tower retrieval model."""
     ranker: RankerParams = RankerParams()
+    """The ranker over the retrieved candidates (DCN, or the item-item blend)."""
     tuning: TuningParams = TuningParams()
+    """`shortlist tune`: a budgeted search on validation whose result later runs reuse."""
     evaluation: EvaluationParams = EvaluationParams()
+    """Full-ranking evaluation, baselines and the blessing thresholds."""
     index: IndexParams = IndexParams()
+    """The ANN index of a bundle."""
     canary: CanaryParams = CanaryParams()
+    """Checks of a bundle before promotion and of live after it."""
     serving: ServingParams = ServingParams()
+    """The HTTP server, its impressions log and its exploration."""
     bundle: BundleParams = BundleParams()
+    """Bundles and the blue-green slots."""
     promotion: PromotionParams = PromotionParams()
+    """The registry and the approval gate."""
     mlflow: MlflowParams = MlflowParams()
+    """Tracking."""
     schedules: ScheduleParams = ScheduleParams()
+    """The Airflow DAGs' schedules."""
     storage: StorageParams = StorageParams()
+    """Object storage."""
     feedback: FeedbackParams = FeedbackParams()
+    """The feedback loop: events on served lists, and their join into training data."""
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Params:
         """Return a copy with `key.path=value` overrides applied and re-validated."""
@@ -578,3 +725,53 @@ def load_params(
         raise ConfigError(f"params file {file} (from ${PARAMS_ENV}) does not exist")
     params = _validate(raw)
     return params.with_overrides(overrides) if overrides else params
+
+
+PARAMS_HEADER = """\
+# Every setting of Shortlist with its default, generated from src/shortlist/config.py by
+# `shortlist params --out params.yaml`: change a default or a description there, not here.
+# DVC (`params:` in dvc.yaml), the Airflow DAGs and the CLI read this file through that
+# one typed object; an unknown key or a wrong type is an error naming the key. Override
+# a value with `--set section.key=value`, or name your own file with `--params` (a key it
+# leaves out keeps its default).
+"""
+_WIDTH = 100
+
+
+def render_params(params: Params | None = None) -> str:
+    """params.yaml for `params` (default: the defaults): every key with its value and its
+    field's description as a comment, sections in declaration order."""
+    lines = PARAMS_HEADER.splitlines()
+    _render_section(Params() if params is None else params, 0, lines)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(section: BaseModel, depth: int, lines: list[str]) -> None:
+    indent = "  " * depth
+    for name, info in type(section).model_fields.items():
+        value = getattr(section, name)
+        description = " ".join((info.description or "").split())
+        if isinstance(value, BaseModel):
+            if depth == 0:
+                lines.append("")
+            lines += _comment_lines(description, indent)
+            lines.append(f"{indent}{name}:")
+            _render_section(value, depth + 1, lines)
+            continue
+        entry = f"{indent}{name}: {_yaml_value(value)}"
+        if len(entry) + 4 + len(description) <= _WIDTH:
+            lines.append(f"{entry}  # {description}")
+        else:
+            lines += _comment_lines(description, indent)
+            lines.append(entry)
+
+
+def _comment_lines(text: str, indent: str) -> list[str]:
+    width = _WIDTH - len(indent) - 2
+    return [f"{indent}# {line}" for line in textwrap.wrap(text, width)]
+
+
+def _yaml_value(value: Any) -> str:
+    """One value as YAML on one line (lists in flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"))
+    return text.removesuffix("\n...\n").strip()
