@@ -149,10 +149,11 @@ SMALL = {
 }
 
 
-@pytest.mark.e2e  # 85 s here on 2 shared cores (load ~4): two trainings, one of them torchrun's
-def test_train_towers_cli_on_two_processes(tiny_dataset, params, tmp_path, capsys):
+@pytest.mark.e2e  # 85-100 s on 2 shared cores (load 4-6): two trainings, one under torchrun
+def test_train_towers_cli_on_two_processes(tiny_dataset, params, tmp_path, capsys, record_property):
     """`shortlist train-towers` with towers.processes=2 launches torchrun, writes one model
-    in the usual format and validates within seed noise of one process."""
+    in the usual format and validates within seed noise of one process. Reports the
+    early-stopping epochs' examples/s of both (pytest -s, or the JUnit XML properties)."""
     import yaml
     from mlflow.tracking import MlflowClient
 
@@ -197,3 +198,40 @@ def test_train_towers_cli_on_two_processes(tiny_dataset, params, tmp_path, capsy
     delta = two["validation"]["recall@20"] - one["validation"]["recall@20"]
     assert abs(delta) < 0.015, (one["validation"], two["validation"])
     assert two["validation"]["recall@20"] > 0.1  # and far above chance (20 / 598 items)
+    for n in (1, 2):
+        speed = json.loads((dirs[n] / "history.json").read_text())["timings"]
+        record_property(f"examples_per_second_{n}_processes", speed["examples_per_second"])
+        print(f"{n} process(es): {speed['examples_per_second']:.0f} examples/s")
+
+
+def test_processes_above_one_launch_torchrun_with_the_same_params(params, tmp_path, monkeypatch):
+    """Outside torchrun, train_towers.run with towers.processes=2 runs torchrun on this
+    stage's module with a params file equal to the params given, and returns rank 0's
+    summary; a failed launch is an error naming its exit status."""
+    import subprocess
+
+    from pipelines import train_towers
+    from shortlist.config import load_params
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    p = params.with_overrides({"towers.processes": 2, "towers.epochs": 3})
+    seen = {}
+
+    def fake_run(cmd, check):
+        seen["cmd"] = cmd
+        seen["params"] = load_params(cmd[cmd.index("--params") + 1])
+        Path(cmd[cmd.index("--result") + 1]).write_text(json.dumps({"processes": 2}))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    out = train_towers.run(p, split_dir=str(tmp_path / "split"), out_dir=str(tmp_path / "m"))
+    assert out == {"processes": 2}
+    cmd = seen["cmd"]
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert cmd[5:7] == ["-m", "pipelines.train_towers"]
+    assert cmd[cmd.index("--split") + 1] == str(tmp_path / "split")
+    assert seen["params"] == p
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 1))
+    with pytest.raises(RuntimeError, match="2 processes.*exit status 1"):
+        train_towers.run(p, split_dir=str(tmp_path / "split"), out_dir=str(tmp_path / "m"))
