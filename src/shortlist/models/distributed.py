@@ -20,14 +20,17 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-#: torchrun's environment variables that make a process a rank of a distributed run.
-RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+#: How long a collective waits for the slowest rank. The other ranks wait at the stop
+#: broadcast while rank 0 validates, and at the report's while it writes and logs: on a
+#: large catalog that takes far longer than the default 30 minutes would allow.
+GROUP_TIMEOUT = timedelta(hours=4)
 
 
 def in_launched_process() -> bool:
@@ -136,7 +139,9 @@ def setup(backend: str = "auto") -> Ranks:
         torch.cuda.set_device(device)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend=name, device_id=device if cuda else None)
+        dist.init_process_group(
+            backend=name, timeout=GROUP_TIMEOUT, device_id=device if cuda else None
+        )
         owns = True
     return Ranks(dist.get_rank(), dist.get_world_size(), device, owns)
 
