@@ -235,3 +235,43 @@ def test_processes_above_one_launch_torchrun_with_the_same_params(params, tmp_pa
     monkeypatch.setattr(subprocess, "run", lambda cmd, check: subprocess.CompletedProcess(cmd, 1))
     with pytest.raises(RuntimeError, match="2 processes.*exit status 1"):
         train_towers.run(p, split_dir=str(tmp_path / "split"), out_dir=str(tmp_path / "m"))
+
+
+def test_every_rank_feeds_the_whole_global_batch_to_the_frequency_estimate(tiny_params):
+    """The logQ estimate is rank-independent: each rank updates it with the global batch
+    (not its shard) at the global step, so after the same steps every rank holds the
+    estimate one process would, while each scores only its own shard's candidates."""
+    import torch
+
+    from shortlist.models.examples import build_examples, item_feature_tensors
+    from shortlist.models.features import FeatureState
+    from shortlist.models.logq import StreamingFrequencyEstimator
+    from shortlist.models.objective import make_optimizer, train_step
+    from shortlist.models.two_tower import build_net
+
+    tp = tiny_params.towers.model_copy(update={"history_mode": "causal", "mixed_negatives": 8})
+    train, _, items, users = tiny_data()
+    state = FeatureState.fit(train, items, users, title_hash_buckets=64, user_buckets=1)
+    examples = build_examples(train, state, users, tp.history_len, "causal")
+    feats = item_feature_tensors(state, items)
+    perm = np.random.default_rng(0).permutation(len(examples))
+    estimators = [StreamingFrequencyEstimator(4096, tp.logq.alpha) for _ in range(3)]
+    for e in estimators:
+        e.update(examples.item_idx, 0)  # the same warm-up on every rank
+    step = estimators[0].steps_seen
+    for s, stop in global_batches(len(examples), 64, 2)[:4]:
+        rows = perm[s:stop]
+        for rank in (0, 1):
+            torch.manual_seed(0)
+            net = build_net(state, {**tiny_params.towers.model_dump(), "history_len": 5}, items)
+            loss = train_step(
+                net, make_optimizer(net, tp), examples, shard(rows, rank, 2), feats,
+                estimators[rank], step, tp, np.random.default_rng(rank), stream_rows=rows,
+            )  # fmt: skip
+            assert np.isfinite(loss)
+        estimators[2].update(examples.item_idx[rows], step)  # one process's stream
+        step += len(rows)
+    for other in estimators[1:]:
+        np.testing.assert_array_equal(estimators[0].gap, other.gap)
+        np.testing.assert_array_equal(estimators[0].last_seen, other.last_seen)
+        assert estimators[0].steps_seen == other.steps_seen
