@@ -1,4 +1,5 @@
-"""Shared fixtures: the real ml-100k data, isolated params, and the real test servers.
+"""Shared fixtures: the tiny synthetic dataset, the real ml-100k data, isolated params,
+and the real test servers.
 
 Server fixtures (MLflow on SQLite, SeaweedFS S3) live in tests/servers.py and start
 on 127.0.0.1 with free ports, once per session.
@@ -16,6 +17,27 @@ from tests.servers import mlflow_server, mlflow_tracking, s3, s3_server  # noqa:
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("SHORTLIST_ML100K", REPO.parent / "shared" / "datasets" / "ml-100k"))
+
+#: The shared tiny dataset: sizes and seed for the project's synthetic generator.
+TINY = {"users": 300, "items": 600, "interactions": 20_000, "seed": 0}
+
+
+def write_tiny_dataset(out: Path) -> str:
+    """Write the shared tiny dataset (ids `u0..`, `i0..`) as a dataset directory at `out`.
+
+    Built by the project's own synthetic generator, so it is deterministic, needs no
+    download, and has what the contracts need: content features, a few never-interacted
+    items, and heavy users whose histories exceed the serving window."""
+    from pipelines import synth
+
+    synth.run(Params(), **TINY, out_dir=str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The shared tiny dataset directory, written once per session (treat it as read-only)."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Tiny real models and datasets for bundle tests: ml-100k tables, towers with fixed init,
+"""Tiny real models for bundle tests on the shared tiny dataset: towers with fixed init,
 and `Shop`: an artifact root driven through the real `shortlist` command line and real
 `shortlist serve` processes (the fault-injection tests use it).
 
@@ -17,15 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shortlist.config import Params
-
-
-def write_ml100k_dataset(ml100k_path: Path, out: Path) -> str:
-    from shortlist.data.io import write_dataset
-    from shortlist.data.movielens import load_ml100k
-
-    interactions, items, users = load_ml100k(ml100k_path)
-    write_dataset(str(out), interactions, items, users, "movielens-100k")
-    return str(out)
 
 
 def small_params(params: Params) -> Params:
@@ -82,7 +73,7 @@ class Shop:
     """An artifact root driven through the real `shortlist` command line.
 
     `params_file` holds the small-towers params with every path under `work`; `models` are
-    two seeded towers directories; `data` the ml-100k dataset directory."""
+    two seeded towers directories; `data` the shared tiny dataset directory."""
 
     work: Path
     params_file: Path
@@ -193,9 +184,11 @@ class Server:
 
 
 def shop_params(params: Params, work: Path) -> Params:
-    """Small towers, every path under `work`, fast polling for the serving processes."""
+    """Small towers, every path under `work`, fast polling for the serving processes, and a
+    serving history window short enough that many users of the tiny dataset exceed it."""
     return small_params(params).with_overrides(
         {
+            "bundle.history_len": 30,
             "project.work_dir": str(work),
             "bundle.root": str(work / "bundles"),
             "bundle.staging_dir": str(work / "staging"),
@@ -208,19 +201,19 @@ def shop_params(params: Params, work: Path) -> Params:
     )
 
 
-def make_shop(ml100k_path: Path, template: Path, work: Path) -> Shop:
+def make_shop(template: Path, work: Path) -> Shop:
     """A copy of a template root where bundle A (seed 0) is live and bundle B (seed 1)
     sits in the idle slot with a passed canary, all made through the CLI. The template is
     built once per test session and copied, so each test starts from the same state."""
     import shutil
 
     from shortlist.config import load_params
-    from tests.conftest import REPO
+    from tests.conftest import REPO, write_tiny_dataset
 
     if not (template / "ready").exists():
         shutil.rmtree(template, ignore_errors=True)
         template.mkdir(parents=True)
-        data = write_ml100k_dataset(ml100k_path, template / "data")
+        data = write_tiny_dataset(template / "data")
         base = shop_params(load_params(REPO / "params.yaml"), template)
         models = [make_towers(base, data, template / f"model{s}", seed=s) for s in (0, 1)]
         shop = _shop(template, base, data, models)

@@ -1,4 +1,4 @@
-"""Bundle build/load on ml-100k with real (seeded, untrained) towers: contents,
+"""Bundle build/load on the shared tiny dataset with real (seeded, untrained) towers: contents,
 checksums, refusal of tampered files and of a manifest naming another model."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from shortlist.bundle import manifest as mf
 from shortlist.bundle.bundle import INDEX, build_bundle, load_bundle, local_copy
 from shortlist.errors import BundleError
 from shortlist.index.ann import exact_search, recall_at_k, search
-from tests.bundle.helpers import make_towers, small_params, write_ml100k_dataset
+from tests.bundle.helpers import make_towers, small_params
 
 
 @pytest.fixture(scope="module")
-def built(ml100k_path, tmp_path_factory):
+def built(tiny_dataset, tmp_path_factory):
     from shortlist.config import load_params
     from tests.conftest import REPO
 
@@ -26,7 +26,7 @@ def built(ml100k_path, tmp_path_factory):
     params = small_params(load_params(REPO / "params.yaml")).with_overrides(
         {"bundle.staging_dir": str(tmp / "staging"), "bundle.cache_dir": str(tmp / "cache")}
     )
-    data = write_ml100k_dataset(ml100k_path, tmp / "data")
+    data = tiny_dataset
     model = make_towers(params, data, tmp / "model")
     manifest = build_bundle(
         params, model_dir=model, data_dir=data, dest=str(tmp / "b"), progress=False
@@ -57,13 +57,13 @@ def test_bundle_contents_and_contract(built):
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)
     fresh = bundle.retriever.embed_items(bundle.items.iloc[:50])
     np.testing.assert_allclose(fresh, bundle.item_vectors[:50], atol=1e-5)
-    q = bundle.retriever.embed_users(["1"], [bundle.histories["1"]])
+    q = bundle.retriever.embed_users(["u1"], [bundle.histories["u1"]])
     _, rows = search(bundle.index, q, 10)
     _, exact = exact_search(bundle.item_vectors, q, 10)
     assert recall_at_k(rows, exact, 10) == 1.0
     assert len(bundle.histories) == ds.interactions["user_id"].nunique()
-    last = ds.interactions[ds.interactions.user_id == "1"].sort_values(["timestamp", "item_id"])
-    assert bundle.histories["1"][-1] == last["item_id"].iloc[-1]
+    last = ds.interactions[ds.interactions.user_id == "u1"].sort_values(["timestamp", "item_id"])
+    assert bundle.histories["u1"][-1] == last["item_id"].iloc[-1]
     assert bundle.popularity.shape == (manifest.item_count,) and bundle.popularity.max() == 1.0
 
 
@@ -98,7 +98,7 @@ def test_index_serves_the_popularity_corrected_score(built, tmp_path):
         bundle.item_vectors[:5],
         atol=1e-5,
     )
-    users = ["1", "2", "3"]
+    users = ["u1", "u2", "u3"]
     hists = [bundle.histories[u] for u in users]
     q = widen_queries(bundle.retriever.embed_users(users, hists), d + 1)
     np.testing.assert_allclose(q, bundle.retriever.query_vectors(users, hists), atol=1e-6)

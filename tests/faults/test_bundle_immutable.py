@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def shop(ml100k_path, tmp_path_factory, tmp_path):
-    return make_shop(ml100k_path, tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
+def shop(tmp_path_factory, tmp_path):
+    return make_shop(tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
 
 
 def similar(server, item: str) -> list[tuple[str, float]]:
@@ -40,14 +40,14 @@ def test_in_place_writes_to_the_live_bundle_change_no_answer_and_are_reported(sh
     try:
         server.wait_up()
         server.wait_for(lambda: server.serving() == a, what=f"serving {a}")
-        probes = ["1", "50", "181"]
+        probes = ["i0", "i49", "i180"]
         before = {item: similar(server, item) for item in probes}
         assert all(len(v) == 10 for v in before.values())
         inode = (live / "item_embeddings.npy").stat().st_ino
 
         emb = np.load(live / "item_embeddings.npy", mmap_mode="r+")
-        emb[0] = emb[100]  # item "1" now looks like another item
-        emb[49] = np.nan  # item "50" is poisoned
+        emb[0] = emb[100]  # item "i0" now looks like another item
+        emb[49] = np.nan  # item "i49" is poisoned
         emb.flush()
         del emb
         server.wait_for(

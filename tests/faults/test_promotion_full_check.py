@@ -21,8 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def shop(ml100k_path, tmp_path_factory, tmp_path):
-    return make_shop(ml100k_path, tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
+def shop(tmp_path_factory, tmp_path):
+    return make_shop(tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
 
 
 def test_promote_refuses_a_bundle_missing_a_file_after_its_canary(shop):
@@ -71,7 +71,7 @@ def test_live_bundle_losing_a_file_keeps_serving_and_a_fresh_server_names_it(sho
             what="the damage reported",
         )
         assert running.serving() == b
-        assert running.post("/recommend", {"user_id": "1", "k": 5}).json()["bundle_id"] == b
+        assert running.post("/recommend", {"user_id": "u1", "k": 5}).json()["bundle_id"] == b
 
         # A fresh server cannot verify it: not ready, and it says which file.
         fresh = shop.serve("fresh")

@@ -23,8 +23,8 @@ BLESSED = {"verdict": "BLESSED", "blessed": True, "metric": "recall@20", "reason
 
 
 @pytest.fixture
-def shop(ml100k_path, tmp_path_factory, tmp_path, mlflow_server):
-    shop = make_shop(ml100k_path, tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
+def shop(tmp_path_factory, tmp_path, mlflow_server):
+    shop = make_shop(tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
     shop.set(
         {
             "mlflow.tracking_uri": mlflow_server.url,

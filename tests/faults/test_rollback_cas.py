@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def shop(ml100k_path, tmp_path_factory, tmp_path):
-    return make_shop(ml100k_path, tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
+def shop(tmp_path_factory, tmp_path):
+    return make_shop(tmp_path_factory.getbasetemp() / "faults-template", tmp_path)
 
 
 def test_rollback_twice_never_puts_the_bad_bundle_back(shop):

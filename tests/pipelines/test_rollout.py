@@ -1,4 +1,4 @@
-"""build-bundle -> canary -> promote -> rollback on ml-100k, through the stage functions
+"""build-bundle -> canary -> promote -> rollback on the shared tiny dataset, through the stage functions
 and the CLI: the live slot is never written, a failed canary blocks promotion, and
 rollback is an instant pointer flip."""
 
@@ -17,17 +17,18 @@ from shortlist.bundle import manifest as mf
 from shortlist.bundle.slots import Slots
 from shortlist.cli import main
 from shortlist.errors import PromotionRefused
-from tests.bundle.helpers import make_towers, small_params, write_ml100k_dataset
+from tests.bundle.helpers import make_towers, small_params
+from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def world(ml100k_path, tmp_path_factory):
+def world(tiny_dataset, tmp_path_factory):
     """One dataset, two towers (different seeds) and one MLflow store for the module."""
     from shortlist.config import load_params
     from tests.conftest import REPO
 
     tmp = tmp_path_factory.mktemp("rollout")
-    data = write_ml100k_dataset(ml100k_path, tmp / "data")
+    data = tiny_dataset
     p = small_params(load_params(REPO / "params.yaml"))
     models = [make_towers(p, data, tmp / f"model{s}", seed=s) for s in (0, 1)]
     return data, models, f"sqlite:///{tmp / 'mlflow.db'}"
@@ -52,7 +53,7 @@ def digest_tree(path: str) -> dict[str, str]:
 def test_build_canary_promote_rollback(setup, capsys):
     p, data, (m0, m1), root = setup
     first = build_bundle.run(p, model_dir=m0, data_dir=data)  # root from params
-    assert first["slot"] == "blue" and first["item_count"] == 1682
+    assert first["slot"] == "blue" and first["item_count"] == TINY["items"]
     with pytest.raises(PromotionRefused, match="no canary report"):
         rollout.promote(p)
 
