@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("serving",),
     ("canary", "blessing", "registry", "registry_model", "review"),
     ("pipelines",),
-    ("cli", "demo", "stack", "simulate", "__main__", "dags"),
+    ("cli", "demo", "stack", "simulate", "cluster", "__main__", "dags"),
 ]
 
 
