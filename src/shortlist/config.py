@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PARAMS_ENV = "SHORTLIST_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
@@ -196,8 +203,22 @@ class TowerParams(_Section):
     """Their process group: gloo (CPU), nccl (CUDA); auto: nccl where CUDA is available."""
     refit_on_validation: bool = True
     """Retrain on train + validation for the epochs early stopping chose."""
+    # Sparse tables change Adam's dynamics (a row's moments age only when it is touched),
+    # so small catalogs keep dense Adam; a distributed run always trains dense tables.
+    sparse_embeddings: Literal["auto", "on", "off"] = "off"
+    """Id and title tables on SparseAdam, touched rows only; auto: on from sparse_min_items."""
+    sparse_min_items: int = Field(100_000, ge=0)
+    """Catalog size from which sparse_embeddings auto turns sparse tables on."""
+    prefetch_batches: int = Field(2, ge=0)
+    """Batches a background thread assembles ahead of the training step (0: inline)."""
     logq: LogQParams = LogQParams()
     """The sampling-bias correction (Yi et al. 2019) and the serving popularity term."""
+
+    @field_validator("sparse_embeddings", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: object) -> object:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
 
 class RankerParams(_Section):

@@ -10,6 +10,12 @@ every rank steps through the same global batches, each on its own shard of them,
 DDP averaging the gradients; rank 0 alone validates, decides and writes, and broadcasts
 its decisions. A single process (no torchrun environment) runs exactly the loop it ran
 before distributed training existed: the same random streams, the same numbers.
+
+At a large catalog (`towers.sparse_embeddings`, auto from `towers.sparse_min_items` items)
+the embedding tables train sparsely (`shortlist.models.objective`): SparseAdam on the rows
+a batch touches, a different optimiser from dense Adam, so those runs' numbers differ from
+dense ones; below the threshold nothing changes. Batches are assembled ahead of the steps
+by a background thread (`towers.prefetch_batches`), which changes no number.
 """
 
 from __future__ import annotations
@@ -39,7 +45,15 @@ from shortlist.models.examples import (
 )
 from shortlist.models.features import FeatureState
 from shortlist.models.logq import StreamingFrequencyEstimator
-from shortlist.models.objective import WeightAverage, make_optimizer, train_step
+from shortlist.models.objective import (
+    WeightAverage,
+    apply_step,
+    make_optimizer,
+    prefetch,
+    prepare_batch,
+    resolve_sparse,
+    set_sparse,
+)
 from shortlist.models.reporting import log_to_mlflow, write_history
 from shortlist.models.two_tower import TwoTowerRetriever, build_net
 from shortlist.models.validation import VALIDATION_KS, TowerValidationSet, evaluate_retriever
@@ -124,7 +138,7 @@ def fit_towers(
     config = model_config(tp)
     net = build_net(state, config, items)
     examples = build_examples(train, state, users, tp.history_len, tp.history_mode)
-    item_feats = item_feature_tensors(state, items)
+    item_feats = host_feats = item_feature_tensors(state, items)  # batches gather on the host
     if device.type != "cpu":
         net.to(device)
         item_feats = {k: v.to(device) for k, v in item_feats.items()}
@@ -135,6 +149,7 @@ def fit_towers(
     n_items = state.n_item_ids - 1
     counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
     log_pop = np.log((counts + 1.0) / (counts.sum() + n_items)).astype(np.float32)
+    set_sparse(net, resolve_sparse(tp, n_items, ranks.distributed))
     t_prep = time.perf_counter() - t_start
 
     estimator = StreamingFrequencyEstimator(tp.logq.hash_buckets, tp.logq.alpha)
@@ -170,28 +185,33 @@ def fit_towers(
         net.train()
         perm = rng.permutation(n)
         losses = []
+        schedule = []  # (this rank's shard, the global batch, its stream position)
         for s, stop in batches:
             batch_rows = perm[s:stop]  # the global batch; this rank trains on its shard
-            rows = shard(batch_rows, ranks.rank, ranks.world)
+            schedule.append((shard(batch_rows, ranks.rank, ranks.world), batch_rows, step))
+            step += len(batch_rows)
+
+        def assemble(item: tuple[np.ndarray, np.ndarray, int]) -> Any:
+            rows, batch_rows, at = item
+            batch, log_q = prepare_batch(
+                examples, rows, host_feats, estimator, at, tp, batch_rng, batch_rows
+            )
+            if device.type == "cuda":  # page-locked, so the copy to the GPU is asynchronous
+                batch = {k: v.pin_memory() for k, v in batch.items()}
+            return batch, log_q
+
+        # One thread assembles the epoch's batches in order, ahead of the steps, drawing
+        # from batch_rng exactly as the plain loop would; it ends with the epoch, before
+        # the next permutation is drawn from the same stream.
+        for prepared in prefetch(schedule, assemble, tp.prefetch_batches):
             losses.append(
-                train_step(
-                    net,
-                    optimizer,
-                    examples,
-                    rows,
-                    item_feats,
-                    estimator,
-                    step,
-                    tp,
-                    batch_rng,
-                    stream_rows=batch_rows,
-                    loss_module=loss_module,
+                apply_step(
+                    net, optimizer, prepared, item_feats, tp, loss_module=loss_module, ema=ema
                 )
             )
-            step += len(batch_rows)
-            if ema is not None:
-                ema.update(net)
             bar.update(1)
+        if ema is not None:
+            ema.flush(net)  # the sparse tables' average, up to date before it is read
         train_seconds = time.perf_counter() - t_epoch
         net.eval()
         if ranks.distributed:  # the mean over every rank's steps

@@ -6,15 +6,29 @@ batch plus uniformly sampled items). Each candidate's logit is corrected by subt
 log Q, its expected count among the candidates, from the streaming frequency estimate
 (Yi et al. 2019), so that popular items are not pushed down merely for appearing often
 as negatives. Candidates that are the positive's own item are masked (accidental hits).
+
+At a large catalog the embedding tables dominate a step's memory traffic, not its
+arithmetic. With sparse tables (`towers.sparse_embeddings`) the id, history and title
+tables get sparse gradients and SparseAdam updates only the rows a batch touched, and the
+weight average catches a row up only when it changes (`WeightAverage`, exact because an
+untouched row does not move). A background thread (`prefetch`) assembles the next batches
+(examples, negatives, dropout, content, log Q) while the current one trains.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from shortlist.config import TowerParams
 from shortlist.models.examples import TowerExamples, make_batch
@@ -36,9 +50,11 @@ def batch_loss(
     q = net.query_forward(
         batch["user_idx"], batch["user_feats"], batch["history"], batch["context"]
     )
-    v = net.item_forward(
-        cand_in, item_feats["genres"][cand], item_feats["title"][cand], item_feats["numerics"][cand]
-    )
+    content = [
+        batch[f"candidate_{k}"] if f"candidate_{k}" in batch else item_feats[k][cand]
+        for k in ("genres", "title", "numerics")
+    ]  # gathered with the batch where it was assembled ahead (see prepare_batch)
+    v = net.item_forward(cand_in, *content)
     b = len(pos)
     hits = pos[:, None] == cand[None, :]
     hits[:, :b] &= ~torch.eye(b, dtype=torch.bool, device=pos.device)
@@ -49,21 +65,150 @@ def batch_loss(
     return nn.functional.cross_entropy(logits.masked_fill(hits, float("-inf")), target)
 
 
-def make_optimizer(net: nn.Module, tp: TowerParams) -> torch.optim.Optimizer:
+#: The embedding tables that take sparse gradients with `towers.sparse_embeddings`: one
+#: row per item, user or title bucket, of which a batch touches a few thousand.
+SPARSE_TABLES = ("item_id", "history_item", "user_id", "title")
+
+
+def resolve_sparse(tp: TowerParams, n_items: int, distributed: bool = False) -> bool:
+    """Whether this run trains sparse tables: `on`/`off` as set, `auto` from
+    `sparse_min_items` catalog items up. A distributed run trains dense tables (DDP's
+    all-reduce is for dense gradients)."""
+    if distributed or tp.sparse_embeddings == "off":
+        return False
+    return tp.sparse_embeddings == "on" or n_items >= tp.sparse_min_items
+
+
+def set_sparse(net: nn.Module, sparse: bool) -> None:
+    """Make the tables of SPARSE_TABLES produce sparse (or dense) gradients. The weights
+    and the saved model are the same either way."""
+    for name in SPARSE_TABLES:
+        getattr(net, name).sparse = sparse
+
+
+def _table_params(net: nn.Module) -> list[nn.Parameter]:
+    return [getattr(net, name).weight for name in SPARSE_TABLES if getattr(net, name).sparse]
+
+
+class TableOptimizer:
+    """SparseAdam on the sparse tables (a step touches the rows in the gradient only),
+    fused AdamW on every other parameter. Weight decay, if set, applies to the latter."""
+
+    def __init__(self, sparse: list[nn.Parameter], dense: list[nn.Parameter], tp: TowerParams):
+        self.sparse = torch.optim.SparseAdam(sparse, lr=tp.learning_rate)
+        self.dense = torch.optim.AdamW(
+            dense, lr=tp.learning_rate, weight_decay=tp.weight_decay, fused=True
+        )
+        self.param_groups = self.sparse.param_groups + self.dense.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.sparse.zero_grad(set_to_none)
+        self.dense.zero_grad(set_to_none)
+
+    def step(self) -> None:
+        self.sparse.step()
+        self.dense.step()
+
+
+def make_optimizer(net: nn.Module, tp: TowerParams) -> torch.optim.Optimizer | TableOptimizer:
     """The towers' optimizer (training and the throughput benchmark build it here).
 
     AdamW with the fused kernel, which updates every parameter tensor in one pass: ~10%
-    less time a step on CPU here, where the dense update of the 1M-parameter title table
-    is a large share of a step.
+    less time a step on CPU here than the per-tensor loop. Where the tables are sparse
+    (`set_sparse`), a `TableOptimizer`: SparseAdam on them, the same AdamW on the rest.
     """
+    tables = _table_params(net)
+    if tables:
+        ids = {id(p) for p in tables}
+        rest = [p for p in net.parameters() if id(p) not in ids]
+        return TableOptimizer(tables, rest, tp)
     return torch.optim.AdamW(
         net.parameters(), lr=tp.learning_rate, weight_decay=tp.weight_decay, fused=True
     )
 
 
+def prepare_batch(
+    examples: TowerExamples,
+    rows: np.ndarray,
+    item_feats: dict[str, torch.Tensor],
+    estimator: StreamingFrequencyEstimator,
+    step: int,
+    tp: TowerParams,
+    rng: np.random.Generator,
+    stream_rows: np.ndarray | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Everything of one step that does not depend on the weights: the batch of
+    examples[rows] (`make_batch`), its candidates' content, and log Q of the candidates
+    after the frequency estimate has seen the batch's positives (None with logQ off).
+
+    The expected count of a candidate is the batch's share of it (batch size x
+    probability) plus the uniform negatives' (mixed_negatives / catalog size). In a
+    distributed run `rows` is this rank's shard of the global batch `stream_rows`: the
+    estimate sees the whole global batch (every rank then holds the same estimate, the
+    one a single process would), while the expected counts are those of the candidates
+    this rank scores. Batches stay on the CPU (`apply_step` moves them).
+    """
+    n_items = len(item_feats["genres"]) - 1
+    with record_function("batch assembly"):
+        batch = make_batch(examples, rows, tp, rng, n_items)
+        cand = batch["candidates"]
+        for k in ("genres", "title", "numerics"):
+            batch[f"candidate_{k}"] = item_feats[k][cand]
+    log_q = None
+    if tp.logq.enabled:
+        with record_function("logQ"):
+            stream = rows if stream_rows is None else stream_rows
+            estimator.update(examples.item_idx[stream], step)
+            p = estimator.probability(cand.numpy())
+            expected = len(rows) * p + tp.mixed_negatives / n_items
+            log_q = torch.from_numpy(np.log(expected).astype(np.float32))
+    return batch, log_q
+
+
+def apply_step(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer | TableOptimizer,
+    prepared: tuple[dict[str, torch.Tensor], torch.Tensor | None],
+    item_feats: dict[str, torch.Tensor],
+    tp: TowerParams,
+    *,
+    loss_module: nn.Module | None = None,
+    ema: WeightAverage | None = None,
+) -> float:
+    """One optimisation step on a prepared batch (`prepare_batch`); returns the loss.
+
+    `loss_module` (the DDP wrapper, see `shortlist.models.distributed`) computes the loss
+    in place of `net`, so that the gradients are averaged over the ranks. With `ema`, the
+    weight average follows the step. Batches go to the device of `net`.
+    """
+    batch, log_q = prepared
+    device = next(net.parameters()).device
+    if device.type != "cpu":
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        log_q = None if log_q is None else log_q.to(device, non_blocking=True)
+        item_feats = {k: v.to(device) for k, v in item_feats.items()}
+    with record_function("forward"):
+        if loss_module is None:
+            loss = batch_loss(net, batch, item_feats, log_q, tp.temperature)
+        else:
+            loss = loss_module(batch, item_feats, log_q, tp.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    with record_function("backward"):
+        loss.backward()
+    if ema is not None:
+        with record_function("EMA of weights"):
+            ema.before_step(net)
+    with record_function("optimizer step"):
+        optimizer.step()
+    if ema is not None:
+        with record_function("EMA of weights"):
+            ema.update(net)
+    return float(loss.detach())
+
+
 def train_step(
     net: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | TableOptimizer,
     examples: TowerExamples,
     rows: np.ndarray,
     item_feats: dict[str, torch.Tensor],
@@ -74,40 +219,66 @@ def train_step(
     *,
     stream_rows: np.ndarray | None = None,
     loss_module: nn.Module | None = None,
+    ema: WeightAverage | None = None,
 ) -> float:
-    """One optimisation step on examples[rows]; `step` is the stream position of rows[0].
+    """One optimisation step on examples[rows]; `step` is the stream position of rows[0]:
+    `prepare_batch` then `apply_step` (see both). Returns the loss."""
+    prepared = prepare_batch(examples, rows, item_feats, estimator, step, tp, rng, stream_rows)
+    return apply_step(net, optimizer, prepared, item_feats, tp, loss_module=loss_module, ema=ema)
 
-    The frequency estimate sees the batch's positives before their log Q is read. The
-    expected count of a candidate is the batch's share of it (batch size x probability)
-    plus the uniform negatives' (mixed_negatives / catalog size). Returns the loss.
 
-    In a distributed run `rows` is this rank's shard of the global batch `stream_rows`:
-    the estimate sees the whole global batch (every rank then holds the same estimate,
-    the one a single process would), while the expected counts are those of the
-    candidates this rank scores, its own positives and negatives. `loss_module` (the DDP
-    wrapper, see `shortlist.models.distributed`) computes the loss in place of `net`, so
-    that the gradients are averaged over the ranks. Batches go to the device of `net`.
+_DONE = object()
+
+
+def prefetch(items: Iterable[Any], fn: Callable[[Any], Any], depth: int) -> Iterator[Any]:
+    """fn(item) for each item, in order, computed up to `depth` items ahead by one
+    background thread (depth 0: inline, in the caller's thread).
+
+    One thread calls fn in order, so a random stream or an estimator that fn advances
+    sees exactly the calls of the plain loop: the results are the same, only earlier.
+    An exception in fn is raised here, at the item it failed on. Leaving the loop early
+    stops the thread after at most `depth` more items.
     """
-    n_items = len(item_feats["genres"]) - 1
-    batch = make_batch(examples, rows, tp, rng, n_items)
-    device = next(net.parameters()).device
-    if device.type != "cpu":
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    log_q = None
-    if tp.logq.enabled:
-        stream = rows if stream_rows is None else stream_rows
-        estimator.update(examples.item_idx[stream], step)
-        p = estimator.probability(batch["candidates"].cpu().numpy())
-        expected = len(rows) * p + tp.mixed_negatives / n_items
-        log_q = torch.from_numpy(np.log(expected).astype(np.float32)).to(device)
-    if loss_module is None:
-        loss = batch_loss(net, batch, item_feats, log_q, tp.temperature)
-    else:
-        loss = loss_module(batch, item_feats, log_q, tp.temperature)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach())
+    if depth <= 0:
+        for item in items:
+            yield fn(item)
+        return
+    out: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                value = fn(item)
+                while not stop.is_set():
+                    try:
+                        out.put((True, value), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+            out.put((True, _DONE))
+        except BaseException as exc:  # handed to the consumer
+            out.put((False, exc))
+
+    worker = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            with record_function("batch wait"):
+                ok, value = out.get()
+            if not ok:
+                raise value
+            if value is _DONE:
+                return
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(queue.Empty):
+                out.get_nowait()
+            worker.join(timeout=0.05)
 
 
 class WeightAverage:
@@ -118,6 +289,14 @@ class WeightAverage:
     initialisation fades fast). On a small data set the averaged weights are less noisy
     from step to step than the last ones, so the early-stopping epoch is picked on less
     noise and the kept model generalises better.
+
+    Sparse tables (`set_sparse`) are averaged lazily: a step moves the average of the
+    rows it touched only. A row the optimiser did not touch keeps its weights w, and k
+    steps of averaging towards a constant w give w + (avg - w) * (d_1 ... d_k): so before
+    a row changes (`before_step`, between backward and the optimiser step) its average is
+    caught up with the product of the decays it missed, and `flush` catches up every row
+    before the average is read (evaluation, keeping the best weights). The result equals
+    the dense per-step average up to rounding, with no pass over untouched rows.
     """
 
     def __init__(self, net: nn.Module, decay: float) -> None:
@@ -126,10 +305,67 @@ class WeightAverage:
             p.requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        names = [n for n in SPARSE_TABLES if getattr(getattr(net, n, None), "sparse", False)]
+        self.tables = names
+        table_params = {id(getattr(net, n).weight) for n in names}
+        pairs = list(zip(self.net.parameters(), net.parameters(), strict=True))
+        self._dense = [(a, c) for a, c in pairs if id(c) not in table_params]
+        # Sum of log decays applied so far, and per table row the sum at its last catch-up.
+        self._log_decay = 0.0
+        self._synced = {
+            n: torch.zeros(getattr(net, n).weight.shape[0], dtype=torch.float64) for n in names
+        }
+        self._touched: dict[str, torch.Tensor] = {}
+
+    def _rows(self, net: nn.Module, name: str) -> torch.Tensor | None:
+        weight = getattr(net, name).weight
+        if weight.grad is None or not weight.grad.is_sparse:
+            return None
+        weight.grad = weight.grad.coalesce()  # what SparseAdam does first: now done once
+        return weight.grad.indices()[0]
+
+    @torch.no_grad()
+    def _catch_up(self, name: str, cur: torch.Tensor, rows: torch.Tensor | None) -> None:
+        avg = getattr(self.net, name).weight
+        synced = self._synced[name]
+        if rows is None:  # every row
+            factor = torch.exp(self._log_decay - synced).to(avg.dtype)[:, None]
+            avg.copy_(cur + (avg - cur) * factor)
+            synced.fill_(self._log_decay)
+            return
+        w = cur[rows]
+        factor = torch.exp(self._log_decay - synced[rows]).to(avg.dtype)[:, None]
+        avg[rows] = w + (avg[rows] - w) * factor
+        synced[rows] = self._log_decay
+
+    @torch.no_grad()
+    def before_step(self, net: nn.Module) -> None:
+        """Catch up the average of the table rows this step's gradient touches, while
+        they still hold the weights they had since their last update."""
+        self._touched = {}
+        for name in self.tables:
+            rows = self._rows(net, name)
+            if rows is None:
+                continue
+            self._touched[name] = rows
+            self._catch_up(name, getattr(net, name).weight, rows)
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, cur in zip(self.net.parameters(), net.parameters(), strict=True):
+        for avg, cur in self._dense:
             avg.lerp_(cur, 1.0 - d)
+        self._log_decay += math.log(d)
+        for name, rows in self._touched.items():
+            avg = getattr(self.net, name).weight
+            avg[rows] = torch.lerp(avg[rows], getattr(net, name).weight[rows], 1.0 - d)
+            self._synced[name][rows] = self._log_decay
+        self._touched = {}
+
+    @torch.no_grad()
+    def flush(self, net: nn.Module) -> None:
+        """Bring every row of the sparse tables' average up to date (one pass over the
+        tables; nothing to do without sparse tables)."""
+        for name in self.tables:
+            self._catch_up(name, getattr(net, name).weight, None)

@@ -1,0 +1,203 @@
+"""Sparse embedding tables, the lazily caught-up weight average and the batch prefetcher.
+
+The sparse path must touch only the rows a batch used and take, on those rows, the step
+dense Adam takes where the math is the same (the first step, weight decay 0); the lazy
+average must equal the dense per-step average; prefetching must change nothing but when
+a batch is assembled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shortlist.models.examples import build_examples, item_feature_tensors
+from shortlist.models.features import FeatureState
+from shortlist.models.fit import fit_towers, model_config
+from shortlist.models.logq import StreamingFrequencyEstimator
+from shortlist.models.objective import (
+    SPARSE_TABLES,
+    TableOptimizer,
+    WeightAverage,
+    apply_step,
+    make_optimizer,
+    prefetch,
+    prepare_batch,
+    resolve_sparse,
+    set_sparse,
+)
+from shortlist.models.two_tower import build_net
+from tests.models.test_two_tower import tiny_data
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_params):
+    tp = tiny_params.towers.model_copy(update={"history_mode": "causal", "mixed_negatives": 8})
+    train, _, items, users = tiny_data()
+    state = FeatureState.fit(train, items, users, title_hash_buckets=64, user_buckets=1)
+    examples = build_examples(train, state, users, tp.history_len, "causal")
+    feats = item_feature_tensors(state, items)
+    return tp, state, items, examples, feats
+
+
+def _net(setup, sparse: bool):
+    tp, state, items, _, _ = setup
+    torch.manual_seed(0)
+    net = build_net(state, model_config(tp), items)
+    set_sparse(net, sparse)
+    return net
+
+
+def _prepared(setup, rows, seed: int = 0):
+    tp, _, _, examples, feats = setup
+    est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
+    est.update(examples.item_idx, 0)
+    rng = np.random.default_rng(seed)
+    return prepare_batch(examples, rows, feats, est, est.steps_seen, tp, rng)
+
+
+def test_resolve_sparse(tiny_params):
+    tp = tiny_params.towers.model_copy(update={"sparse_embeddings": "auto"})
+    assert not resolve_sparse(tp, tp.sparse_min_items - 1)
+    assert resolve_sparse(tp, tp.sparse_min_items)
+    assert not resolve_sparse(tp, 10**7, distributed=True)  # DDP keeps dense tables
+    on = tp.model_copy(update={"sparse_embeddings": "on"})
+    off = tp.model_copy(update={"sparse_embeddings": "off"})
+    assert resolve_sparse(on, 10) and not resolve_sparse(off, 10**7)
+    # A bare on/off in params.yaml is a YAML boolean: it means the same.
+    assert tp.model_validate({"sparse_embeddings": True}).sparse_embeddings == "on"
+    assert tp.model_validate({"sparse_embeddings": False}).sparse_embeddings == "off"
+
+
+def test_sparse_step_updates_only_touched_rows_like_dense_adam(setup):
+    """One step from the same weights and batch: on the touched rows SparseAdam moves the
+    tables exactly as AdamW (weight decay 0) does; every other row stays as it was (dense
+    Adam moves none of them either on a first step, whose gradient there is 0).
+
+    SparseAdam adds eps to sqrt(v) before the bias correction, Adam after it: the steps
+    differ where a gradient is as small as eps / sqrt(1 - beta2), so eps is made
+    negligible here to compare the rest of the math."""
+    tp, _, _, examples, feats = setup
+    assert tp.weight_decay == 0
+    rows = np.arange(64)
+    dense, sparse = _net(setup, False), _net(setup, True)
+    opt_dense, opt_sparse = make_optimizer(dense, tp), make_optimizer(sparse, tp)
+    assert isinstance(opt_sparse, TableOptimizer)
+    assert isinstance(opt_dense, torch.optim.AdamW)
+    for group in [*opt_dense.param_groups, *opt_sparse.param_groups]:
+        group["eps"] = 1e-16
+    before = {k: v.clone() for k, v in sparse.state_dict().items()}
+    loss_d = apply_step(dense, opt_dense, _prepared(setup, rows), feats, tp)
+    loss_s = apply_step(sparse, opt_sparse, _prepared(setup, rows), feats, tp)
+    assert loss_d == pytest.approx(loss_s, rel=1e-6)
+    prepared = _prepared(setup, rows)
+    for name in SPARSE_TABLES:
+        w0 = before[f"{name}.weight"]
+        ws, wd = getattr(sparse, name).weight.detach(), getattr(dense, name).weight.detach()
+        changed = (ws != w0).any(1)
+        assert changed.any()
+        assert 0 < int(changed.sum()) < len(w0)  # a few rows, never the whole table
+        # The rows that moved are rows the batch used.
+        used = {
+            "item_id": prepared[0]["candidates_in"],
+            "history_item": prepared[0]["history"].flatten(),
+            "user_id": prepared[0]["user_idx"],
+            "title": prepared[0]["candidate_title"].flatten(),
+        }[name]
+        assert set(torch.nonzero(changed).flatten().tolist()) <= set(used.tolist())
+        torch.testing.assert_close(ws, wd, rtol=1e-5, atol=1e-6)
+    for name, p in sparse.named_parameters():  # the rest: the same AdamW step
+        torch.testing.assert_close(p, dict(dense.named_parameters())[name], rtol=1e-5, atol=1e-6)
+
+
+def test_lazy_weight_average_equals_the_dense_average(setup):
+    """With sparse tables the average catches rows up only when they change; after a
+    flush it equals averaging every row after every step."""
+    tp, _, _, examples, feats = setup
+    net = _net(setup, True)
+    opt = make_optimizer(net, tp)
+    lazy = WeightAverage(net, 0.9)
+    assert lazy.tables == list(SPARSE_TABLES)
+    reference = WeightAverage(net, 0.9)
+    reference.tables, reference._dense = (
+        [],
+        list(zip(reference.net.parameters(), net.parameters(), strict=True)),
+    )  # the plain average over every parameter
+    perm = np.random.default_rng(1).permutation(len(examples))
+    for k in range(12):
+        apply_step(net, opt, _prepared(setup, perm[k * 32 : (k + 1) * 32], k), feats, tp, ema=lazy)
+        reference.update(net)
+    lazy.flush(net)
+    for (name, a), b in zip(
+        lazy.net.state_dict().items(), reference.net.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_prefetch_yields_the_plain_loops_batches_in_order(setup):
+    """The prefetcher assembles in its thread, ahead, from the same random stream and
+    estimator: the batches, their log Q and the estimator afterwards are the plain loop's."""
+    tp, _, _, examples, feats = setup
+    perm = np.random.default_rng(2).permutation(len(examples))
+    schedule = [(perm[s : s + 40], s) for s in range(0, 400, 40)]
+
+    def run(depth: int):
+        est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
+        rng = np.random.default_rng(3)
+
+        def fn(item):
+            rows, at = item
+            return prepare_batch(examples, rows, feats, est, at, tp, rng)
+
+        return list(prefetch(schedule, fn, depth)), est, rng.random()
+
+    plain, est0, next0 = run(0)
+    ahead, est2, next2 = run(2)
+    assert len(plain) == len(ahead) == len(schedule)
+    for (b0, q0), (b2, q2) in zip(plain, ahead, strict=True):
+        assert b0.keys() == b2.keys()
+        for k in b0:
+            torch.testing.assert_close(b0[k], b2[k], rtol=0, atol=0)
+        torch.testing.assert_close(q0, q2, rtol=0, atol=0)
+    np.testing.assert_array_equal(est0.gap, est2.gap)
+    assert next0 == next2  # the stream is where the plain loop leaves it
+
+
+def test_prefetch_raises_where_it_failed_and_stops_when_left():
+    def fn(x):
+        if x == 3:
+            raise ValueError("bad item")
+        return x * 2
+
+    got = []
+    with pytest.raises(ValueError, match="bad item"):
+        for v in prefetch(range(10), fn, 2):
+            got.append(v)
+    assert got == [0, 2, 4]
+    calls = []
+    gen = prefetch(range(1000), lambda x: calls.append(x) or x, 2)
+    assert next(gen) == 0
+    gen.close()  # leaving the loop early ends the thread
+    assert len(calls) < 10
+
+
+@pytest.mark.parametrize("sparse", ["off", "on"])
+def test_prefetch_trains_the_same_weights(tiny_params, sparse):
+    """fit_towers with batches assembled ahead trains bit-identical weights to the
+    inline loop, on dense and on sparse tables."""
+    train, validation, items, users = tiny_data()
+    weights = []
+    for depth in (0, 2):
+        tp = tiny_params.towers.model_copy(
+            update={
+                "prefetch_batches": depth,
+                "sparse_embeddings": sparse,
+                "history_mode": "causal",
+            }
+        )
+        fitted, _, _ = fit_towers(tp, train, items, users, 0, 2, None, False, "t")
+        assert all(getattr(fitted.net, n).sparse == (sparse == "on") for n in SPARSE_TABLES)
+        weights.append(fitted.net.state_dict())
+    for k, v in weights[0].items():
+        torch.testing.assert_close(v, weights[1][k], rtol=0, atol=0, msg=k)
