@@ -129,12 +129,12 @@ def _alive(pids: set[int], started: dict[int, str | None]) -> set[int]:
     return out
 
 
-def _free_port(taken: set[int]) -> int:
+def _free_port(taken: set[int], low: int = 20_000, high: int = 32_000) -> int:
     """A port the kernel says is free, below its ephemeral range, not reserved or taken."""
     rng = random.Random()
     for _ in range(500):
-        port = rng.randrange(20_000, 32_000)
-        if port in taken or port in RESERVED_PORTS or port + 10_000 in taken:
+        port = rng.randrange(low, high)
+        if port in taken or port in RESERVED_PORTS:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
@@ -239,9 +239,11 @@ class Cluster:
             ports = {n: _free_port(taken) for n in names}
             # SeaweedFS dials its admin gRPC port at admin port + 10000: choose them together.
             for _ in range(200):
-                admin = _free_port(taken)
-                if _bindable(admin + 10_000) and admin + 10_000 not in RESERVED_PORTS:
-                    ports["admin"], ports["admin_grpc"] = admin, admin + 10_000
+                admin = _free_port(taken, 10_000, 22_000)
+                grpc = admin + 10_000  # below 32768, the kernel's ephemeral range
+                if grpc not in taken and grpc not in RESERVED_PORTS and _bindable(grpc):
+                    ports["admin"], ports["admin_grpc"] = admin, grpc
+                    taken.add(grpc)
                     break
             else:
                 raise ClusterError("no free port pair for the S3 server's admin")

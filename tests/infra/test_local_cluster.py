@@ -49,6 +49,11 @@ OVERRIDES = [
 ]
 
 
+# Where MovieLens 100K is absent the demo's synthetic stand-in is generated instead, at
+# this smaller size (the retrain is what is tested here, not the generator).
+SYNTH = ["synth.users=2000", "synth.items=1000", "synth.interactions=60000"]
+
+
 def _require_binaries() -> None:
     missing = missing_binaries()
     if not missing:
@@ -118,7 +123,7 @@ def _ingest_default_data(c: Cluster, st: dict[str, Any], env: dict[str, str]) ->
         "from pathlib import Path\n"
         "from shortlist.config import load_params\n"
         "from shortlist.demo import DEFAULT_DATASET, ingest_data\n"
-        f"p = load_params({str(c.params_file())!r})\n"
+        f"p = load_params({str(c.params_file())!r}, {SYNTH!r})\n"
         f"ds = Path({os.environ.get('SHORTLIST_ML100K', '')!r} or DEFAULT_DATASET)\n"
         "manifest, what = ingest_data(p, ds)\n"
         "print(what)\n"
