@@ -293,8 +293,9 @@ class WeightAverage:
     Sparse tables (`set_sparse`) are averaged lazily: a step moves the average of the
     rows it touched only. A row the optimiser did not touch keeps its weights w, and k
     steps of averaging towards a constant w give w + (avg - w) * (d_1 ... d_k): so before
-    a row changes (`before_step`, between backward and the optimiser step) its average is
-    caught up with the product of the decays it missed, and `flush` catches up every row
+    a row changes (`before_step`, between backward and the optimiser step) its weights are
+    noted, after the step (`update`) its average is caught up with the product of the
+    decays it missed and then moved by this step's, and `flush` catches up every row
     before the average is read (evaluation, keeping the best weights). The result equals
     the dense per-step average up to rounding, with no pass over untouched rows.
     """
@@ -315,7 +316,7 @@ class WeightAverage:
         self._synced = {
             n: torch.zeros(getattr(net, n).weight.shape[0], dtype=torch.float64) for n in names
         }
-        self._touched: dict[str, torch.Tensor] = {}
+        self._touched: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _rows(self, net: nn.Module, name: str) -> torch.Tensor | None:
         weight = getattr(net, name).weight
@@ -325,30 +326,22 @@ class WeightAverage:
         return weight.grad.indices()[0]
 
     @torch.no_grad()
-    def _catch_up(self, name: str, cur: torch.Tensor, rows: torch.Tensor | None) -> None:
+    def _catch_up_all(self, name: str, cur: torch.Tensor) -> None:
         avg = getattr(self.net, name).weight
         synced = self._synced[name]
-        if rows is None:  # every row
-            factor = torch.exp(self._log_decay - synced).to(avg.dtype)[:, None]
-            avg.copy_(cur + (avg - cur) * factor)
-            synced.fill_(self._log_decay)
-            return
-        w = cur[rows]
-        factor = torch.exp(self._log_decay - synced[rows]).to(avg.dtype)[:, None]
-        avg[rows] = w + (avg[rows] - w) * factor
-        synced[rows] = self._log_decay
+        factor = torch.exp(self._log_decay - synced).to(avg.dtype)[:, None]
+        avg.copy_(cur + (avg - cur) * factor)
+        synced.fill_(self._log_decay)
 
     @torch.no_grad()
     def before_step(self, net: nn.Module) -> None:
-        """Catch up the average of the table rows this step's gradient touches, while
-        they still hold the weights they had since their last update."""
+        """Note the table rows this step's gradient touches and the weights they held
+        since their last update (what their average has been moving towards)."""
         self._touched = {}
         for name in self.tables:
             rows = self._rows(net, name)
-            if rows is None:
-                continue
-            self._touched[name] = rows
-            self._catch_up(name, getattr(net, name).weight, rows)
+            if rows is not None:
+                self._touched[name] = (rows, getattr(net, name).weight.index_select(0, rows))
 
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
@@ -356,11 +349,17 @@ class WeightAverage:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for avg, cur in self._dense:
             avg.lerp_(cur, 1.0 - d)
+        missed = self._log_decay  # the decays up to the previous step
         self._log_decay += math.log(d)
-        for name, rows in self._touched.items():
-            avg = getattr(self.net, name).weight
-            avg[rows] = torch.lerp(avg[rows], getattr(net, name).weight[rows], 1.0 - d)
-            self._synced[name][rows] = self._log_decay
+        for name, (rows, held) in self._touched.items():
+            avg, synced = getattr(self.net, name).weight, self._synced[name]
+            # Caught up to the previous step towards the weights held, then this step.
+            factor = torch.exp(missed - synced.index_select(0, rows)).to(avg.dtype)[:, None]
+            caught = held + (avg.index_select(0, rows) - held) * factor
+            avg.index_copy_(
+                0, rows, caught.lerp_(getattr(net, name).weight.index_select(0, rows), 1.0 - d)
+            )
+            synced.index_fill_(0, rows, self._log_decay)
         self._touched = {}
 
     @torch.no_grad()
@@ -368,4 +367,4 @@ class WeightAverage:
         """Bring every row of the sparse tables' average up to date (one pass over the
         tables; nothing to do without sparse tables)."""
         for name in self.tables:
-            self._catch_up(name, getattr(net, name).weight, None)
+            self._catch_up_all(name, getattr(net, name).weight)
