@@ -278,7 +278,7 @@ def test_a_validation_error_echoing_a_non_finite_value_still_encodes():
 
     from fastapi.exceptions import RequestValidationError
 
-    from shortlist.serving.app import validation_error
+    from shortlist.serving.guards import validation_error
 
     exc = RequestValidationError([{"loc": ("body", "k"), "msg": "bad", "input": float("nan")}])
     resp = asyncio.run(validation_error(None, exc))

@@ -21,14 +21,13 @@ default (`shortlist.serving.explore`; the expected cost is in the response, the 
 every accepted event to the events log, likewise.
 Bad input (k outside 1..serving.max_k, malformed ids, unknown fields, bodies over
 serving.max_body_bytes, NaN or Infinity anywhere in a JSON body) is a 422 with a message
-saying what is wrong; an error that echoes a value never fails to encode.
+saying what is wrong; an error that echoes a value never fails to encode (the guards:
+`shortlist.serving.guards`; the bandit's lists: `shortlist.serving.bandit_lists`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import threading
 import time
@@ -37,16 +36,19 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 
 from shortlist.config import Params
-from shortlist.ranking.cold_share import cold_slots
 from shortlist.serving import bandit as bandit_mod
+from shortlist.serving.bandit_lists import (
+    bandit_from_params,
+    from_bandit,
+    replay_bandit,
+    with_cold_section,
+)
 from shortlist.serving.events import (
     BUILTIN_KINDS,
     UNKNOWN_REQUEST,
@@ -56,6 +58,13 @@ from shortlist.serving.events import (
     ServedLists,
     check_events,
     events_dir,
+)
+from shortlist.serving.guards import (
+    BodyLimit,
+    FiniteJSONRoute,
+    Timing,
+    encodable,
+    validation_error,
 )
 from shortlist.serving.holder import BundleHolder
 from shortlist.serving.impressions import ImpressionLog
@@ -73,146 +82,6 @@ from shortlist.serving.schemas import (
 from shortlist.storage import is_remote
 
 log = logging.getLogger(__name__)
-
-
-class BodyLimit:
-    """ASGI middleware: a body over `limit` bytes is answered 422 before it is parsed.
-
-    Checks Content-Length up front and also counts streamed (chunked) bytes. `per_path`
-    maps exact paths to (limit, the setting that names it): the events batch endpoint
-    takes larger bodies."""
-
-    def __init__(self, app, limit: int, per_path: dict[str, tuple[int, str]] | None = None):
-        self.app = app
-        self.default = (limit, "serving.max_body_bytes")
-        self.per_path = per_path or {}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit, setting = self.per_path.get(scope.get("path", ""), self.default)
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await self._reject(scope, receive, send, limit, setting)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            return await self.app(scope, limited_receive, send)
-        except _TooLarge:
-            return await self._reject(scope, receive, send, limit, setting)
-
-    async def _reject(self, scope, receive, send, limit, setting):
-        msg = f"request body exceeds {setting} ({limit} bytes)"
-        await JSONResponse({"detail": msg}, status_code=422)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class Timing:
-    """ASGI middleware: latency histogram and request counter by route template + status."""
-
-    def __init__(self, app, metrics: ServingMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0 = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe(endpoint, status, time.perf_counter() - t0)
-
-
-NON_FINITE_MSG = (
-    "NaN, Infinity and -Infinity are not JSON numbers (RFC 8259): send finite numbers only"
-)
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(name)
-
-
-def check_finite_json(body: bytes) -> None:
-    """Raise a 422 (RequestValidationError) when a JSON body holds NaN or +-Infinity.
-
-    Python's JSON parser accepts these tokens, and a validation error that echoes one
-    cannot be encoded (500). A byte scan keeps the common case to one `in` per token;
-    only a body that mentions one is parsed again, so an id containing "NaN" passes."""
-    if b"NaN" not in body and b"Infinity" not in body:
-        return
-    try:
-        json.loads(body, parse_constant=_reject_constant)
-    except ValueError as exc:
-        if str(exc) in ("NaN", "Infinity", "-Infinity"):
-            error = {"type": "finite_number", "loc": ("body",), "msg": f"{exc}: {NON_FINITE_MSG}"}
-            raise RequestValidationError([error]) from None
-        # Any other parse error is FastAPI's to report, as usual.
-
-
-class FiniteJSONRoute(APIRoute):
-    """An APIRoute whose JSON bodies must be standard JSON (no NaN/Infinity tokens)."""
-
-    def get_route_handler(self):
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            if request.method in ("POST", "PUT", "PATCH"):
-                check_finite_json(await request.body())  # cached for the handler
-            return await handler(request)
-
-        return route
-
-
-def _encodable(value: Any) -> Any:
-    """JSON-safe copy of an error detail: non-finite floats become their names ('nan',
-    'inf'; also what an overflowing literal such as 1e999 parses to) and text that UTF-8
-    cannot encode (a lone surrogate such as "\\ud800") gets its bad code points escaped."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
-    if isinstance(value, dict):
-        return {_encodable(k): _encodable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_encodable(v) for v in value]
-    return value
-
-
-async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body, with every echoed value made encodable."""
-    return JSONResponse({"detail": _encodable(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
 def _items(served: Served) -> list[dict[str, Any]]:
@@ -271,7 +140,7 @@ def create_app(
         fsync_ms=fb.events_fsync_ms,
     )
     served_lists = ServedLists(fb.lateness_seconds, fb.max_tracked_lists)
-    bandit = _bandit(params)
+    bandit = bandit_from_params(params)
     sections: dict[str, np.ndarray] = {}  # bundle id -> the bandit's rows of its cold items
     replay_lock = threading.Lock()
     replayed = threading.Event()
@@ -283,7 +152,7 @@ def create_app(
             return
         with replay_lock:
             if not replayed.is_set():
-                _replay_bandit(bandit, params, impressions.directory, events.directory)
+                replay_bandit(bandit, params, impressions.directory, events.directory)
                 replayed.set()
 
     try:
@@ -364,7 +233,7 @@ def create_app(
         sb = holder.current  # read ONCE: this request is served by this bundle
         if sb is None and bandit is not None:
             bandit_ready()
-            served, bundle_id = _from_bandit(bandit, request_id, req), bandit_mod.BUNDLE_ID
+            served, bundle_id = from_bandit(bandit, request_id, req), bandit_mod.BUNDLE_ID
             metrics.bandit_lists.inc()
         else:
             sb = live()
@@ -372,7 +241,7 @@ def create_app(
                 sb, req, params, np.random.default_rng(), now=served_at, explore=True
             )
             if bandit is not None and params.serving.bandit.cold_section:
-                served = _cold_section(bandit, sb, served, request_id, req, params, sections)
+                served = with_cold_section(bandit, sb, served, request_id, req, params, sections)
             bundle_id = sb.bundle_id
         log_served(request_id, "/recommend", req.user_id, bundle_id, served, served_at)
         return {
@@ -431,7 +300,7 @@ def create_app(
                 "reason": reason,
                 "problems": [p.to_dict() for p in exc.problems],
             }
-            return JSONResponse(_encodable(body), status_code=status)
+            return JSONResponse(encodable(body), status_code=status)
         except EventLogUnavailable as exc:
             metrics.events_rejected.labels("unavailable").inc(len(batch))
             return JSONResponse({"detail": f"{exc}; not accepted, retry"}, status_code=503)
@@ -487,155 +356,6 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
-
-
-def _bandit(params: Params) -> bandit_mod.ThompsonBandit | None:
-    """The bandit that serves /recommend while no bundle is live (None when it is off or
-    there is no catalog to serve)."""
-    b = params.serving.bandit
-    if not b.enabled:
-        return None
-    directory = b.catalog_dir or params.data.dir
-    if is_remote(directory):
-        log.warning("serving.bandit: %s is remote; no bandit (a local catalog is read)", directory)
-        return None
-    try:
-        return bandit_mod.ThompsonBandit.from_catalog(
-            directory,
-            prior_strength=b.prior_strength,
-            base_rate=b.base_rate,
-            pool=b.pool,
-            draws=b.draws,
-            max_tracked_lists=params.feedback.max_tracked_lists,
-        )
-    except Exception:  # noqa: BLE001 - serving starts; without a bundle it answers 503
-        log.exception("serving.bandit: could not read the catalog in %s", directory)
-        return None
-
-
-def _replay_bandit(
-    bandit: bandit_mod.ThompsonBandit, params: Params, impressions_dir: str, events_dir_: str
-) -> None:
-    """Rebuild the posterior from the lists the bandit served before (impressions named
-    `bandit`) and their events, so a restart keeps what it learned."""
-    try:
-        endpoint = params.storage.s3_endpoint_url
-        columns = ["request_id", "item_id", "bundle_id"]
-        shown = _read_log(impressions_dir, "impressions", columns, endpoint)
-        shown = shown[shown["bundle_id"] == bandit_mod.BUNDLE_ID]
-        if len(shown):
-            columns = ["request_id", "item_id", "kind", "value"]
-            events = _read_log(events_dir_, "events", columns, endpoint)
-            events = events[events["request_id"].isin(set(shown["request_id"]))]
-            credited = bandit.replay(shown, events)
-            log.info("bandit: %d shown items and %d successes replayed", len(shown), credited)
-    except Exception:  # noqa: BLE001 - it serves from its priors instead
-        log.exception("bandit: could not replay its logged lists; serving from the priors")
-
-
-def _read_log(directory: str, prefix: str, columns: list[str], endpoint: str | None):
-    """Every row of a log directory's Parquet files (named `<prefix>-...`), these columns."""
-    import io
-
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from shortlist.storage import open_store
-
-    store = open_store(directory, endpoint_url=endpoint)
-    keys = [k for k in store.list() if "/" not in k and k.startswith(prefix + "-")]
-    tables = [
-        pq.read_table(io.BytesIO(store.read_bytes(k)), columns=columns)
-        for k in keys
-        if k.endswith(".parquet")
-    ]
-    if not tables:
-        return pd.DataFrame({c: [] for c in columns})
-    return pa.concat_tables(tables, promote_options="default").to_pandas()
-
-
-def _cold_section(
-    bandit: bandit_mod.ThompsonBandit,
-    sb: Any,
-    served: Served,
-    request_id: str,
-    req: Any,
-    params: Params,
-    sections: dict[str, np.ndarray],
-) -> Served:
-    """The list with its deepest exploration slot showing a Thompson draw over the live
-    bundle's items without interactions (`shortlist.serving.bandit`), when the list has an
-    exploration slot and its cold share has room for one more cold item; else unchanged.
-
-    That position's propensity is the bandit's Monte Carlo estimate, its score and
-    retrieval score the item's posterior mean; the list's expected cost stays the slot
-    policy's (the item the slot would have drawn is not the one shown)."""
-    if sb.cold is None or served.explored is None or not served.explored.any():
-        return served
-    pos = int(np.flatnonzero(served.explored)[-1])
-    rows = np.asarray(served.rows, dtype=np.int64)
-    others = np.delete(rows, pos)
-    room = cold_slots(req.k, params.serving.max_cold_share) - int(sb.cold[others].sum())
-    if room < 1:
-        return served
-    section = sections.get(sb.bundle_id)
-    if section is None:
-        cold_ids = np.asarray(sb.bundle.item_ids)[sb.cold]
-        section = sections.setdefault(sb.bundle_id, bandit.section(cold_ids))
-    exclude = set(served.item_ids) | set(req.exclude_items or ())
-    if req.exclude_seen:  # (cold items have no interactions: no user has seen one yet)
-        exclude |= set(req.recent_items or ())
-    genres = set(req.genres) if req.genres else None
-    got = bandit.recommend(request_id, 1, np.random.default_rng(), exclude, genres, section)
-    if not got.item_ids or got.item_ids[0] not in sb.row_of:
-        return served
-    item = got.item_ids[0]
-    item_ids = list(served.item_ids)
-    item_ids[pos] = item
-    rows = rows.copy()
-    rows[pos] = sb.row_of[item]
-    scores = np.asarray(served.scores, dtype=np.float64).copy()
-    scores[pos] = got.means[0]
-    retrieval = None
-    if served.retrieval_scores is not None:
-        retrieval = np.asarray(served.retrieval_scores, dtype=np.float64).copy()
-        retrieval[pos] = got.means[0]
-    prop = np.asarray(served.propensities, dtype=np.float64).copy()
-    prop[pos] = got.propensities[0]
-    return Served(
-        served.strategy,
-        served.policy,
-        rows,
-        scores,
-        retrieval,
-        prop,
-        item_ids,
-        served.explored,
-        served.exploration_cost,
-    )
-
-
-def _from_bandit(bandit: bandit_mod.ThompsonBandit, request_id: str, req) -> Served:
-    """One list from the bandit: the request's excluded and recent items are left out, and
-    its genre filter applies as for a bundle."""
-    exclude = set(req.exclude_items or ())
-    if req.exclude_seen:
-        exclude |= set(req.recent_items or ())
-    genres = set(req.genres) if req.genres else None
-    got = bandit.recommend(request_id, req.k, np.random.default_rng(), exclude, genres)
-    n = len(got.item_ids)
-    return Served(
-        "bandit",
-        bandit_mod.POLICY,
-        got.rows,
-        got.means,
-        None,
-        got.propensities,
-        got.item_ids,
-        np.zeros(n, dtype=bool),
-        0.0,
-    )
 
 
 def wal_dir(params: Params) -> str:
