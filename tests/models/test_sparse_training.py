@@ -58,7 +58,8 @@ def _prepared(setup, rows, seed: int = 0):
 
 
 def test_resolve_sparse(tiny_params):
-    tp = tiny_params.towers.model_copy(update={"sparse_embeddings": "auto"})
+    tp = tiny_params.towers
+    assert tp.sparse_embeddings == "auto"  # small catalogs keep dense tables
     assert not resolve_sparse(tp, tp.sparse_min_items - 1)
     assert resolve_sparse(tp, tp.sparse_min_items)
     assert not resolve_sparse(tp, 10**7, distributed=True)  # DDP keeps dense tables
