@@ -162,6 +162,8 @@ def test_train_towers_cli_on_two_processes(tiny_dataset, params, tmp_path, capsy
     from shortlist.models.two_tower import TwoTowerRetriever
     from shortlist.tracking import tracking_uri
 
+    # Its own experiment: the session's MLflow server holds other tests' runs too.
+    params = params.with_overrides({"mlflow.experiment": f"ddp-{tmp_path.name}"})
     split_dir = tmp_path / "split"
     split.run(params, data_dir=tiny_dataset, out_dir=str(split_dir))
     params_file = tmp_path / "params.yaml"
