@@ -47,16 +47,23 @@ def test_the_deepest_exploration_slot_draws_from_the_cold_section(world, live_ro
     try:
         bodies = _lists(client, 40)
         bandit = client.app.state.bandit
+        drawn = []
         for body in bodies:
             items = body["items"]
             deepest = max(it["position"] for it in items if it["explored"])
             shown = items[deepest]
-            assert shown["item_id"] in NEVER  # the section the bandit serves
-            assert 0 < shown["propensity"] <= 1
+            others = sum(it["item_id"] in NEVER for it in items if it["position"] != deepest)
             assert sum(it["item_id"] in NEVER for it in items) <= cold_slots(10, 0.1)
             assert len({it["item_id"] for it in items}) == len(items)
+            if others >= cold_slots(10, 0.1):
+                continue  # the slot policy's own draw already took the cold share: no room
+            assert shown["item_id"] in NEVER, items  # the section the bandit serves
+            assert 0 < shown["propensity"] <= 1
+            drawn.append(body)
+        # Exploration reaches a cold item by itself only now and then.
+        assert len(drawn) >= 30, len(drawn)
         # A click on that slot's item is a success of the bandit's posterior, once.
-        body = bodies[0]
+        body = drawn[0]
         item = body["items"][max(it["position"] for it in body["items"] if it["explored"])]
         row = bandit.row_of[item["item_id"]]
         before = bandit.alpha[row]
@@ -64,7 +71,7 @@ def test_the_deepest_exploration_slot_draws_from_the_cold_section(world, live_ro
         assert client.post("/events", json=ev).status_code == 200
         assert client.post("/events", json=ev).status_code in (200, 409)
         assert bandit.alpha[row] == before + 1
-        assert bandit.lists_served == 40
+        assert bandit.lists_served == len(drawn)  # it draws only where the share has room
     finally:
         client.__exit__(None, None, None)
 
