@@ -53,22 +53,8 @@ def params(tmp_path: Path) -> Params:
     """Repository params with every working path moved under tmp_path."""
     base = load_params(REPO / "params.yaml")
     work = tmp_path / "work"
-    return base.with_overrides(
-        {
-            "project.work_dir": str(work),
-            "data.dir": str(work / "data"),
-            "validation.reference_dir": str(work / "reference"),
-            "validation.quarantine_dir": str(work / "quarantine"),
-            "validation.docs_dir": str(work / "data_docs"),
-            "split.dir": str(work / "split"),
-            "towers.out_dir": str(work / "model"),
-            "bundle.root": str(work / "bundles"),
-            "bundle.staging_dir": str(work / "staging"),
-            "bundle.cache_dir": str(work / "bundle-cache"),
-            "serving.impressions_dir": str(work / "impressions"),
-            "mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
-            "tuning.path": str(work / "tuning" / "best.json"),
-        }
+    return base.under(work).with_overrides(
+        {"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}"}
     )
 
 

@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from shortlist.config import ConfigError, Params, load_params, render_params
+from shortlist.config import WORK_PATHS, ConfigError, Params, load_params, render_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,6 +138,25 @@ def test_wrong_type_or_range_names_the_key(tmp_path: Path, text: str, key: str) 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mapping"):
         load_params(write(tmp_path, "- a\n- b\n"))
+
+
+def _values(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out |= _values(value, path + ".") if isinstance(value, dict) else {path: value}
+    return out
+
+
+def test_under_moves_every_working_path(tmp_path: Path) -> None:
+    defaults = _values(Params().model_dump())
+    # A new setting whose default lives in the project's work dir must be moved too.
+    local = {k for k, v in defaults.items() if isinstance(v, str) and v.startswith(".shortlist")}
+    assert local <= set(WORK_PATHS), f"not in WORK_PATHS: {sorted(local - set(WORK_PATHS))}"
+    moved = _values(Params().under(tmp_path / "w").model_dump())
+    for key, sub in WORK_PATHS.items():
+        assert Path(moved[key]) == tmp_path / "w" / sub
+    assert moved["towers.epochs"] == defaults["towers.epochs"]
 
 
 def test_set_overrides_are_typed() -> None:

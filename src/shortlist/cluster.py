@@ -512,21 +512,10 @@ def _write_params(c: Cluster, st: dict[str, Any], params_file: str | Path | None
     from shortlist.config import load_params
 
     base = load_params(params_file or REPO / "params.yaml")
-    work = c.dir / "work"
-    params = base.with_overrides(
+    params = base.under(c.dir / "work").with_overrides(
         {
-            "project.work_dir": str(work),
             "data.dir": f"s3://{DATA_BUCKET}/data",
             "bundle.root": f"s3://{DATA_BUCKET}/bundles",
-            "validation.reference_dir": str(work / "reference"),
-            "validation.quarantine_dir": str(work / "quarantine"),
-            "validation.docs_dir": str(work / "data_docs"),
-            "split.dir": str(work / "split"),
-            "towers.out_dir": str(work / "model"),
-            "bundle.staging_dir": str(work / "staging"),
-            "bundle.cache_dir": str(work / "bundle-cache"),
-            "serving.impressions_dir": str(work / "impressions"),
-            "tuning.path": str(work / "tuning" / "best.json"),
             "mlflow.tracking_uri": c.urls(st)["mlflow"],
             "storage.s3_endpoint_url": c.urls(st)["s3"],
             "storage.s3_region": S3_REGION,

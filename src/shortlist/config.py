@@ -28,6 +28,23 @@ from pydantic import (
 PARAMS_ENV = "SHORTLIST_PARAMS"
 DEFAULT_PARAMS_FILE = "params.yaml"
 
+#: The params naming local working paths, each with where `Params.under` puts it.
+WORK_PATHS: dict[str, str] = {
+    "project.work_dir": ".",
+    "data.dir": "data",
+    "validation.reference_dir": "reference",
+    "validation.quarantine_dir": "quarantine",
+    "validation.docs_dir": "data_docs",
+    "split.dir": "split",
+    "towers.out_dir": "model",
+    "bundle.root": "bundles",
+    "bundle.staging_dir": "staging",
+    "bundle.cache_dir": "bundle-cache",
+    "serving.impressions_dir": "impressions",
+    "feedback.batches_dir": "feedback",
+    "tuning.path": "tuning/best.json",
+}
+
 
 class ConfigError(ValueError):
     """A params file or override that does not fit the schema."""
@@ -654,6 +671,11 @@ class Params(_Section):
         for key, value in items:
             _set_path(raw, key, value)
         return _validate(raw)
+
+    def under(self, work: str | os.PathLike[str]) -> Params:
+        """A copy with every working path (`WORK_PATHS`) moved under `work`: what a test,
+        the simulator or a cluster uses so that it never touches the project's own."""
+        return self.with_overrides({key: str(Path(work, sub)) for key, sub in WORK_PATHS.items()})
 
 
 def _split_override(text: str) -> tuple[str, Any]:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shortlist.config import ConfigError, Params, load_params
+from shortlist.config import WORK_PATHS, ConfigError, Params, load_params
 from shortlist.errors import DataValidationError, ShortlistError
 from shortlist.storage import is_remote
 
@@ -39,19 +39,7 @@ DEFAULT_DATASET = "../shared/datasets/ml-100k"
 
 # Params that name local paths; made absolute (against the project dir) before the run
 # so every stage and every printed location agree whatever the current directory.
-PATH_KEYS = (
-    "project.work_dir",
-    "data.dir",
-    "validation.reference_dir",
-    "validation.quarantine_dir",
-    "validation.docs_dir",
-    "split.dir",
-    "towers.out_dir",
-    "bundle.root",
-    "bundle.staging_dir",
-    "bundle.cache_dir",
-    "serving.impressions_dir",
-)
+PATH_KEYS = tuple(WORK_PATHS)
 
 
 @dataclass

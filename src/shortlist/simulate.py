@@ -166,22 +166,7 @@ def gini(counts: np.ndarray) -> float:
 
 
 def _policy_params(params: Params, work: Path, policy: dict[str, Any]) -> Params:
-    paths = {
-        "project.work_dir": str(work),
-        "data.dir": str(work / "data"),
-        "validation.reference_dir": str(work / "reference"),
-        "validation.quarantine_dir": str(work / "quarantine"),
-        "validation.docs_dir": str(work / "data_docs"),
-        "split.dir": str(work / "split"),
-        "towers.out_dir": str(work / "model"),
-        "bundle.root": str(work / "bundles"),
-        "bundle.staging_dir": str(work / "staging"),
-        "bundle.cache_dir": str(work / "bundle-cache"),
-        "serving.impressions_dir": str(work / "impressions"),
-        "feedback.batches_dir": str(work / "feedback"),
-        "promotion.auto_approve": True,
-    }
-    return params.with_overrides({**paths, **policy})
+    return params.under(work).with_overrides({"promotion.auto_approve": True, **policy})
 
 
 def write_world(truth: Truth, data_dir: Path) -> dict[str, Any]:
