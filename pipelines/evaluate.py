@@ -105,6 +105,7 @@ def run(
         "batch_users": ev.batch_users or None,
         "block_cells": ev.block_cells,
         "sample_users": ev.sample_users or None,
+        "max_cells": ev.max_cells or None,
         "seed": params.project.seed,
         "progress": True,
     }

@@ -212,6 +212,9 @@ class TowerParams(_Section):
     """Epochs without a better validation recall before training stops."""
     eval_k: int = Field(20, gt=0)
     """K of the validation recall that early stopping watches."""
+    # Scoring runs at ~3e7 users x items cells/s here: 2e9 is about a minute per epoch.
+    validation_max_cells: int = Field(2_000_000_000, gt=0)
+    """Validation users x items scored per epoch at most; above, a seeded user sample."""
     threads: int = Field(2, ge=1)
     """torch threads per training process."""
     processes: int = Field(1, ge=1)
@@ -299,6 +302,10 @@ class RankerParams(_Section):
     """Recent-trend items added to the ranker's candidates (0: off)."""
     cut_points: int = Field(1, ge=1)
     """Training requests per validation user (the first event, then later cuts)."""
+    # Featurising one request over its candidates costs ~10 ms, so at 500k validation
+    # users this stage alone would take hours; 10k users still decide on ~2k requests.
+    max_users: int = Field(10_000, ge=0)
+    """Validation users the ranker learns from and is judged on at most, seeded (0: all)."""
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     """Validation users kept out of fitting, for early stopping."""
     decision_fraction: float = Field(0.2, gt=0, lt=1)
@@ -412,8 +419,13 @@ class EvaluationParams(_Section):
     """Users x items score cells per block: bounds evaluation memory."""
     sample_users: int = Field(0, ge=0)
     """Evaluate a seeded sample of this many users (0: all), stated in the result."""
-    # EASE inverts an items x items matrix: 20k items take ~3.2 GB in float64.
-    ease_max_items: int = Field(20_000, gt=0)
+    # Full ranking scores ~3e7 users x items cells/s here: 2e9 is ~1 min per model, 2,000
+    # users at 1M items, and every user of a catalog up to 200k items x 10k users.
+    max_cells: int = Field(2_000_000_000, ge=0)
+    """Users x catalog scored per model at most; above, a seeded user sample (0: no cap)."""
+    # EASE inverts an items x items matrix: n^3 flops per lambda tried, ~40 s at 10k items
+    # on 2 cores (20k: ~5 min and 3.2 GB), so a 1M-item retrain stays within its hour.
+    ease_max_items: int = Field(10_000, gt=0)
     """EASE above this many items is fitted on the most popular ones only (noted)."""
     grid: BaselineGridParams = BaselineGridParams()
     """Validation grids of the baselines (shortlist.eval.baselines); small on purpose."""

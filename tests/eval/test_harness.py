@@ -186,6 +186,21 @@ def test_user_sample_is_stated_and_seeded():
     assert evaluate(Fixed(items, rows), train, test, ks=[5], sample_users=1000)["users"] == 40
 
 
+def test_cell_cap_samples_users_by_catalog_size():
+    items, rows, train, test = _random_case(n_users=40)
+    n_items = len(items)
+    capped = evaluate(
+        Fixed(items, rows), train, test, ks=[5], segments=["all"], max_cells=12 * n_items
+    )
+    same = evaluate(Fixed(items, rows), train, test, ks=[5], segments=["all"], sample_users=12)
+    assert capped["users"] == 12 and capped["user_sample"]["of"] == 40
+    assert capped["segments"] == same["segments"]  # the same seeded sample
+    # The smaller of the two limits applies; a cap above users x catalog changes nothing.
+    both = evaluate(Fixed(items, rows), train, test, ks=[5], sample_users=5, max_cells=12 * n_items)
+    assert both["users"] == 5
+    assert evaluate(Fixed(items, rows), train, test, ks=[5], max_cells=10**9)["users"] == 40
+
+
 def test_recommender_notes_reach_the_result():
     model = Fixed(ITEMS, [5, 4, 3, 2, 1])
     model.notes = ["fitted on a sample"]

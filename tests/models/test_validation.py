@@ -39,3 +39,21 @@ def test_blocked_validation_equals_the_dense_matrix(tiny_params, weight):
         assert out == blocked[0]
         for key, value in out.items():
             assert value == pytest.approx(float(per_user[key].mean()), abs=1e-12), key
+
+
+def test_a_user_cap_keeps_a_seeded_sample_consistent_with_the_full_set(tiny_params):
+    train, validation, items, users = tiny_data()
+    model, _ = train_two_tower(
+        tiny_params, train, validation, items, users, seed=1, progress=False, mlflow_run=False
+    )
+    full = TowerValidationSet(model.state, train, validation, model.history_len)
+    part = TowerValidationSet(model.state, train, validation, model.history_len, 5, seed=3)
+    again = TowerValidationSet(model.state, train, validation, model.history_len, 5, seed=3)
+    assert len(part) == 5 and part.users_total == len(full) > 5
+    assert part.user_ids == again.user_ids and set(part.user_ids) < set(full.user_ids)
+    for r, user in enumerate(part.user_ids):
+        f = full.user_ids.index(user)
+        assert np.array_equal(part.relevant[r], full.relevant[f])  # the same targets
+        seen = part.seen_cols[part.seen_ptr[r] : part.seen_ptr[r + 1]]
+        seen_full = full.seen_cols[full.seen_ptr[f] : full.seen_ptr[f + 1]]
+        assert np.array_equal(np.sort(seen), np.sort(seen_full))  # the same exclusions

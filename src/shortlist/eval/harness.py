@@ -63,6 +63,7 @@ def evaluate(
     batch_users: int | None = None,
     block_cells: int | None = None,
     sample_users: int | None = None,
+    max_cells: int | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -77,7 +78,8 @@ def evaluate(
 
     Users are scored in blocks of `block_size(catalog, batch_users, block_cells)`; the
     result does not depend on the block size. `sample_users` evaluates a uniform sample of
-    that many test users (seeded by `seed`), recorded under `user_sample`. A recommender's
+    that many test users (seeded by `seed`), recorded under `user_sample`; `max_cells` caps
+    users x catalog the same way (at 1M items full ranking scores ~3e7 cells/s). A recommender's
     `notes` (e.g. a baseline fitted on part of the catalog) are copied into the result.
     """
     del items
@@ -102,6 +104,8 @@ def evaluate(
     test_u, test_i = test_u[test_i >= 0], test_i[test_i >= 0]
     users = np.unique(test_u)
     users_total = len(users)
+    if max_cells:
+        sample_users = min(sample_users or users_total, max(1, max_cells // max(n_cat, 1)))
     if sample_users and sample_users < len(users):
         rng = np.random.default_rng(seed)
         users = np.sort(rng.choice(users, int(sample_users), replace=False))

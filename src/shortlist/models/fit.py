@@ -145,7 +145,10 @@ def fit_towers(
     catalog = vocab_catalog(state, items)
     vset = None
     if validation is not None and ranks.is_main:
-        vset = TowerValidationSet(state, train, validation, tp.history_len)
+        cap = tp.validation_max_cells // max(state.n_item_ids - 1, 1)
+        vset = TowerValidationSet(
+            state, train, validation, tp.history_len, max_users=max(cap, 1), seed=seed
+        )
     n_items = state.n_item_ids - 1
     counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
     log_pop = np.log((counts + 1.0) / (counts.sum() + n_items)).astype(np.float32)
@@ -397,6 +400,7 @@ def _train(
         "validation": best_metrics,
         "validation_with_popularity": with_pop,
         "validation_users": len(vset) if vset is not None else 0,
+        "validation_users_total": vset.users_total if vset is not None else 0,
         "train_examples": es.train_examples,
         "catalog_items": es.state.n_item_ids - 1,
         "history_mode": tp.history_mode,

@@ -25,7 +25,8 @@ class TowerValidationSet:
     (the query's inputs), their train items (excluded from their ranking) and their
     validation items in the training vocabulary (what should be retrieved).
 
-    Catalog columns are vocabulary indices - 1; rows follow `user_ids`, and `seen_rows`
+    `max_users` (0: all) keeps a seeded sample of the users, so each epoch's full ranking
+    stays within its cell budget at any catalog size. Catalog columns are vocabulary indices - 1; rows follow `user_ids`, and `seen_rows`
     (sorted) with `seen_cols` list the excluded cells, `seen_ptr[r]` where row r's start.
     """
 
@@ -35,9 +36,17 @@ class TowerValidationSet:
         train: pd.DataFrame,
         validation: pd.DataFrame,
         history_len: int,
+        max_users: int = 0,
+        seed: int = 0,
     ) -> None:
         val = validation[validation[schema.ITEM_ID].astype(str).isin(state._item_index)]
         self.user_ids = sorted(set(val[schema.USER_ID].astype(str)))
+        self.users_total = len(self.user_ids)
+        if max_users and len(self.user_ids) > max_users:
+            # A seeded sample stands for all (the early-stopping signal, not a result).
+            picked = np.random.default_rng(seed).choice(len(self.user_ids), max_users, False)
+            self.user_ids = [self.user_ids[i] for i in np.sort(picked)]
+            val = val[val[schema.USER_ID].astype(str).isin(set(self.user_ids))]
         self.histories = histories_from(train, self.user_ids, history_len)
         last = train.groupby(train[schema.USER_ID].astype(str))[schema.TIMESTAMP].max()
         self.timestamps = last.reindex(self.user_ids).to_numpy(dtype=float)

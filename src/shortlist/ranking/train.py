@@ -104,6 +104,7 @@ def train_ranker(
     labels, ips = validation, None
     if rp.propensity_weighting:
         labels, ips = reweight(validation, exposures, rp.propensity_clip)
+    labels, users_used = sample_users(labels, rp.max_users, seed)
     reqs = make_requests(
         labels,
         train,
@@ -225,6 +226,7 @@ def train_ranker(
         "seconds": time.perf_counter() - t0,
         "seed": seed,
         "propensity_weighting": ips,
+        "users": users_used,
     }
     meta = {
         "sources": {
@@ -239,6 +241,18 @@ def train_ranker(
     }
     ranker = Ranker(space, model, popularity, meta, trend=trend, item_item=item_item)
     return ranker, summary
+
+
+def sample_users(
+    frame: pd.DataFrame, max_users: int, seed: int
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every row of at most `max_users` users (a seeded uniform sample; 0: all users), and
+    how many there were and how many were kept."""
+    users = frame[schema.USER_ID].unique()
+    if not max_users or len(users) <= max_users:
+        return frame, {"validation": len(users), "used": len(users)}
+    keep = np.random.default_rng(seed).choice(users, max_users, replace=False)
+    return frame[frame[schema.USER_ID].isin(keep)], {"validation": len(users), "used": max_users}
 
 
 def _histories(log: EventLog, space: FeatureSpace, requests: Sequence[Any]) -> list[np.ndarray]:
