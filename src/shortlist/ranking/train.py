@@ -20,7 +20,6 @@ the bundle serves (`summary["order"]`); neither shipping means the retrieval ord
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from shortlist.ranking.ranker import Ranker
 from shortlist.ranking.request_metrics import per_request_metrics, request_metrics
 from shortlist.ranking.requests import make_requests
 from shortlist.ranking.sources import CandidateSources, popular_order, trend_popularity
-from shortlist.tracking import metric_key
+from shortlist.ranking.tracking import epoch_logger, log_blend, log_result, log_start, ranker_run
 
 if TYPE_CHECKING:
     from shortlist.models.two_tower import TwoTowerRetriever
@@ -141,9 +140,9 @@ def train_ranker(
     key = f"ndcg@{rp.eval_k}"
 
     members, reports = [], []
-    with _mlflow(params, mlflow_run) as run:
+    with ranker_run(params, mlflow_run) as run:
         if run is not None:
-            _log_start(rp, seed, len(reqs), len(first), getattr(retriever, "fingerprint", ""))
+            log_start(rp, seed, len(reqs), len(first), getattr(retriever, "fingerprint", ""))
         for k in range(rp.ensemble):
             # Member k: its own seed, its own early-stopping users (bagging) and its own
             # decision users, disjoint from both: the stop users chose the epoch, so a
@@ -153,7 +152,7 @@ def train_ranker(
             fit_ex, stop_ex = train_rows.select(fit_mask), serve_rows.select(hold)
             decide_ex = serve_rows.select(judge)
             prefix = "" if k == 0 else f"member_{k}."
-            on_epoch = _epoch_logger(prefix) if run is not None else None
+            on_epoch = epoch_logger(prefix) if run is not None else None
             model, history = fit_network(
                 space, fit_ex, stop_ex, rp, seed=seed + k, progress=progress, on_epoch=on_epoch
             )
@@ -194,8 +193,8 @@ def train_ranker(
             blended = _blend(rp, _ease(train, space, rp), serve_rows, histories, seed, key)
         order = _order(decision, blended)
         if run is not None:
-            _log_result(final, baseline, decision, reports[0], rp.eval_k)
-            _log_blend(blended, order)
+            log_result(final, baseline, decision, reports[0], rp.eval_k)
+            log_blend(blended, order)
     model = members[0] if len(members) == 1 else DCNEnsemble(members)
 
     popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
@@ -336,18 +335,6 @@ def _neighbours(
     )
 
 
-def _log_blend(blended: dict[str, Any] | None, order: str) -> None:
-    import mlflow
-
-    mlflow.set_tag("ranker.order", order)
-    if blended is not None:
-        d = blended["decision"]
-        mlflow.set_tag("blend.decision", d.reason)
-        mlflow.log_metrics(
-            {"blend_weight": blended["weight"], "blend_gain": d.gain, "blend_gain_stderr": d.stderr}
-        )
-
-
 def _mean_metrics(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
@@ -366,67 +353,3 @@ def _folds(
     hold = draw < rp.holdout_fraction
     judge = (draw >= rp.holdout_fraction) & (draw < rp.holdout_fraction + rp.decision_fraction)
     return ~hold & ~judge, hold, judge
-
-
-def _mlflow(params: Params, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    """The ranker's MLflow run, or a context that yields None when logging is off."""
-    if not enabled:
-        return contextlib.nullcontext()
-    from shortlist.tracking import start_run
-
-    return start_run(params, run_name="ranker", stage="train_ranker")
-
-
-def _log_start(rp: RankerParams, seed: int, requests: int, users: int, towers: str) -> None:
-    import mlflow
-
-    mlflow.log_params({f"ranker.{k}": v for k, v in rp.model_dump().items()})
-    mlflow.log_params(
-        {"seed": seed, "requests": requests, "users": users, "tower_fingerprint": towers}
-    )
-
-
-def _epoch_logger(prefix: str):
-    """An `on_epoch` callback logging each epoch's row as MLflow metrics under `prefix`."""
-
-    def log_epoch(row: dict[str, Any]) -> None:
-        import mlflow
-
-        mlflow.log_metrics(
-            {prefix + metric_key(k): v for k, v in row.items() if k != "epoch"},
-            step=row["epoch"],
-        )
-
-    return log_epoch
-
-
-def _log_result(
-    final: dict[str, float],
-    baseline: dict[str, float],
-    decision: RankerDecision,
-    head: dict[str, Any],
-    eval_k: int,
-) -> None:
-    """Stop-set metrics, the ship decision and the first member's curves."""
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    from shortlist.models.reporting import plot_curves
-
-    mlflow.log_metrics({metric_key(f"stop_ranker_{k}"): v for k, v in final.items()})
-    mlflow.log_metrics({metric_key(f"stop_retrieval_{k}"): v for k, v in baseline.items()})
-    mlflow.set_tags(
-        {"ranker.shipped": str(decision.shipped).lower(), "ranker.decision": decision.reason}
-    )
-    mlflow.log_metrics({"ranker_gain": decision.gain, "ranker_gain_stderr": decision.stderr})
-    key = f"ndcg@{eval_k}"
-    fig = plot_curves(
-        head["history"],
-        [key],
-        loss_label="weighted logistic loss (fit)",
-        metric_label=f"held-out NDCG@{eval_k}",
-        best_epoch=head["best_epoch"],
-        reference={"retrieval order": head["stop_retrieval_only"][key]},
-    )
-    mlflow.log_figure(fig, "ranker_curves.png")
-    plt.close(fig)
