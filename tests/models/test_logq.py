@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from shortlist.models import logq
 from shortlist.models.logq import StreamingFrequencyEstimator
 
 
@@ -52,3 +54,24 @@ def test_unseen_ids_get_the_floor():
     p = est.probability(np.array([1, 999]))
     assert p[0] > 0.3
     assert p[1] == 1 / 6
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_the_scan_equals_the_occurrence_loop(monkeypatch, warm):
+    """Whole epochs take the O(n) scan; it must give what the per-occurrence loop gives."""
+    rng = np.random.default_rng(7)
+    ids = rng.zipf(1.3, 50_000) % 3000  # a popular head repeated thousands of times
+    pre = rng.integers(0, 200, 2000)
+    ests = []
+    for cells in (10**18, 0):  # the loop, then the scan
+        monkeypatch.setattr(logq, "LOOP_MAX_CELLS", cells)
+        est = StreamingFrequencyEstimator(hash_buckets=1 << 12, alpha=0.01)
+        if warm:
+            est.update(pre, 0)
+        est.update(ids, 2000)
+        ests.append(est)
+    loop, scan = ests
+    np.testing.assert_array_equal(loop.last_seen, scan.last_seen)
+    np.testing.assert_array_equal(loop.gaps_seen, scan.gaps_seen)
+    np.testing.assert_allclose(scan.gap, loop.gap, rtol=1e-8, atol=0)
+    assert loop.steps_seen == scan.steps_seen
