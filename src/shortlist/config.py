@@ -423,6 +423,9 @@ class EvaluationParams(_Section):
     # users at 1M items, and every user of a catalog up to 200k items x 10k users.
     max_cells: int = Field(2_000_000_000, ge=0)
     """Users x catalog scored per model at most; above, a seeded user sample (0: no cap)."""
+    # A grid point is a fit: at 10M interactions ALS's 12 points alone exceed an hour here.
+    tune_max_interactions: int = Field(2_000_000, ge=0)
+    """Baselines search their grid on a seeded user sample of this many train rows (0: all)."""
     # EASE inverts an items x items matrix: n^3 flops per lambda tried, ~40 s at 10k items
     # on 2 cores (20k: ~5 min and 3.2 GB), so a 1M-item retrain stays within its hour.
     ease_max_items: int = Field(10_000, gt=0)

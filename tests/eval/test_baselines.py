@@ -129,6 +129,8 @@ def test_make_baseline_reads_ease_max_items_and_tuning_sample(params):
     p = params.with_overrides({"evaluation.ease_max_items": 123, "evaluation.sample_users": 7})
     assert make_baseline("ease", p).max_items == 123
     assert make_baseline("als", p).tune_sample_users == 7
+    p = p.with_overrides({"evaluation.tune_max_interactions": 99})
+    assert make_baseline("item_knn", p).tune_max_interactions == 99
 
 
 def _random_recall(train, test, k):
@@ -174,6 +176,34 @@ def test_tuning_evaluates_every_grid_point_and_keeps_the_best():
     assert model.best_params["factors"] == best["factors"]
     # Refit on train + validation: the validation pairs are now part of the history.
     assert model._x.nnz == len(train) + len(validation)
+
+
+def test_grid_searched_on_a_user_sample_then_refitted_on_all(monkeypatch):
+    df = clustered(seed=5)
+    train, validation = holdout_last(df, 0.3, min_interactions=3)
+    cap = len(train) // 3
+    fitted_rows = []
+    real = EASE._fit_matrix
+
+    def spy(self, interactions, params):
+        fitted_rows.append(interactions)
+        real(self, interactions, params)
+
+    monkeypatch.setattr(EASE, "_fit_matrix", spy)
+    model = EASE({"lambda": [1.0, 10.0]}, tune_max_interactions=cap, seed=3)
+    model.refit_on_validation = False
+    model.fit(train, validation)
+    *tuned, final = fitted_rows
+    assert len(tuned) == 2 and all(len(t) <= cap for t in tuned)
+    users = set(tuned[0].user_id)
+    # Whole histories of the sampled users, and the same sample for every grid point.
+    assert len(tuned[0]) == len(train[train.user_id.isin(users)]) and set(tuned[1].user_id) == users
+    assert len(final) == len(train)
+    assert any("grid searched on a seeded sample" in n for n in model.notes)
+    unsampled = EASE({"lambda": [1.0, 10.0]}, tune_max_interactions=len(train)).fit(
+        train, validation
+    )
+    assert not any("sample" in n for n in unsampled.notes)
 
 
 def test_als_is_deterministic_for_a_seed():

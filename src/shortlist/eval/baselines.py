@@ -47,6 +47,7 @@ class _Baseline:
         threads: int = 1,
         tune_sample_users: int = 0,
         tune_max_cells: int = 0,
+        tune_max_interactions: int = 0,
     ):
         self.grid = {k: list(v) for k, v in (grid or {}).items()}
         self.tune_metric = tune_metric
@@ -55,6 +56,7 @@ class _Baseline:
         self.threads = threads
         self.tune_sample_users = tune_sample_users
         self.tune_max_cells = tune_max_cells
+        self.tune_max_interactions = tune_max_interactions
         self.notes: list[str] = []  # what a reader of its results must know (e.g. a sample)
         self.best_params: dict[str, Any] = {k: v[0] for k, v in self.grid.items()}
         self.tuning: list[dict[str, Any]] = []
@@ -74,16 +76,18 @@ class _Baseline:
 
         combos = [dict(zip(self.grid, vals, strict=True)) for vals in _product(self.grid)]
         self.tuning = []
+        self._tuning_note = ""
         if len(combos) > 1 and len(validation):
             segment, metric = "all", self.tune_metric
             k = int(metric.split("@")[1]) if "@" in metric else 20
             best = -np.inf
+            tune_train, tune_val = self._tuning_sample(train, validation)
             for combo in combos:
-                self._fit_matrix(train, combo)
+                self._fit_matrix(tune_train, combo)
                 res = evaluate(
                     self,
-                    train,
-                    validation,
+                    tune_train,
+                    tune_val,
                     ks=[k],
                     segments=["all"],
                     sample_users=self.tune_sample_users or None,
@@ -100,7 +104,30 @@ class _Baseline:
         if self.refit_on_validation and len(validation):
             full = pd.concat([train, validation], ignore_index=True)
         self._fit_matrix(full, self.best_params)
+        if self._tuning_note:
+            self.notes.append(self._tuning_note)
         return self
+
+    def _tuning_sample(
+        self, train: pd.DataFrame, validation: pd.DataFrame
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Train and validation of a seeded sample of users holding at most
+        `tune_max_interactions` train interactions (all users when 0 or when under it):
+        each grid point is then a fit on that sample, the refit stays on everything."""
+        cap = self.tune_max_interactions
+        if not cap or len(train) <= cap:
+            return train, validation
+        counts = train[schema.USER_ID].astype(str).value_counts()
+        order = np.random.default_rng(self.seed).permutation(len(counts))
+        kept = counts.index[order][np.cumsum(counts.to_numpy()[order]) <= cap]
+        tune_train = train[train[schema.USER_ID].astype(str).isin(kept)]
+        tune_val = validation[validation[schema.USER_ID].astype(str).isin(kept)]
+        self._tuning_note = (
+            f"grid searched on a seeded sample of {len(kept):,} of {len(counts):,} users "
+            f"({len(tune_train):,} of {len(train):,} train interactions; "
+            "evaluation.tune_max_interactions), refitted on all"
+        )
+        return tune_train, tune_val
 
     def score(self, user_ids: Sequence[str]) -> np.ndarray:
         rows = self._user_index.get_indexer(pd.Index([str(u) for u in user_ids]))
@@ -354,5 +381,6 @@ def make_baseline(name: str, params: Params) -> _Baseline:
         threads=ev.threads,
         tune_sample_users=ev.sample_users,
         tune_max_cells=ev.max_cells,
+        tune_max_interactions=ev.tune_max_interactions,
         **extra,
     )
