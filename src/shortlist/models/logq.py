@@ -24,8 +24,9 @@ import numpy as np
 
 from shortlist.models.features import stable_hash
 
-#: Above this many events x repeats of the commonest id, `update` scans instead of looping.
-LOOP_MAX_CELLS = 200_000_000
+#: Above this many events x repeats of the commonest id (~1 s of looping), `update` scans;
+#: below it the loop keeps the exact arithmetic of every smaller dataset trained so far.
+LOOP_MAX_CELLS = 2_000_000_000
 
 
 class StreamingFrequencyEstimator:
