@@ -12,7 +12,7 @@ The params are the repository's params.yaml with the working paths under --work,
 any --set given here (recorded in the result: a run with overrides is not the defaults).
 
     .venv/bin/python benchmarks/pipeline_scale.py [--interactions N --items M --users U]
-        [--set towers.epochs=1] [--work DIR] [--keep]
+        [--set towers.epochs=1] [--work DIR] [--keep] [--only train_towers --out FILE]
 """
 
 from __future__ import annotations
@@ -77,6 +77,23 @@ def run_stage(argv: list[str], log: Path) -> dict[str, Any]:
     }
 
 
+def summarise(records: dict[str, dict[str, Any]], order: list[str]) -> dict[str, Any]:
+    """The run against its targets: the sum of the stages' wall times and the largest
+    stage peak; complete when every stage ran and exited 0."""
+    failed = [name for name in order if records.get(name, {}).get("exit_code", 0) != 0]
+    wall = round(sum(r["wall_s"] for r in records.values()), 1)
+    peak = max(r["peak_rss_gib"] for r in records.values())
+    return {
+        "completed": not failed and all(name in records for name in order),
+        "stopped_at": failed[0] if failed else None,
+        "wall_s": wall,
+        "peak_rss_gib": peak,
+        "peak_stage": max(records, key=lambda k: records[k]["peak_rss_gib"]),
+        "wall_met": wall <= TARGET_WALL_S,
+        "rss_met": peak <= TARGET_RSS_GIB,
+    }
+
+
 def tail(path: Path, n: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
@@ -89,57 +106,75 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--work", type=Path, default=REPO / ".shortlist" / "bench" / "pipeline_scale")
     ap.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    ap.add_argument(
+        "--only",
+        default="",
+        help="comma-separated stages to run again on a kept --work directory (e.g. a stage "
+        "changed since the whole run); its params.yaml is rewritten with this run's --set",
+    )
     ap.add_argument("--out", type=Path, default=RESULT)
     args = ap.parse_args(argv)
 
     work = args.work.resolve()
-    shutil.rmtree(work, ignore_errors=True)
-    (work / "logs").mkdir(parents=True)
+    only = [name for name in args.only.split(",") if name]
+    if only:
+        if not (work / "params.yaml").exists():
+            ap.error(f"--only needs a kept run in {work} (run once with --keep)")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True, exist_ok=True)
     params = load_params(REPO / "params.yaml").under(work).with_overrides(args.overrides)
     params = params.with_overrides({"mlflow.tracking_uri": f"sqlite:///{work / 'mlflow.db'}"})
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
 
+    prov = provenance(__file__, argv)
     result: dict[str, Any] = {
         "benchmark": "pipeline_scale",
         "size": {"interactions": args.interactions, "items": args.items, "users": args.users},
         "overrides": args.overrides,
         "targets": {"wall_s": TARGET_WALL_S, "peak_rss_gib": TARGET_RSS_GIB},
-        "provenance": provenance(__file__, argv),
+        "provenance": prov,
         "stages": {},
     }
-    started = time.perf_counter()
-    for name, cli in stages(work, args):
+    if only and args.out.exists():  # a rerun replaces its stages in the earlier result
+        result = json.loads(args.out.read_text())
+        result.setdefault("reruns", []).append(
+            {"stages": only, "overrides": args.overrides, "provenance": prov}
+        )
+    planned = stages(work, args)
+    order = [name for name, _ in planned]
+    unknown = set(only) - set(order)
+    if unknown:
+        ap.error(f"unknown stages {sorted(unknown)}; known: {order}")
+    planned = [(name, cli) for name, cli in planned if not only or name in only]
+    for name, cli in planned:
         print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
         log = work / "logs" / f"{name}.log"
         record = run_stage([*SHORTLIST, *cli[:1], "--params", str(params_file), *cli[1:]], log)
+        record["commit"] = prov.get("commit")
         result["stages"][name] = record
         print(f"    {json.dumps(record)}", flush=True)
         failed = record["exit_code"] != 0
         if failed:
             record["log_tail"] = tail(log)
             print(record["log_tail"], flush=True)
-        total = round(time.perf_counter() - started, 1)
-        peak = max(s["peak_rss_gib"] for s in result["stages"].values())
-        result["summary"] = {
-            "completed": not failed and name == "canary",
-            "stopped_at": name if failed else None,
-            "wall_s": total,
-            "peak_rss_gib": peak,
-            "wall_met": total <= TARGET_WALL_S,
-            "rss_met": peak <= TARGET_RSS_GIB,
-        }
+        result["stages"] = {k: result["stages"][k] for k in order if k in result["stages"]}
+        result["summary"] = summarise(result["stages"], order)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         if failed:
             break
-    for name in ("metrics.json", "towers.json", "ranker_metrics.json"):
+    for name in ("towers.json", "ranker_metrics.json", "metrics.json"):
         found = sorted(work.rglob(name))
         if found:
-            result.setdefault("outputs", {})[name] = json.loads(found[0].read_text())
+            doc = json.loads(found[-1].read_text())
+            result.setdefault("outputs", {})[name] = {
+                k: v for k, v in doc.items() if len(json.dumps(v)) <= 2000
+            }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
-    if not args.keep:
+    if not args.keep and not only:
         shutil.rmtree(work, ignore_errors=True)
     return result
 

@@ -23,6 +23,30 @@ from shortlist.ranking.features import FEATURE_HISTORY, FeatureSpace, Request
 from shortlist.ranking.requests import LabeledRequest
 from shortlist.ranking.sources import CandidateSources
 
+#: From this catalog size random negatives are drawn by rejection instead of from the
+#: listed pool, whose construction costs O(catalog) per request (~0.6 s at 1M items).
+REJECTION_MIN_ITEMS = 50_000
+
+
+def sample_outside(rng: np.random.Generator, n_items: int, taken: np.ndarray, k: int) -> np.ndarray:
+    """Up to k distinct item rows from [0, n_items) outside the sorted unique `taken`, each
+    subset equally likely. Small catalogs draw from the listed pool (the stream every
+    result so far was produced with); large ones draw and reject, in O(k) per request."""
+    free = n_items - len(taken)
+    k = min(k, free)
+    if n_items < REJECTION_MIN_ITEMS or k > free // 2:
+        pool = np.setdiff1d(np.arange(n_items), taken)
+        return rng.choice(pool, size=k, replace=False)
+    out = np.empty(0, dtype=np.int64)
+    while len(out) < k:
+        draw = rng.integers(0, n_items, size=2 * (k - len(out)) + 8)
+        draw = draw[~np.isin(draw, taken)]
+        # First occurrences, in draw order: sequential draws without replacement.
+        merged = np.r_[out, draw]
+        _, first = np.unique(merged, return_index=True)
+        out = merged[np.sort(first)]
+    return out[:k]
+
 
 @dataclass
 class RankerRows:
@@ -136,8 +160,7 @@ def featurize(
         n_ret = len(rows)
         if random_negatives:
             taken = np.union1d(np.union1d(rows, ex), np.fromiter(req.positives, np.int64))
-            pool = np.setdiff1d(np.arange(space.n_items), taken)
-            neg = rng.choice(pool, size=min(random_negatives, len(pool)), replace=False)
+            neg = sample_outside(rng, space.n_items, taken, random_negatives)
             rows = np.r_[rows, np.sort(neg)].astype(np.int64)
             scores = np.r_[scores, retrieval.score_rows(q, np.sort(neg))].astype(np.float32)
         fr = Request(req.user_id, req.timestamp, list(hist), rows, scores, n_retrieved=n_ret)
