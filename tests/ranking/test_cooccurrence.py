@@ -42,6 +42,24 @@ def test_neighbours_are_each_rows_top_k_by_shrunk_cosine(monkeypatch):
         assert i not in got_idx
 
 
+def test_entry_budget_blocks_give_the_same_table(monkeypatch):
+    inter, items, _ = tiny_data()
+    index = {i: k for k, i in enumerate(items["item_id"])}
+    whole = ItemNeighbours.fit(inter, index, neighbours=5, shrink=3.0)
+    monkeypatch.setattr(C, "BLOCK_ENTRIES", 10)  # many blocks of a few rows each
+    split = ItemNeighbours.fit(inter, index, neighbours=5, shrink=3.0)
+    for name in ("indptr", "indices", "sims"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(whole, name))
+
+
+def test_blocks_respect_the_budget_and_the_row_cap():
+    cost = np.array([3, 3, 3, 20, 1, 1, 1, 1, 1])
+    got = C.blocks(cost, budget=6, max_rows=3)
+    assert got == [(0, 2), (2, 3), (3, 4), (4, 7), (7, 9)]
+    assert all(cost[a:b].sum() <= 6 or b - a == 1 for a, b in got)
+    assert C.blocks(np.array([]), 5, 2) == []
+
+
 def test_score_equals_item_knn_without_truncation():
     inter, items, _ = tiny_data()
     index = {i: k for k, i in enumerate(items["item_id"])}

@@ -26,8 +26,11 @@ import scipy.sparse as sp
 
 from shortlist.data import schema
 
-#: Item rows of the co-occurrence product computed at once (bounds the fit's memory).
+#: Item rows of the co-occurrence product computed at once, at most.
 BLOCK_ITEMS = 16_384
+#: Co-occurrence entries (bounded above) computed at once: ~24 bytes each before the top-k,
+#: so a block of popular items at a 1M catalog cannot take more than ~1 GB.
+BLOCK_ENTRIES = 40_000_000
 
 
 @dataclass
@@ -70,9 +73,10 @@ class ItemNeighbours:
         x.data[:] = 1.0  # duplicates were summed by the constructor: binarise
         xt = x.T.tocsr()
         norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+        # Entries of item i's row are at most its users' summed history lengths.
+        bound = np.minimum(xt @ np.asarray(x.sum(axis=1)).ravel(), n_items)
         rows, idx, vals = [], [], []
-        for start in range(0, n_items, BLOCK_ITEMS):
-            stop = min(start + BLOCK_ITEMS, n_items)
+        for start, stop in blocks(bound, BLOCK_ENTRIES, BLOCK_ITEMS):
             co = (xt[start:stop] @ x).tocoo()  # (block, n_items) co-occurrence counts
             r = co.row.astype(np.int64) + start
             c = co.col.astype(np.int64)
@@ -128,6 +132,20 @@ class ItemNeighbours:
             arrays[f"{prefix}.indices"].astype(np.int32),
             arrays[f"{prefix}.sims"].astype(np.float32),
         )
+
+
+def blocks(cost: np.ndarray, budget: float, max_rows: int) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) row ranges of at most `max_rows` rows whose summed `cost`
+    stays within `budget` (a row costing more than the budget alone is its own block)."""
+    out, start, total = [], 0, 0.0
+    for i, c in enumerate(np.asarray(cost, dtype=np.float64).tolist()):
+        if i > start and (total + c > budget or i - start >= max_rows):
+            out.append((start, i))
+            start, total = i, 0.0
+        total += c
+    if len(cost):
+        out.append((start, len(cost)))
+    return out
 
 
 def _top_per_row(r: np.ndarray, c: np.ndarray, sim: np.ndarray, k: int):
