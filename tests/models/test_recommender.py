@@ -54,3 +54,27 @@ def test_fit_score_and_folded_vectors(tmp_path):
         users=users,
     )
     np.testing.assert_allclose(again.score(["u0", "u5"]), scores[:2], atol=1e-6)
+
+
+def test_user_histories_match_the_per_call_builders():
+    """The recommender's one-off index gives what a scan of every interaction gives."""
+    from shortlist.models.recommender import UserHistories
+    from shortlist.models.two_tower import TwoTowerRetriever, histories_from
+
+    rng = np.random.default_rng(3)
+    n = 3_000
+    inter = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 200, n).astype(str),
+            "item_id": np.char.add("i", rng.integers(0, 90, n).astype(str)),
+            "timestamp": rng.integers(0, 40, n),  # many ties: the item id breaks them
+        }
+    )
+    ids = [*inter["user_id"].unique()[:50].tolist(), "nobody", "7"]
+    index = UserHistories(inter)
+    for k in (1, 5, 50):
+        assert index.histories(ids, k) == histories_from(inter, ids, k)
+    expected = TwoTowerRetriever.last_timestamps(None, inter, ids)
+    np.testing.assert_array_equal(index.last_timestamps(ids), expected)
+    empty = UserHistories(inter.iloc[:0])
+    assert empty.histories(["a"], 3) == [[]] and np.isnan(empty.last_timestamps(["a"])).all()

@@ -104,6 +104,7 @@ class TwoTowerRecommender:
         self.items = items.drop_duplicates(schema.ITEM_ID).reset_index(drop=True)
         self.item_ids = self.items[schema.ITEM_ID].astype(str).to_numpy()
         self._item_vectors = model.item_vectors(self.items)
+        self._by_user: UserHistories | None = None
 
     def item_vectors(self) -> np.ndarray:
         """(n_items, d or d+1) in `item_ids` order; inner product with query_vectors."""
@@ -111,11 +112,50 @@ class TwoTowerRecommender:
 
     def query_vectors(self, user_ids: Sequence[str]) -> np.ndarray:
         ids = [str(u) for u in user_ids]
-        histories = self.model.histories_from(self.interactions, ids)
-        timestamps = self.model.last_timestamps(self.interactions, ids)
+        if self._by_user is None:  # once: a block of users then costs its own rows only
+            self._by_user = UserHistories(self.interactions)
+        histories = self._by_user.histories(ids, self.model.history_len)
+        timestamps = self._by_user.last_timestamps(ids)
         return self.model.query_vectors(ids, histories, self.users, timestamps)
 
     def score(self, user_ids: Sequence[str]) -> np.ndarray:
         if self.model is None:
             raise RuntimeError("fit the recommender before scoring")
         return (self.query_vectors(user_ids) @ self._item_vectors.T).astype(np.float32)
+
+
+class UserHistories:
+    """Interactions sorted by (user, timestamp, item) with each user's row span, so the
+    history and last time of any user are a slice: the same values as
+    `two_tower.histories_from` and `TwoTowerRetriever.last_timestamps`, without a pass
+    over every interaction per block of evaluated users."""
+
+    def __init__(self, interactions: pd.DataFrame) -> None:
+        u = interactions[schema.USER_ID].astype(str).to_numpy()
+        i = interactions[schema.ITEM_ID].astype(str).to_numpy()
+        t = interactions[schema.TIMESTAMP].to_numpy()
+        # Sorted factorisation: the codes order as the strings do.
+        user_codes, users = pd.factorize(u, sort=True)
+        order = np.lexsort((pd.factorize(i, sort=True)[0], t, user_codes))
+        self.users = pd.Index(users)
+        self.ptr = np.searchsorted(user_codes[order], np.arange(len(users) + 1))
+        self.items = i[order]
+        self.times = t[order]
+
+    def histories(self, user_ids: Sequence[str], n: int) -> list[list[str]]:
+        """The last n item ids of each user (oldest first); [] for a user without any."""
+        pos = self.users.get_indexer(list(user_ids))
+        return [
+            self.items[max(self.ptr[p + 1] - n, self.ptr[p]) : self.ptr[p + 1]].tolist()
+            if p >= 0
+            else []
+            for p in pos
+        ]
+
+    def last_timestamps(self, user_ids: Sequence[str]) -> np.ndarray:
+        """Each user's latest interaction time; NaN for a user without any."""
+        pos = self.users.get_indexer(list(user_ids))
+        if not len(self.times):
+            return np.full(len(pos), np.nan)
+        last = self.times[self.ptr[np.maximum(pos, 0) + 1] - 1].astype(float)
+        return np.where(pos >= 0, last, np.nan)
