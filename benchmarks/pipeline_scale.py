@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result.setdefault("outputs", {})[name] = {
                 k: v for k, v in doc.items() if len(json.dumps(v)) <= 2000
             }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    # Paths inside the repository are written relative to it.
+    text = json.dumps(result, indent=2).replace(f"{REPO}/", "")
+    args.out.write_text(text + "\n")
     print(json.dumps(result["summary"], indent=2))
     if not args.keep and not only:
         shutil.rmtree(work, ignore_errors=True)
