@@ -4,7 +4,7 @@ On the shared tiny dataset with the shop's 30-item window, 262 of 300 users have
 more items than the window holds; excluding only the window would bring already-seen
 items back into their top 20. Against a real `shortlist serve`: no user (the heaviest,
 232 items, included) gets an item they interacted with, and each still gets a full list
-of 20.
+of 20; without exclusion, heavy users do get items they interacted with.
 """
 
 from __future__ import annotations
@@ -45,9 +45,15 @@ def test_no_heavy_user_gets_an_item_they_have_seen(shop):
             if again:
                 repeats[user] = sorted(again)
         assert not repeats, f"{len(repeats)} users got seen items: {list(repeats.items())[:3]}"
-        # the check has power: without exclusion the heaviest user does get seen items
-        body = {"user_id": str(heavy[0]), "k": 20, "exclude_seen": False}
-        shown = {i["item_id"] for i in server.post("/recommend", body).json()["items"]}
-        assert shown & seen[heavy[0]]
+        # The check has power: without exclusion heavy users do get seen items. Which
+        # user first shows one depends on the trained model, so any heavy user counts.
+        shown_seen = []
+        for user in heavy:
+            body = {"user_id": str(user), "k": 20, "exclude_seen": False}
+            shown = {i["item_id"] for i in server.post("/recommend", body).json()["items"]}
+            if shown & seen[user]:
+                shown_seen.append(user)
+                break
+        assert shown_seen, "no heavy user got a seen item even without exclude_seen"
     finally:
         server.stop()
