@@ -67,21 +67,23 @@ def run(
         if Ranker.exists(str(model_dir)):
             ranker = Ranker.load(str(model_dir))
 
+    from shortlist.models.recommender import UserHistories
+
+    by_user = UserHistories(inter)  # once: each batch then reads its own users' rows
     frames = []
     for start in range(0, len(user_ids), USER_BATCH):
         batch = user_ids[start : start + USER_BATCH]
-        histories = model.histories_from(inter, batch)
-        timestamps = model.last_timestamps(inter, batch)
+        histories = by_user.histories(batch, model.history_len)
+        timestamps = by_user.last_timestamps(batch)
         scores = model.query_vectors(batch, histories, data.users, timestamps) @ item_vecs.T
         row_of = pd.Index(batch)
         r = row_of.get_indexer(seen_u)
         ok = (r >= 0) & (seen_i >= 0)
         scores[r[ok], seen_i[ok]] = -np.inf
         if ranker is not None:  # funnel: rerank the top-N candidates with the ranker
-            from shortlist.models.two_tower import histories_from
             from shortlist.ranking.funnel import rerank_matrix
 
-            full = histories_from(inter, batch, len(inter) + 1)
+            full = by_user.histories(batch, len(inter) + 1)
             scores = rerank_matrix(
                 ranker, batch, full, scores, item_ids, timestamps, params.ranker.candidates
             )
