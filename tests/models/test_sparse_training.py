@@ -202,3 +202,53 @@ def test_prefetch_trains_the_same_weights(tiny_params, sparse):
         weights.append(fitted.net.state_dict())
     for k, v in weights[0].items():
         torch.testing.assert_close(v, weights[1][k], rtol=0, atol=0, msg=k)
+
+
+def test_history_bags_pool_like_the_dense_window(setup):
+    """Pooling over the distinct filled items (the sparse tables' path) gives the dense
+    window's query vectors and gradients, empty histories included; the history table's
+    gradient names each distinct item once."""
+    from shortlist.models.two_tower import history_bags
+
+    tp, _, _, examples, _ = setup
+    rows = np.arange(48)
+    prepared = _prepared(setup, rows)[0]
+    history = prepared["history"].clone()
+    history[0] = 0  # a user with no history: an empty bag
+    args = (prepared["user_idx"], prepared["user_feats"], history, prepared["context"])
+    out = []
+    for bags in (None, history_bags(history)):
+        net = _net(setup, bags is not None)
+        q = net.query_forward(*args, bags)
+        (q * torch.linspace(-1, 1, q.shape[1])).sum().backward()
+        grad = net.history_item.weight.grad
+        out.append((q.detach(), grad.to_dense(), net.recency.grad.clone(), grad))
+    (q_dense, g_dense, r_dense, _), (q_bags, g_bags, r_bags, sparse) = out
+    torch.testing.assert_close(q_bags, q_dense, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_bags, g_dense, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r_bags, r_dense, rtol=1e-5, atol=1e-6)
+    distinct = torch.unique(history[history > 0])
+    assert torch.equal(sparse._indices()[0], distinct)  # one gradient row per item
+
+
+def test_accidental_hits_are_the_off_diagonal_matches():
+    """The hits found by sorting are exactly the (example, candidate) pairs where the
+    candidate is the example's item, except the example's own positive."""
+    from shortlist.models.examples import accidental_hits
+
+    rng = np.random.default_rng(0)
+    for b, n_cand, n_items in [(64, 100, 20), (256, 400, 300), (5, 5, 2), (3, 10, 1000)]:
+        pos = rng.integers(1, n_items, b)
+        cand = np.concatenate([pos, rng.integers(1, n_items, n_cand - b)])
+        mask = pos[:, None] == cand[None, :]
+        mask[:, :b] &= ~np.eye(b, dtype=bool)
+        assert np.array_equal(np.sort(accidental_hits(pos, cand)), np.flatnonzero(mask))
+
+
+def test_the_prefetch_thread_leaves_the_callers_threads_alone():
+    """The assembling thread runs its torch work on one intra-op thread; the caller's
+    setting is its own and stays."""
+    before = torch.get_num_threads()
+    seen = list(prefetch(range(3), lambda _: torch.get_num_threads(), 2))
+    assert seen == [1, 1, 1]
+    assert torch.get_num_threads() == before

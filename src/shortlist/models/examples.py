@@ -174,6 +174,21 @@ def item_feature_tensors(state: FeatureState, items: pd.DataFrame) -> dict[str, 
     return out
 
 
+def accidental_hits(pos: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Flat indices into the (len(pos), len(cand)) logits of the accidental hits: where a
+    candidate is the example's own item but not its own positive (the diagonal of the
+    batch's positives), found by sorting the candidates rather than comparing every pair."""
+    order = np.argsort(cand, kind="stable")
+    ordered = cand[order]
+    lo = np.searchsorted(ordered, pos, side="left")
+    counts = np.searchsorted(ordered, pos, side="right") - lo
+    rows = np.repeat(np.arange(len(pos)), counts)
+    starts = np.repeat(lo - np.cumsum(counts) + counts, counts)
+    cols = order[starts + np.arange(len(rows))]
+    keep = cols != rows
+    return rows[keep] * len(cand) + cols[keep]
+
+
 def make_batch(
     ex: TowerExamples, rows: np.ndarray, tp: TowerParams, rng: np.random.Generator, n_items: int
 ) -> dict[str, torch.Tensor]:
@@ -193,6 +208,7 @@ def make_batch(
     return {
         "item_idx": torch.from_numpy(pos),
         "candidates": torch.from_numpy(cand),
+        "hits": torch.from_numpy(accidental_hits(pos, cand)),
         "candidates_in": torch.from_numpy(cand_in),
         "user_idx": torch.from_numpy(user_idx),
         "user_feats": torch.from_numpy(ex.user_feats[rows]),

@@ -152,7 +152,8 @@ def fit_towers(
     n_items = state.n_item_ids - 1
     counts = np.bincount(examples.item_idx, minlength=state.n_item_ids)[1:].astype(np.float64)
     log_pop = np.log((counts + 1.0) / (counts.sum() + n_items)).astype(np.float32)
-    set_sparse(net, resolve_sparse(tp, n_items, ranks.distributed))
+    sparse = resolve_sparse(tp, n_items, ranks.distributed)
+    set_sparse(net, sparse)
     t_prep = time.perf_counter() - t_start
 
     estimator = StreamingFrequencyEstimator(tp.logq.hash_buckets, tp.logq.alpha)
@@ -197,7 +198,15 @@ def fit_towers(
         def assemble(item: tuple[np.ndarray, np.ndarray, int]) -> Any:
             rows, batch_rows, at = item
             batch, log_q = prepare_batch(
-                examples, rows, host_feats, estimator, at, tp, batch_rng, batch_rows
+                examples,
+                rows,
+                host_feats,
+                estimator,
+                at,
+                tp,
+                batch_rng,
+                batch_rows,
+                bags=sparse,
             )
             if device.type == "cuda":  # page-locked, so the copy to the GPU is asynchronous
                 batch = {k: v.pin_memory() for k, v in batch.items()}

@@ -9,7 +9,7 @@ as negatives. Candidates that are the positive's own item are masked (accidental
 
 At a large catalog the embedding tables dominate a step's memory traffic, not its
 arithmetic. With sparse tables (`towers.sparse_embeddings`) the id, history and title
-tables get sparse gradients and SparseAdam updates only the rows a batch touched, and the
+tables get sparse gradients and `RowAdam` updates only the rows a batch touched, and the
 weight average catches a row up only when it changes (`WeightAverage`, exact because an
 untouched row does not move). A background thread (`prefetch`) assembles the next batches
 (examples, negatives, dropout, content, log Q) while the current one trains.
@@ -33,6 +33,8 @@ from torch.profiler import record_function
 from shortlist.config import TowerParams
 from shortlist.models.examples import TowerExamples, make_batch
 from shortlist.models.logq import StreamingFrequencyEstimator
+from shortlist.models.row_adam import RowAdam
+from shortlist.models.two_tower import history_bags
 
 
 def batch_loss(
@@ -47,23 +49,27 @@ def batch_loss(
     pos = batch["item_idx"]
     cand = batch["candidates"]  # positives of the batch, then uniform negatives
     cand_in = batch["candidates_in"]  # with id dropout applied
+    bags = {k: batch[f"bag_{k}"] for k in BAG_KEYS} if "bag_items" in batch else None
     q = net.query_forward(
-        batch["user_idx"], batch["user_feats"], batch["history"], batch["context"]
+        batch["user_idx"], batch["user_feats"], batch["history"], batch["context"], bags
     )
     content = [
         batch[f"candidate_{k}"] if f"candidate_{k}" in batch else item_feats[k][cand]
         for k in ("genres", "title", "numerics")
     ]  # gathered with the batch where it was assembled ahead (see prepare_batch)
     v = net.item_forward(cand_in, *content)
-    b = len(pos)
-    hits = pos[:, None] == cand[None, :]
-    hits[:, :b] &= ~torch.eye(b, dtype=torch.bool, device=pos.device)
-    logits = q @ v.T / temperature
+    # In place over the (batch, candidates) logits: each full pass costs a step as much as
+    # a matmul does at a large batch.
+    logits = (q @ v.T).div_(temperature)
     if log_q is not None:
-        logits = logits - log_q[None, :]
-    target = torch.arange(b, device=pos.device)
-    return nn.functional.cross_entropy(logits.masked_fill(hits, float("-inf")), target)
+        logits.sub_(log_q[None, :])
+    logits.view(-1).index_fill_(0, batch["hits"], float("-inf"))  # see accidental_hits
+    target = torch.arange(len(pos), device=pos.device)
+    return nn.functional.cross_entropy(logits, target)
 
+
+#: The history's bag index (`history_bags`), carried in a batch as "bag_<key>".
+BAG_KEYS = ("items", "inverse", "positions", "offsets")
 
 #: The embedding tables that take sparse gradients with `towers.sparse_embeddings`: one
 #: row per item, user or title bucket, of which a batch touches a few thousand.
@@ -91,11 +97,11 @@ def _table_params(net: nn.Module) -> list[nn.Parameter]:
 
 
 class TableOptimizer:
-    """SparseAdam on the sparse tables (a step touches the rows in the gradient only),
+    """Adam on the sparse tables' touched rows (`RowAdam`, SparseAdam's arithmetic),
     fused AdamW on every other parameter. Weight decay, if set, applies to the latter."""
 
     def __init__(self, sparse: list[nn.Parameter], dense: list[nn.Parameter], tp: TowerParams):
-        self.sparse = torch.optim.SparseAdam(sparse, lr=tp.learning_rate)
+        self.sparse = RowAdam(sparse, lr=tp.learning_rate)
         self.dense = torch.optim.AdamW(
             dense, lr=tp.learning_rate, weight_decay=tp.weight_decay, fused=True
         )
@@ -115,7 +121,7 @@ def make_optimizer(net: nn.Module, tp: TowerParams) -> torch.optim.Optimizer | T
 
     AdamW with the fused kernel, which updates every parameter tensor in one pass: ~10%
     less time a step on CPU here than the per-tensor loop. Where the tables are sparse
-    (`set_sparse`), a `TableOptimizer`: SparseAdam on them, the same AdamW on the rest.
+    (`set_sparse`), a `TableOptimizer`: `RowAdam` on them, the same AdamW on the rest.
     """
     tables = _table_params(net)
     if tables:
@@ -136,6 +142,8 @@ def prepare_batch(
     tp: TowerParams,
     rng: np.random.Generator,
     stream_rows: np.ndarray | None = None,
+    *,
+    bags: bool = False,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Everything of one step that does not depend on the weights: the batch of
     examples[rows] (`make_batch`), its candidates' content, and log Q of the candidates
@@ -146,7 +154,9 @@ def prepare_batch(
     distributed run `rows` is this rank's shard of the global batch `stream_rows`: the
     estimate sees the whole global batch (every rank then holds the same estimate, the
     one a single process would), while the expected counts are those of the candidates
-    this rank scores. Batches stay on the CPU (`apply_step` moves them).
+    this rank scores. Batches stay on the CPU (`apply_step` moves them). With `bags`
+    the batch carries the history's bag index (`history_bags`), which the sparse tables
+    train with: the history table then gets one gradient row per distinct item.
     """
     n_items = len(item_feats["genres"]) - 1
     with record_function("batch assembly"):
@@ -154,6 +164,8 @@ def prepare_batch(
         cand = batch["candidates"]
         for k in ("genres", "title", "numerics"):
             batch[f"candidate_{k}"] = item_feats[k][cand]
+        if bags:
+            batch.update({f"bag_{k}": v for k, v in history_bags(batch["history"]).items()})
     log_q = None
     if tp.logq.enabled:
         with record_function("logQ"):
@@ -247,6 +259,10 @@ def prefetch(items: Iterable[Any], fn: Callable[[Any], Any], depth: int) -> Iter
     stop = threading.Event()
 
     def produce() -> None:
+        # One intra-op thread here (the setting is per thread): the step's own threads
+        # already take the cores, and more threads than cores make both sides spin and
+        # wait (on 2 cores, 2 threads here made steps ~1.5x slower than no prefetching).
+        torch.set_num_threads(1)
         try:
             for item in items:
                 if stop.is_set():
@@ -322,7 +338,7 @@ class WeightAverage:
         weight = getattr(net, name).weight
         if weight.grad is None or not weight.grad.is_sparse:
             return None
-        weight.grad = weight.grad.coalesce()  # what SparseAdam does first: now done once
+        weight.grad = weight.grad.coalesce()  # what RowAdam does first: now done once
         return weight.grad.indices()[0]
 
     @torch.no_grad()

@@ -81,17 +81,61 @@ class TwoTowerNet(nn.Module):
         user_feats: torch.Tensor,
         history: torch.Tensor,
         context: torch.Tensor,
+        bags: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """The query vectors. `bags` (`history_bags(history)`, computed ahead) pools the
+        history over its distinct filled items instead of the whole (batch, len) window."""
         mask = history.gt(0)
         # Learned recency weights: softmax over the filled positions (last = most recent).
         logits = self.recency.expand_as(history).masked_fill(~mask, -1e9)
         w = torch.softmax(logits, dim=1) * mask.any(1, keepdim=True)
-        hist = torch.einsum("bl,ble->be", w, self.history_item(history))
-        hist_genres = torch.einsum("bl,blg->bg", w, self.genre_table[history])
+        if bags is None:
+            hist = torch.einsum("bl,ble->be", w, self.history_item(history))
+            hist_genres = torch.einsum("bl,blg->bg", w, self.genre_table[history])
+        else:
+            hist, hist_genres = self._pool_bags(w, bags)
         parts = [self.user_id(user_idx), hist, hist_genres]
         parts += [emb(user_feats[:, k]) for k, emb in enumerate(self.user_feats)]
         parts += [self.hour(context[:, 0]), self.weekday(context[:, 1])]
         return nn.functional.normalize(self.query_mlp(torch.cat(parts, dim=1)), dim=1)
+
+    def _pool_bags(
+        self, w: torch.Tensor, bags: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The recency-weighted sums of the history's item and genre rows, as weighted
+        bags over the distinct items: the item table is read (and, with sparse tables,
+        updated) once per distinct item, and padding costs nothing."""
+        items = bags["items"]
+        weights = w.flatten().index_select(0, bags["positions"])
+        hist = nn.functional.embedding_bag(
+            bags["inverse"],
+            self.history_item(items),
+            bags["offsets"],
+            mode="sum",
+            per_sample_weights=weights,
+        )
+        hist_genres = nn.functional.embedding_bag(
+            bags["inverse"],
+            self.genre_table.index_select(0, items),
+            bags["offsets"],
+            mode="sum",
+            per_sample_weights=weights,
+        )
+        return hist, hist_genres
+
+
+def history_bags(history: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The index `TwoTowerNet.query_forward` pools a (batch, len) history with: its
+    distinct filled items (`items`), for each filled position in row order its flat
+    position (`positions`) and the row of `items` it holds (`inverse`), and where each
+    batch row's positions start (`offsets`). A row with no history is an empty bag."""
+    flat = history.flatten()
+    positions = torch.nonzero(flat, as_tuple=True)[0]
+    items, inverse = torch.unique(flat.index_select(0, positions), return_inverse=True)
+    counts = history.gt(0).sum(1)
+    offsets = torch.zeros(len(history), dtype=torch.int64)
+    offsets[1:] = torch.cumsum(counts, 0)[:-1]
+    return {"items": items, "inverse": inverse, "positions": positions, "offsets": offsets}
 
 
 def history_matrix(histories: Sequence[Sequence[str]], state: FeatureState, n: int) -> np.ndarray:
