@@ -227,7 +227,7 @@ class TowerParams(_Section):
     # so small catalogs keep dense Adam; a distributed run always trains dense tables. On
     # ml-100k validation `on` was within seed noise of `off` (benchmarks/HISTORY.md).
     sparse_embeddings: Literal["auto", "on", "off"] = "auto"
-    """Id and title tables on SparseAdam, touched rows only; auto: on from sparse_min_items."""
+    """Id and title tables on RowAdam, touched rows only; auto: on from sparse_min_items."""
     sparse_min_items: int = Field(100_000, ge=0)
     """Catalog size from which sparse_embeddings auto turns sparse tables on."""
     prefetch_batches: int = Field(2, ge=0)

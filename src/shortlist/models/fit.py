@@ -12,10 +12,11 @@ its decisions. A single process (no torchrun environment) runs exactly the loop 
 before distributed training existed: the same random streams, the same numbers.
 
 At a large catalog (`towers.sparse_embeddings`, auto from `towers.sparse_min_items` items)
-the embedding tables train sparsely (`shortlist.models.objective`): SparseAdam on the rows
-a batch touches, a different optimiser from dense Adam, so those runs' numbers differ from
-dense ones; below the threshold nothing changes. Batches are assembled ahead of the steps
-by a background thread (`towers.prefetch_batches`), which changes no number.
+the embedding tables train sparsely (`shortlist.models.objective`): `RowAdam` on the rows
+a batch touches, the history pooled over its distinct items: a different optimiser from
+dense Adam, so those runs' numbers differ from dense ones; below the threshold nothing
+changes. Batches are assembled ahead of the steps by a background thread
+(`towers.prefetch_batches`), which changes no number.
 """
 
 from __future__ import annotations
