@@ -63,18 +63,17 @@ def fit_ease(
         shape=(int(users.max()) + 1, len(fitted)),
     )
     x.data[:] = 1.0  # duplicates were summed by the constructor: binarise
-    gram = (x.T @ x).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    p = np.linalg.inv(gram)
-    b = -p / np.diag(p)
-    np.fill_diagonal(b, 0.0)
     k = min(neighbours, len(fitted) - 1)
     if k <= 0:
         return ItemNeighbours.empty(n_items)
-    top = np.argpartition(-b, k - 1, axis=1)[:, :k]
-    w = np.take_along_axis(b, top, axis=1)
-    order = np.argsort(-w, axis=1, kind="stable")
-    top, w = np.take_along_axis(top, order, axis=1), np.take_along_axis(w, order, axis=1)
+    gram = (x.T @ x).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    b = np.linalg.inv(gram)
+    del gram
+    # B = -P / diag(P) with a zero diagonal, in place: one n x n matrix at a time.
+    b /= -np.diag(b)[None, :]
+    np.fill_diagonal(b, 0.0)
+    top, w = _top_per_row(b, k)
     lengths = np.zeros(n_items, np.int64)
     lengths[fitted] = k
     indptr = np.zeros(n_items + 1, np.int64)
@@ -82,6 +81,21 @@ def fit_ease(
     return ItemNeighbours(
         indptr, fitted[top].ravel().astype(np.int32), w.ravel().astype(np.float32)
     )
+
+
+def _top_per_row(b: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest entries of `b`, largest first (ties in column order), and their
+    columns; in blocks of rows, so the temporaries stay a block's size."""
+    top = np.empty((len(b), k), np.int64)
+    w = np.empty((len(b), k), b.dtype)
+    for s in range(0, len(b), block):
+        rows = b[s : s + block]
+        part = np.argpartition(-rows, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(rows, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        top[s : s + block] = np.take_along_axis(part, order, axis=1)
+        w[s : s + block] = np.take_along_axis(vals, order, axis=1)
+    return top, w
 
 
 def item_item_scores(
