@@ -240,3 +240,28 @@ def test_reference_numbers_on_ml100k_protocol(ml100k_path):
     assert seg["ndcg@20"] == pytest.approx(0.205, abs=0.01)
     assert seg["recall@200"] == pytest.approx(0.700, abs=0.015)
     assert seg["recall@20"] < seg["capped_recall@20"]  # |rel| > 20 for heavy users
+
+
+def test_the_fit_matrix_orders_ids_as_sorting_would():
+    """Users and items are indexed by hashing, in the sorted order np.unique gives, mixed
+    case, digits and non-ASCII ids included."""
+    from shortlist.eval.baselines import MostPopular
+
+    ids = ["b", "B", "10", "9", "é", "a b", "", "Ω", "user_10", "user_9"]
+    rng = np.random.default_rng(0)
+    inter = pd.DataFrame(
+        {
+            "user_id": rng.choice(ids, 300),
+            "item_id": rng.choice(ids, 300),
+            "timestamp": np.arange(300),
+            "weight": 1.0,
+        }
+    )
+    base = MostPopular()
+    base._fit_matrix(inter, {})
+    assert list(base.item_ids) == list(np.unique(inter["item_id"].astype(str)))
+    assert list(base._user_index) == list(np.unique(inter["user_id"].astype(str)))
+    x = base._x.toarray()
+    for u, i in zip(inter["user_id"], inter["item_id"], strict=True):
+        assert x[base._user_index.get_loc(u), list(base.item_ids).index(i)] == 1.0
+    assert x.sum() == len(inter.drop_duplicates(["user_id", "item_id"]))

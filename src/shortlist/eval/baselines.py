@@ -143,14 +143,13 @@ class _Baseline:
     def _fit_matrix(self, interactions: pd.DataFrame, params: dict[str, Any]) -> None:
         u = interactions[schema.USER_ID].astype(str).to_numpy()
         i = interactions[schema.ITEM_ID].astype(str).to_numpy()
-        self._user_index = pd.Index(np.unique(u))
-        self.item_ids = np.unique(i)
-        item_index = pd.Index(self.item_ids)
+        # Sorted distinct ids and each row's position among them (np.unique's result), by
+        # hashing: sorting millions of id strings took ~1 min a fit at 10M interactions.
+        user_rows, user_ids = pd.factorize(u, sort=True)
+        item_cols, self.item_ids = pd.factorize(i, sort=True)
+        self._user_index = pd.Index(user_ids)
         x = sp.csr_matrix(
-            (
-                np.ones(len(u), np.float32),
-                (self._user_index.get_indexer(u), item_index.get_indexer(i)),
-            ),
+            (np.ones(len(u), np.float32), (user_rows, item_cols)),
             shape=(len(self._user_index), len(self.item_ids)),
         )
         x.sum_duplicates()
