@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from shortlist.data import schema
+from shortlist.data.ids import catalog_positions, codes_of
 
 #: Item rows of the co-occurrence product computed at once, at most.
 BLOCK_ITEMS = 16_384
@@ -61,12 +62,13 @@ class ItemNeighbours:
         """Fit on `interactions` (user, item pairs; repeats count once; items outside
         `item_index` are ignored). Items without co-occurrences get empty rows."""
         n_items = len(item_index)
-        pos = interactions[schema.ITEM_ID].astype(str).map(item_index)
-        known = pos.notna().to_numpy()
+        pos = catalog_positions(interactions[schema.ITEM_ID], item_index)
+        known = pos >= 0
         if not known.any() or neighbours <= 0:
             return cls.empty(n_items)
-        users = pd.factorize(interactions[schema.USER_ID].astype(str).to_numpy()[known])[0]
-        cols = pos.to_numpy()[known].astype(np.int64)
+        # Rows in order of first appearance among the known events.
+        users = pd.factorize(codes_of(interactions[schema.USER_ID])[known])[0]
+        cols = pos[known]
         x = sp.csr_matrix(
             (np.ones(len(cols), np.float32), (users, cols)), shape=(users.max() + 1, n_items)
         )

@@ -96,7 +96,13 @@ class RankerRows:
     def standardise(self, space: FeatureSpace) -> None:
         """Standardise the dense features in place with `space`'s fitted statistics (rows
         featurised before `space.fit_standardisation` are raw)."""
-        self.dense = ((self.dense - space.mean) / space.std).astype(np.float32)
+        dense = self.dense.astype(np.float32, copy=False)
+        if not dense.flags.writeable:
+            dense = dense.copy()
+        # In place, in float32 as `(dense - mean) / std` would be: no full-size temporaries.
+        np.subtract(dense, space.mean, out=dense)
+        np.divide(dense, space.std, out=dense)
+        self.dense = dense
 
 
 def featurize(
@@ -191,7 +197,7 @@ def featurize(
         n_rel.append(len(set(req.positives) - set(ex.tolist())))
     cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
     return RankerRows(
-        dense=cat["d"].reshape(len(cat["y"]), -1).astype(np.float32)
+        dense=cat["d"].reshape(len(cat["y"]), -1).astype(np.float32, copy=False)
         if len(cat["y"])
         else np.zeros((0, space.n_dense), np.float32),
         user_idx=cat["u"].astype(np.int64),

@@ -31,6 +31,7 @@ def requests_at(
     positives: pd.DataFrame | None = None,
 ) -> list[LabeledRequest]:
     """One request per user at the given time; `seen` items are never candidates."""
+    seen = seen[seen[schema.USER_ID].astype(str).isin(list(dict.fromkeys(map(str, user_ids))))]
     ex = (
         seen.assign(
             u=seen[schema.USER_ID].astype(str),

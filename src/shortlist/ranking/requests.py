@@ -44,6 +44,8 @@ def make_requests(
         u=part[schema.USER_ID].astype(str),
         pos=part[schema.ITEM_ID].astype(str).map(item_index),
     )
+    # Only the part's users are asked for: the rest of `seen` (all of train) never is.
+    seen = seen[seen[schema.USER_ID].astype(str).isin(p["u"].unique())]
     seen_pos = (
         seen.assign(
             u=seen[schema.USER_ID].astype(str), pos=seen[schema.ITEM_ID].astype(str).map(item_index)

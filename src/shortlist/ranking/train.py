@@ -178,6 +178,9 @@ def train_ranker(
                     "history": history,
                 }
             )
+        # The training rows are done with; at 10M events they are gigabytes the blend's
+        # EASE fit below would otherwise sit on.
+        del train_rows, fit_ex, stop_ex, decide_ex
         # Each member is scored on its own stop users; the means compare like with like.
         final = _mean_metrics([r["stop_ranker"] for r in reports])
         baseline = _mean_metrics([r["stop_retrieval_only"] for r in reports])
@@ -191,15 +194,20 @@ def train_ranker(
         if rp.blend_weights:
             histories = _histories(log, space, first)
             blended = _blend(rp, _ease(train, space, rp), serve_rows, histories, seed, key)
+            del histories
         order = _order(decision, blended)
         if run is not None:
             log_result(final, baseline, decision, reports[0], rp.eval_k)
             log_blend(blended, order)
     model = members[0] if len(members) == 1 else DCNEnsemble(members)
+    # The serving snapshot below refits on everything; the ranked rows, the candidate
+    # index and the training-time item-item table go before the refits allocate theirs.
+    del serve_rows, retrieval, sources
 
     popularity = popularity_block(log, np.arange(space.n_items), log.end, space.windows_days)
     if space.neighbours is not None:
         # Serving snapshot as of the end of the log, as for popularity.
+        space.neighbours = None
         space.neighbours = _neighbours(seen_all, space, rp)
     trend = trend_popularity(seen_all, space.item_ids, half_life)
     head = reports[0]
