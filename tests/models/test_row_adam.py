@@ -39,6 +39,27 @@ def test_row_adam_equals_sparse_adam_bit_for_bit():
     assert untouched.any() and torch.equal(row.detach()[untouched], start[untouched])
 
 
+def test_row_adam_records_the_rows_it_moved():
+    """`moved` holds each parameter's rows of the last step with their weights before and
+    after it (what the weight average catches up from); untouched rows are not in it."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(50, 4))
+    opt = RowAdam([p], lr=0.1)
+    for grad in _grads(3, 50, 4, 20):
+        start = p.detach().clone()
+        p.grad = grad
+        opt.step()
+        rows, before, after = opt.moved[p]
+        assert torch.equal(rows, grad.coalesce().indices()[0])
+        assert torch.equal(before, start[rows]) and torch.equal(after, p.detach()[rows])
+        others = torch.ones(50, dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(p.detach()[others], start[others])
+    p.grad = None
+    opt.step()
+    assert opt.moved == {}
+
+
 def test_row_adam_refuses_dense_gradients_and_bad_settings():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     p.grad = torch.ones(3, 2)

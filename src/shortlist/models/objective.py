@@ -46,7 +46,6 @@ def batch_loss(
 ) -> torch.Tensor:
     """Sampled softmax of each query over the batch's candidates, logits dot / temperature
     minus `log_q` (None: uncorrected), accidental hits masked."""
-    pos = batch["item_idx"]
     cand = batch["candidates"]  # positives of the batch, then uniform negatives
     cand_in = batch["candidates_in"]  # with id dropout applied
     bags = {k: batch[f"bag_{k}"] for k in BAG_KEYS} if "bag_items" in batch else None
@@ -58,14 +57,46 @@ def batch_loss(
         for k in ("genres", "title", "numerics")
     ]  # gathered with the batch where it was assembled ahead (see prepare_batch)
     v = net.item_forward(cand_in, *content)
-    # In place over the (batch, candidates) logits: each full pass costs a step as much as
-    # a matmul does at a large batch.
-    logits = (q @ v.T).div_(temperature)
-    if log_q is not None:
-        logits.sub_(log_q[None, :])
-    logits.view(-1).index_fill_(0, batch["hits"], float("-inf"))  # see accidental_hits
-    target = torch.arange(len(pos), device=pos.device)
-    return nn.functional.cross_entropy(logits, target)
+    return _SampledSoftmax.apply(q, v, log_q, batch["hits"], temperature)
+
+
+class _SampledSoftmax(torch.autograd.Function):
+    """The mean cross-entropy of each query's positive (candidate i for query i) over the
+    logits q v^T / temperature - log Q with the accidental hits at -inf, computed with
+    the kernels autograd runs for the same expression, so the loss and the gradients of q
+    and v are equal to its bits (tested).
+
+    Autograd over the plain expression holds the (batch, candidates) logits twice and
+    makes five more full passes over them in the backward pass (copies for the in-place
+    masking of a view, the division's own tensor); here the logits are updated in place
+    and freed once log-softmaxed, and the gradient is divided and masked in place.
+    """
+
+    @staticmethod
+    def forward(ctx, q, v, log_q, hits, temperature):  # noqa: ANN001, ANN205 - torch's API
+        logits = q.mm(v.t())
+        logits.div_(temperature)
+        if log_q is not None:
+            logits.sub_(log_q[None, :])
+        logits.view(-1).index_fill_(0, hits, float("-inf"))  # see accidental_hits
+        out = torch.log_softmax(logits, 1)
+        del logits
+        target = torch.arange(len(q), device=q.device)
+        loss, total_weight = torch.ops.aten.nll_loss_forward(out, target, None, 1, -100)
+        ctx.save_for_backward(q, v, out, hits, target, total_weight)
+        ctx.temperature = temperature
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # noqa: ANN001, ANN205 - torch's API
+        q, v, out, hits, target, total_weight = ctx.saved_tensors
+        g = torch.ops.aten.nll_loss_backward(grad, out, target, None, 1, -100, total_weight)
+        g = torch.ops.aten._log_softmax_backward_data(g, out, 1, out.dtype)
+        g.div_(ctx.temperature)
+        g.view(-1).index_fill_(0, hits, 0.0)
+        # What autograd's matrix product returns: grad @ v, and (grad^T @ q) for v^T.
+        return g.mm(v), g.t().mm(q), None, None, None
 
 
 #: The history's bag index (`history_bags`), carried in a batch as "bag_<key>".
@@ -114,6 +145,11 @@ class TableOptimizer:
     def step(self) -> None:
         self.sparse.step()
         self.dense.step()
+
+    @property
+    def moved(self) -> dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The table rows the last step moved (`RowAdam.moved`)."""
+        return self.sparse.moved
 
 
 def make_optimizer(net: nn.Module, tp: TowerParams) -> torch.optim.Optimizer | TableOptimizer:
@@ -207,14 +243,11 @@ def apply_step(
     optimizer.zero_grad(set_to_none=True)
     with record_function("backward"):
         loss.backward()
-    if ema is not None:
-        with record_function("EMA of weights"):
-            ema.before_step(net)
     with record_function("optimizer step"):
         optimizer.step()
     if ema is not None:
         with record_function("EMA of weights"):
-            ema.update(net)
+            ema.update(net, getattr(optimizer, "moved", None))
     return float(loss.detach())
 
 
@@ -308,12 +341,12 @@ class WeightAverage:
 
     Sparse tables (`set_sparse`) are averaged lazily: a step moves the average of the
     rows it touched only. A row the optimiser did not touch keeps its weights w, and k
-    steps of averaging towards a constant w give w + (avg - w) * (d_1 ... d_k): so before
-    a row changes (`before_step`, between backward and the optimiser step) its weights are
-    noted, after the step (`update`) its average is caught up with the product of the
-    decays it missed and then moved by this step's, and `flush` catches up every row
-    before the average is read (evaluation, keeping the best weights). The result equals
-    the dense per-step average up to rounding, with no pass over untouched rows.
+    steps of averaging towards a constant w give w + (avg - w) * (d_1 ... d_k): so after
+    a step (`update`) each row `RowAdam` moved (its `moved`: the rows, their weights
+    before and after) has its average caught up towards the weights it held with the
+    product of the decays it missed, then moved by this step's; `flush` catches up every
+    row before the average is read (evaluation, keeping the best weights). The result
+    equals the dense per-step average up to rounding, with no pass over untouched rows.
     """
 
     def __init__(self, net: nn.Module, decay: float) -> None:
@@ -326,20 +359,13 @@ class WeightAverage:
         self.tables = names
         table_params = {id(getattr(net, n).weight) for n in names}
         pairs = list(zip(self.net.parameters(), net.parameters(), strict=True))
-        self._dense = [(a, c) for a, c in pairs if id(c) not in table_params]
+        dense = [(a, c) for a, c in pairs if id(c) not in table_params]
+        self._dense = ([a for a, _ in dense], [c for _, c in dense])
         # Sum of log decays applied so far, and per table row the sum at its last catch-up.
         self._log_decay = 0.0
         self._synced = {
             n: torch.zeros(getattr(net, n).weight.shape[0], dtype=torch.float64) for n in names
         }
-        self._touched: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _rows(self, net: nn.Module, name: str) -> torch.Tensor | None:
-        weight = getattr(net, name).weight
-        if weight.grad is None or not weight.grad.is_sparse:
-            return None
-        weight.grad = weight.grad.coalesce()  # what RowAdam does first: now done once
-        return weight.grad.indices()[0]
 
     @torch.no_grad()
     def _catch_up_all(self, name: str, cur: torch.Tensor) -> None:
@@ -350,33 +376,32 @@ class WeightAverage:
         synced.fill_(self._log_decay)
 
     @torch.no_grad()
-    def before_step(self, net: nn.Module) -> None:
-        """Note the table rows this step's gradient touches and the weights they held
-        since their last update (what their average has been moving towards)."""
-        self._touched = {}
-        for name in self.tables:
-            rows = self._rows(net, name)
-            if rows is not None:
-                self._touched[name] = (rows, getattr(net, name).weight.index_select(0, rows))
-
-    @torch.no_grad()
-    def update(self, net: nn.Module) -> None:
+    def update(
+        self,
+        net: nn.Module,
+        moved: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        """Follow the step just taken: every dense parameter, and the sparse tables' rows
+        in `moved` (the optimiser's record, `RowAdam.moved`; a table it lacks did not
+        move)."""
+        if self.tables and moved is None:
+            raise ValueError("sparse tables are averaged from the rows the step moved")
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, cur in self._dense:
-            avg.lerp_(cur, 1.0 - d)
+        torch._foreach_lerp_(*self._dense, 1.0 - d)
         missed = self._log_decay  # the decays up to the previous step
         self._log_decay += math.log(d)
-        for name, (rows, held) in self._touched.items():
+        for name in self.tables:
+            record = moved.get(getattr(net, name).weight)
+            if record is None:
+                continue
+            rows, held, now = record
             avg, synced = getattr(self.net, name).weight, self._synced[name]
             # Caught up to the previous step towards the weights held, then this step.
             factor = torch.exp(missed - synced.index_select(0, rows)).to(avg.dtype)[:, None]
             caught = held + (avg.index_select(0, rows) - held) * factor
-            avg.index_copy_(
-                0, rows, caught.lerp_(getattr(net, name).weight.index_select(0, rows), 1.0 - d)
-            )
+            avg.index_copy_(0, rows, caught.lerp_(now, 1.0 - d))
             synced.index_fill_(0, rows, self._log_decay)
-        self._touched = {}
 
     @torch.no_grad()
     def flush(self, net: nn.Module) -> None:

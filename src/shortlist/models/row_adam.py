@@ -5,6 +5,10 @@ equal to the last bit, tested), but on the rows directly: the moments and the we
 read with `index_select` and written with `index_add_`, instead of through sparse tensors
 (`sparse_mask`, sparse + dense), which cost twice as much a step on a table of a million
 rows. Like SparseAdam, a row's moments do not decay on the steps that skip it.
+
+Each step leaves, per parameter, the rows it moved with their values before and after
+(`moved`): the weight average catches those rows up from them without reading the table
+again.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class RowAdam(torch.optim.Optimizer):
         if lr <= 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid RowAdam settings: lr {lr}, betas {betas}, eps {eps}")
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        #: The last step's rows per parameter: (rows, their weights before, after).
+        self.moved: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's Optimizer signature
@@ -35,6 +41,7 @@ class RowAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self.moved = {}
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -64,5 +71,9 @@ class RowAdam(torch.optim.Optimizer):
                 denom = sq_update.add_(old_sq).sqrt_().add_(group["eps"])
                 step = state["step"]
                 step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                p.index_add_(0, rows, -step_size * numer.div_(denom))
+                update = -step_size * numer.div_(denom)
+                before = p.index_select(0, rows)
+                p.index_add_(0, rows, update)
+                after = before + update  # the rows are distinct (coalesced): what was added
+                self.moved[p] = (rows, before, after)
         return loss
