@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,12 +16,10 @@ from shortlist import stack
 from shortlist.config import Params
 
 
-def _start(params: Params, name: str) -> subprocess.Popen:
+def _start(params: Params, name: str, code: str = "import time; time.sleep(300)"):
     folder = stack.stack_dir(params)
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     deadline = time.monotonic() + 10
     while stack._start_time(proc.pid) is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -58,6 +57,56 @@ def test_down_stops_what_the_pid_files_name_and_nothing_else(params: Params) -> 
         assert stack.down(params) == {}
     finally:
         for proc in (mlflow, other):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+#: A leader with one child that stops it on its `act_on`-th SIGINT, `linger` seconds later;
+#: it notes each SIGINT in `log`.
+LEADER = """
+import signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+log, act_on, linger, seen = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), []
+def on_sigint(*_):
+    seen.append(1)
+    with open(log, "a") as f:
+        f.write("stopping\\n" if len(seen) == act_on else "ignored\\n")
+    if len(seen) == act_on:
+        child.terminate()
+        child.wait()
+        time.sleep(linger)
+        sys.exit(0)
+signal.signal(signal.SIGINT, on_sigint)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def _leader(params: Params, log: Path, act_on: int, linger: float) -> subprocess.Popen:
+    code = f"import sys; sys.argv[1:] = {[str(log), str(act_on), str(linger)]!r}\n{LEADER}"
+    proc = _start(params, "airflow", code)
+    deadline = time.monotonic() + 10
+    while not stack._children(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc
+
+
+def test_a_leader_that_missed_its_stop_signal_gets_it_again(params: Params, tmp_path, monkeypatch):
+    """A leader whose children are unchanged after STOP_RESEND_S is signalled again, and
+    stops cleanly; one that has begun stopping its children is not interrupted."""
+    monkeypatch.setattr(stack, "STOP_RESEND_S", 1.0)
+    svc = stack.Service("airflow", 0, "/", signal.SIGINT, 15.0)
+    pid_file = stack.stack_dir(params) / "airflow.pid"
+    for act_on, linger, want in [(2, 0.0, "ignored\nstopping\n"), (1, 2.5, "stopping\n")]:
+        log = tmp_path / f"leader-{act_on}.log"
+        proc = _leader(params, log, act_on, linger)
+        try:
+            assert stack._children(proc.pid), "the leader's child did not start"
+            assert stack._stop_leader(proc.pid, pid_file, svc)
+            assert proc.wait(timeout=10) == 0
+            assert log.read_text() == want
+        finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.wait()

@@ -10,9 +10,11 @@ of the pipeline's service account and of the reviewer are generated once into
 a login are refused, accounts read unless granted more. Every process the stack starts
 talks to MLflow as the service account (MLFLOW_TRACKING_USERNAME/PASSWORD). A pid file
 also records the process's start time, so `down` never signals a recycled pid: it stops
-exactly the processes `up` (or the demo) started, Airflow with one SIGINT to its leader
+exactly the processes `up` (or the demo) started, Airflow with SIGINT to its leader
 (standalone then stops its scheduler, triggerer, DAG processor and API server itself;
-SIGTERM, or SIGINT to the whole group, orphans or races them). Everything binds 127.0.0.1.
+SIGTERM, or SIGINT to the whole group, orphans or races them). A leader whose children
+are all still the same after `STOP_RESEND_S` has not acted on its signal and gets it
+again. Everything binds 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -387,11 +389,53 @@ def login_lines(params: Params, urls: dict[str, str], wait_s: float = 30) -> str
     return "\n".join(lines)
 
 
+#: Seconds after which a leader that has not begun to stop gets its stop signal again.
+STOP_RESEND_S = 20.0
+
+
 def _wait_gone(pid_file: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while _running(pid_file) and time.monotonic() < deadline:
         time.sleep(0.2)
     return _running(pid_file) is None
+
+
+def _children(pid: int) -> set[int]:
+    """The live (non-zombie) processes whose parent is `pid` (empty without /proc)."""
+    return {child for child, parent, _ in _live_processes() if parent == pid}
+
+
+def _stop_leader(pid: int, pid_file: Path, svc: Service) -> bool:
+    """Send the service's stop signal to its leader and wait up to its timeout for it to
+    exit; True when it did. While its children are all still the ones it had when
+    signalled, it has not acted on the signal (Airflow standalone has been seen to miss a
+    SIGINT): it gets the signal again every STOP_RESEND_S. A leader that has begun to stop
+    its children is left to finish (a second SIGINT would interrupt that)."""
+    children = _children(pid)
+    deadline = time.monotonic() + svc.stop_timeout_s
+    os.kill(pid, svc.stop_signal)
+    while time.monotonic() < deadline:
+        if _wait_gone(pid_file, min(STOP_RESEND_S, deadline - time.monotonic())):
+            return True
+        now = _children(pid)
+        if not children or now != children or time.monotonic() >= deadline:
+            return _wait_gone(pid_file, deadline - time.monotonic())
+        print(f"{svc.name:8s} has not acted on its stop signal: sending it again")
+        os.kill(pid, svc.stop_signal)
+    return _running(pid_file) is None
+
+
+def _live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of each process that is not a zombie, from /proc."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            out.append((int(stat.parent.name), int(fields[1]), int(fields[2])))
+    return out
 
 
 def _group_alive(pgid: int) -> bool:
@@ -402,17 +446,9 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return any(group == pgid for _, _, group in _live_processes())
 
 
 def down(params: Params, ports: dict[str, int] | None = None) -> dict[str, str]:
@@ -429,8 +465,7 @@ def down(params: Params, ports: dict[str, int] | None = None) -> dict[str, str]:
         pid = int(record["pid"])
         started = time.monotonic()
         # The leader only: it stops its own children in order (Airflow standalone does).
-        os.kill(pid, svc.stop_signal)
-        how = "clean" if _wait_gone(pid_file, svc.stop_timeout_s) else "forced"
+        how = "clean" if _stop_leader(pid, pid_file, svc) else "forced"
         if how == "forced":
             os.killpg(pid, signal.SIGKILL)
             _wait_gone(pid_file, 5)
