@@ -182,7 +182,7 @@ def run_variant(setup: Setup, tp: Any, steps: int, profile: bool = False) -> dic
     def assemble(item: tuple[np.ndarray, int]) -> Any:
         rows, pos = item
         return prepare_batch(
-            setup.examples, rows, setup.item_feats, estimator, pos, tp, rng, bags=sparse
+            setup.examples, rows, setup.item_feats, estimator, pos, tp, rng, table_rows=sparse
         )
 
     net.train()

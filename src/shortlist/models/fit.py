@@ -207,7 +207,7 @@ def fit_towers(
                 tp,
                 batch_rng,
                 batch_rows,
-                bags=sparse,
+                table_rows=sparse,
             )
             if device.type == "cuda":  # page-locked, so the copy to the GPU is asynchronous
                 batch = {k: v.pin_memory() for k, v in batch.items()}

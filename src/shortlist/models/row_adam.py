@@ -1,10 +1,13 @@
 """Adam for embedding tables with sparse gradients, updating only the rows a step touched.
 
-The arithmetic is `torch.optim.SparseAdam`'s, operation for operation (its results are
-equal to the last bit, tested), but on the rows directly: the moments and the weights are
-read with `index_select` and written with `index_add_`, instead of through sparse tensors
-(`sparse_mask`, sparse + dense), which cost twice as much a step on a table of a million
-rows. Like SparseAdam, a row's moments do not decay on the steps that skip it.
+Lazy Adam, as `torch.optim.SparseAdam`: a row's moments move only on the steps whose
+gradient names it, and the bias correction counts the table's steps. Each step gathers
+the named rows of every table's weights and moments, updates them all with the kernel of
+`Adam(fused=True)` (`torch._fused_adam_`: one pass over the gathered rows, where the
+same step written in tensor operations makes fifteen), and writes them back. A row named
+by every step therefore moves exactly as fused Adam moves it (tested). Adam adds eps
+after the bias correction, SparseAdam before it: they differ where a gradient is as
+small as eps.
 
 Each step leaves, per parameter, the rows it moved with their values before and after
 (`moved`): the weight average catches those rows up from them without reading the table
@@ -13,7 +16,6 @@ again.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -43,37 +45,66 @@ class RowAdam(torch.optim.Optimizer):
                 loss = closure()
         self.moved = {}
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
+            tables, rows, weights, grads, avgs, sqs, steps = [], [], [], [], [], [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if not p.grad.is_sparse:
                     raise ValueError("RowAdam takes sparse gradients; use Adam for dense ones")
-                grad = p.grad.coalesce()  # the update is non-linear: one value per row
-                rows, values = grad._indices()[0], grad._values()
-                if values.numel() == 0:
+                grad = _coalesced(p.grad)
+                if grad._nnz() == 0:
                     continue
                 state = self.state[p]
                 if not state:
-                    state["step"] = 0
+                    state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                # old <- b * old + (1 - b) * new, as old += (1 - b) * (new - old)
-                old_avg = exp_avg.index_select(0, rows)
-                avg_update = values.sub(old_avg).mul_(1 - beta1)
-                exp_avg.index_add_(0, rows, avg_update)
-                old_sq = exp_avg_sq.index_select(0, rows)
-                sq_update = values.pow(2).sub_(old_sq).mul_(1 - beta2)
-                exp_avg_sq.index_add_(0, rows, sq_update)
-                numer = avg_update.add_(old_avg)
-                denom = sq_update.add_(old_sq).sqrt_().add_(group["eps"])
-                step = state["step"]
-                step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-                update = -step_size * numer.div_(denom)
-                before = p.index_select(0, rows)
-                p.index_add_(0, rows, update)
-                after = before + update  # the rows are distinct (coalesced): what was added
-                self.moved[p] = (rows, before, after)
+                idx = grad._indices()[0]
+                tables.append(p)
+                rows.append(idx)
+                weights.append(p.index_select(0, idx))
+                grads.append(grad._values().contiguous())
+                avgs.append(state["exp_avg"].index_select(0, idx))
+                sqs.append(state["exp_avg_sq"].index_select(0, idx))
+                steps.append(state["step"])
+            if not tables:
+                continue
+            before = [w.clone() for w in weights]
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                weights,
+                grads,
+                avgs,
+                sqs,
+                [],
+                steps,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=group["eps"],
+                amsgrad=False,
+                maximize=False,
+            )
+            for p, idx, w, avg, sq, held in zip(
+                tables, rows, weights, avgs, sqs, before, strict=True
+            ):
+                state = self.state[p]
+                p.index_copy_(0, idx, w)
+                state["exp_avg"].index_copy_(0, idx, avg)
+                state["exp_avg_sq"].index_copy_(0, idx, sq)
+                self.moved[p] = (idx, held, w)
         return loss
+
+
+def _coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """`grad` with one value per row: as it is where its rows are already distinct and
+    sorted (the gradient of `gather_rows`, whose flag autograd's accumulation drops),
+    else coalesced (sorted, duplicates summed)."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if bool((rows[1:] > rows[:-1]).all()):
+        return grad._coalesced_(True)
+    return grad.coalesce()

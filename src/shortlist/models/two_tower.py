@@ -27,6 +27,7 @@ from torch import nn
 
 from shortlist.data import schema
 from shortlist.models.features import TITLE_TOKENS, FeatureState, encode_context
+from shortlist.models.table_rows import distinct_rows, gather_rows
 from shortlist.models.vectors import widen_queries
 
 WEIGHTS = "towers.safetensors"
@@ -69,10 +70,28 @@ class TwoTowerNet(nn.Module):
             nn.init.normal_(emb.weight, std=0.05)
 
     def item_forward(
-        self, item_idx: torch.Tensor, genres: torch.Tensor, title: torch.Tensor, numerics
+        self,
+        item_idx: torch.Tensor,
+        genres: torch.Tensor,
+        title: torch.Tensor,
+        numerics: torch.Tensor,
+        rows: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        title_vec = self.title(title) / title.gt(0).sum(1, keepdim=True).clamp(min=1)
-        x = torch.cat([self.item_id(item_idx), title_vec, genres, numerics], dim=1)
+        """The item vectors. `rows` (sparse tables in training: `distinct_rows` of
+        `item_idx` and `title` under "item_id" and "title") reads the ids through their
+        gathered rows: the same values, each table row's gradient already summed."""
+        if rows is None:
+            ids, title_sum = self.item_id(item_idx), self.title(title)
+        else:
+            ids = _lookup(self.item_id.weight, rows["item_id"])
+            title_sum = nn.functional.embedding_bag(
+                rows["title"]["local"],
+                gather_rows(self.title.weight, rows["title"]["rows"]),
+                mode="sum",
+                padding_idx=0,  # row 0 is position 0 of the title's distinct rows
+            )
+        title_vec = title_sum / title.gt(0).sum(1, keepdim=True).clamp(min=1)
+        x = torch.cat([ids, title_vec, genres, numerics], dim=1)
         return nn.functional.normalize(self.item_mlp(x), dim=1)
 
     def query_forward(
@@ -82,9 +101,12 @@ class TwoTowerNet(nn.Module):
         history: torch.Tensor,
         context: torch.Tensor,
         bags: dict[str, torch.Tensor] | None = None,
+        rows: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """The query vectors. `bags` (`history_bags(history)`, computed ahead) pools the
-        history over its distinct filled items instead of the whole (batch, len) window."""
+        history over its distinct filled items instead of the whole (batch, len) window;
+        `rows` (sparse tables in training: `distinct_rows` of `user_idx` under "user_id")
+        reads the user ids through their gathered rows, as `item_forward` does."""
         mask = history.gt(0)
         # Learned recency weights: softmax over the filled positions (last = most recent).
         logits = self.recency.expand_as(history).masked_fill(~mask, -1e9)
@@ -94,7 +116,12 @@ class TwoTowerNet(nn.Module):
             hist_genres = torch.einsum("bl,blg->bg", w, self.genre_table[history])
         else:
             hist, hist_genres = self._pool_bags(w, bags)
-        parts = [self.user_id(user_idx), hist, hist_genres]
+        user = (
+            self.user_id(user_idx)
+            if rows is None
+            else _lookup(self.user_id.weight, rows["user_id"])
+        )
+        parts = [user, hist, hist_genres]
         parts += [emb(user_feats[:, k]) for k, emb in enumerate(self.user_feats)]
         parts += [self.hour(context[:, 0]), self.weekday(context[:, 1])]
         return nn.functional.normalize(self.query_mlp(torch.cat(parts, dim=1)), dim=1)
@@ -107,9 +134,10 @@ class TwoTowerNet(nn.Module):
         updated) once per distinct item, and padding costs nothing."""
         items = bags["items"]
         weights = w.flatten().index_select(0, bags["positions"])
+        table = self.history_item
         hist = nn.functional.embedding_bag(
             bags["inverse"],
-            self.history_item(items),
+            gather_rows(table.weight, items) if table.sparse else table(items),
             bags["offsets"],
             mode="sum",
             per_sample_weights=weights,
@@ -124,6 +152,11 @@ class TwoTowerNet(nn.Module):
         return hist, hist_genres
 
 
+def _lookup(weight: torch.Tensor, index: dict[str, torch.Tensor]) -> torch.Tensor:
+    """weight[indices] through the indices' distinct rows (`distinct_rows`)."""
+    return nn.functional.embedding(index["local"], gather_rows(weight, index["rows"]))
+
+
 def history_bags(history: torch.Tensor) -> dict[str, torch.Tensor]:
     """The index `TwoTowerNet.query_forward` pools a (batch, len) history with: its
     distinct filled items (`items`), for each filled position in row order its flat
@@ -131,7 +164,8 @@ def history_bags(history: torch.Tensor) -> dict[str, torch.Tensor]:
     batch row's positions start (`offsets`). A row with no history is an empty bag."""
     flat = history.flatten()
     positions = torch.nonzero(flat, as_tuple=True)[0]
-    items, inverse = torch.unique(flat.index_select(0, positions), return_inverse=True)
+    index = distinct_rows(flat.index_select(0, positions))
+    items, inverse = index["rows"], index["local"]
     counts = history.gt(0).sum(1)
     offsets = torch.zeros(len(history), dtype=torch.int64)
     offsets[1:] = torch.cumsum(counts, 0)[:-1]
