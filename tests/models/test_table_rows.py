@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from shortlist.models.objective import SPARSE_TABLES, batch_loss
+from shortlist.models.logq import StreamingFrequencyEstimator
+from shortlist.models.objective import SPARSE_TABLES, batch_loss, prepare_batch
 from shortlist.models.table_rows import distinct_rows, gather_rows
 from tests.models.test_sparse_training import _net, _prepared, setup  # noqa: F401
 
@@ -63,9 +64,6 @@ def test_a_batch_through_its_table_rows_trains_as_the_plain_lookups(setup):  # n
     tp, _, _, examples, feats = setup
     rows = np.arange(48)
     plain, log_q = _prepared(setup, rows)
-    from shortlist.models.logq import StreamingFrequencyEstimator
-    from shortlist.models.objective import prepare_batch
-
     est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
     est.update(examples.item_idx, 0)
     gathered, log_q2 = prepare_batch(

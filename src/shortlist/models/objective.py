@@ -298,7 +298,8 @@ _DONE = object()
 
 #: The assembling thread's nice value: the lowest priority, so that it takes a core
 #: where the step leaves one idle instead of preempting the step's threads, whose
-#: parallel work then waits for the preempted one (~7% more examples/s on 2 cores).
+#: parallel work then waits for the preempted one (+3% to +10% examples/s on 2 cores in
+#: alternating blocks, benchmarks/HISTORY.md).
 PREFETCH_NICE = 19
 
 
