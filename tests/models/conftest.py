@@ -1,4 +1,5 @@
-"""Fixtures for the model tests: ml-100k as contract tables and a per-user temporal split."""
+"""Fixtures for the model tests: ml-100k as contract tables, a per-user temporal split, and
+the tiny data prepared for single training steps (`setup`, `make_net`, `make_batch`)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,46 @@ def tiny_params():
             "towers.logq.hash_buckets": 4096,
         }
     )
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_params):
+    """Causal-history towers params, the tiny data's feature state, items, training
+    examples and item feature tensors (for tests that drive single steps)."""
+    from shortlist.models.examples import build_examples, item_feature_tensors
+    from shortlist.models.features import FeatureState
+    from tests.models.test_two_tower import tiny_data
+
+    tp = tiny_params.towers.model_copy(update={"history_mode": "causal", "mixed_negatives": 8})
+    train, _, items, users = tiny_data()
+    state = FeatureState.fit(train, items, users, title_hash_buckets=64, user_buckets=1)
+    examples = build_examples(train, state, users, tp.history_len, "causal")
+    feats = item_feature_tensors(state, items)
+    return tp, state, items, examples, feats
+
+
+def make_net(setup, sparse: bool):
+    """The towers for `setup`, seeded, with sparse or dense embedding tables."""
+    import torch
+
+    from shortlist.models.fit import model_config
+    from shortlist.models.objective import set_sparse
+    from shortlist.models.two_tower import build_net
+
+    tp, state, items, _, _ = setup
+    torch.manual_seed(0)
+    net = build_net(state, model_config(tp), items)
+    set_sparse(net, sparse)
+    return net
+
+
+def make_batch(setup, rows, seed: int = 0):
+    """`prepare_batch` for the examples at `rows` of `setup`."""
+    from shortlist.models.logq import StreamingFrequencyEstimator
+    from shortlist.models.objective import prepare_batch
+
+    tp, _, _, examples, feats = setup
+    est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
+    est.update(examples.item_idx, 0)
+    rng = np.random.default_rng(seed)
+    return prepare_batch(examples, rows, feats, est, est.steps_seen, tp, rng)

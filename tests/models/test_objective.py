@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from shortlist.models.objective import _SampledSoftmax, batch_loss
-from tests.models.test_sparse_training import _net, _prepared, setup  # noqa: F401
+from tests.models.conftest import make_batch, make_net
 
 
 def _autograd_loss(q, v, log_q, hits, temperature):
@@ -56,11 +56,11 @@ def test_batch_loss_trains_every_weight_as_autograd_would(setup, sparse):  # noq
     """On a real batch (logQ, accidental hits, id dropout), every parameter's gradient
     through `batch_loss` equals the plain expression's."""
     tp, _, _, _, feats = setup
-    batch, log_q = _prepared(setup, np.arange(40))
+    batch, log_q = make_batch(setup, np.arange(40))
     assert len(batch["hits"]) > 0  # the tiny catalog repeats items: the mask is exercised
     grads = []
     for fn in (None, _autograd_loss):
-        net = _net(setup, sparse)
+        net = make_net(setup, sparse)
         if fn is None:
             loss = batch_loss(net, batch, feats, log_q, tp.temperature)
         else:

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from shortlist.models.examples import build_examples, item_feature_tensors
-from shortlist.models.features import FeatureState
-from shortlist.models.fit import fit_towers, model_config
+from shortlist.models.fit import fit_towers
 from shortlist.models.logq import StreamingFrequencyEstimator
 from shortlist.models.objective import (
     SPARSE_TABLES,
@@ -25,36 +23,9 @@ from shortlist.models.objective import (
     prefetch,
     prepare_batch,
     resolve_sparse,
-    set_sparse,
 )
-from shortlist.models.two_tower import build_net
+from tests.models.conftest import make_batch, make_net
 from tests.models.test_two_tower import tiny_data
-
-
-@pytest.fixture(scope="module")
-def setup(tiny_params):
-    tp = tiny_params.towers.model_copy(update={"history_mode": "causal", "mixed_negatives": 8})
-    train, _, items, users = tiny_data()
-    state = FeatureState.fit(train, items, users, title_hash_buckets=64, user_buckets=1)
-    examples = build_examples(train, state, users, tp.history_len, "causal")
-    feats = item_feature_tensors(state, items)
-    return tp, state, items, examples, feats
-
-
-def _net(setup, sparse: bool):
-    tp, state, items, _, _ = setup
-    torch.manual_seed(0)
-    net = build_net(state, model_config(tp), items)
-    set_sparse(net, sparse)
-    return net
-
-
-def _prepared(setup, rows, seed: int = 0):
-    tp, _, _, examples, feats = setup
-    est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
-    est.update(examples.item_idx, 0)
-    rng = np.random.default_rng(seed)
-    return prepare_batch(examples, rows, feats, est, est.steps_seen, tp, rng)
 
 
 def test_resolve_sparse(tiny_params):
@@ -79,15 +50,15 @@ def test_sparse_step_updates_only_touched_rows_like_dense_adam(setup):
     tp, _, _, examples, feats = setup
     assert tp.weight_decay == 0
     rows = np.arange(64)
-    dense, sparse = _net(setup, False), _net(setup, True)
+    dense, sparse = make_net(setup, False), make_net(setup, True)
     opt_dense, opt_sparse = make_optimizer(dense, tp), make_optimizer(sparse, tp)
     assert isinstance(opt_sparse, TableOptimizer)
     assert isinstance(opt_dense, torch.optim.AdamW)
     before = {k: v.clone() for k, v in sparse.state_dict().items()}
-    loss_d = apply_step(dense, opt_dense, _prepared(setup, rows), feats, tp)
-    loss_s = apply_step(sparse, opt_sparse, _prepared(setup, rows), feats, tp)
+    loss_d = apply_step(dense, opt_dense, make_batch(setup, rows), feats, tp)
+    loss_s = apply_step(sparse, opt_sparse, make_batch(setup, rows), feats, tp)
     assert loss_d == pytest.approx(loss_s, rel=1e-6)
-    prepared = _prepared(setup, rows)
+    prepared = make_batch(setup, rows)
     for name in SPARSE_TABLES:
         w0 = before[f"{name}.weight"]
         ws, wd = getattr(sparse, name).weight.detach(), getattr(dense, name).weight.detach()
@@ -111,7 +82,7 @@ def test_lazy_weight_average_equals_the_dense_average(setup):
     """With sparse tables the average catches rows up only when they change; after a
     flush it equals averaging every row after every step."""
     tp, _, _, examples, feats = setup
-    net = _net(setup, True)
+    net = make_net(setup, True)
     opt = make_optimizer(net, tp)
     lazy = WeightAverage(net, 0.9)
     assert lazy.tables == list(SPARSE_TABLES)
@@ -121,7 +92,7 @@ def test_lazy_weight_average_equals_the_dense_average(setup):
     # the plain average over every parameter
     perm = np.random.default_rng(1).permutation(len(examples))
     for k in range(12):
-        apply_step(net, opt, _prepared(setup, perm[k * 32 : (k + 1) * 32], k), feats, tp, ema=lazy)
+        apply_step(net, opt, make_batch(setup, perm[k * 32 : (k + 1) * 32], k), feats, tp, ema=lazy)
         reference.update(net)
     lazy.flush(net)
     for (name, a), b in zip(
@@ -206,13 +177,13 @@ def test_history_bags_pool_like_the_dense_window(setup):
 
     tp, _, _, examples, _ = setup
     rows = np.arange(48)
-    prepared = _prepared(setup, rows)[0]
+    prepared = make_batch(setup, rows)[0]
     history = prepared["history"].clone()
     history[0] = 0  # a user with no history: an empty bag
     args = (prepared["user_idx"], prepared["user_feats"], history, prepared["context"])
     out = []
     for bags in (None, history_bags(history)):
-        net = _net(setup, bags is not None)
+        net = make_net(setup, bags is not None)
         q = net.query_forward(*args, bags)
         (q * torch.linspace(-1, 1, q.shape[1])).sum().backward()
         grad = net.history_item.weight.grad

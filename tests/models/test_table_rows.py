@@ -11,7 +11,7 @@ from torch import nn
 from shortlist.models.logq import StreamingFrequencyEstimator
 from shortlist.models.objective import SPARSE_TABLES, batch_loss, prepare_batch
 from shortlist.models.table_rows import distinct_rows, gather_rows
-from tests.models.test_sparse_training import _net, _prepared, setup  # noqa: F401
+from tests.models.conftest import make_batch, make_net
 
 
 @pytest.mark.parametrize("top", [20, 100_000])  # marked in a table / sorted
@@ -63,7 +63,7 @@ def test_a_batch_through_its_table_rows_trains_as_the_plain_lookups(setup):  # n
     gradient of the same batch looked up directly, one gradient row per distinct row."""
     tp, _, _, examples, feats = setup
     rows = np.arange(48)
-    plain, log_q = _prepared(setup, rows)
+    plain, log_q = make_batch(setup, rows)
     est = StreamingFrequencyEstimator(4096, tp.logq.alpha)
     est.update(examples.item_idx, 0)
     gathered, log_q2 = prepare_batch(
@@ -73,7 +73,7 @@ def test_a_batch_through_its_table_rows_trains_as_the_plain_lookups(setup):  # n
     torch.testing.assert_close(log_q, log_q2, rtol=0, atol=0)
     out = []
     for batch in (plain, gathered):
-        net = _net(setup, True)
+        net = make_net(setup, True)
         loss = batch_loss(net, batch, feats, log_q, tp.temperature)
         loss.backward()
         out.append((loss.detach(), {n: p.grad for n, p in net.named_parameters()}))
