@@ -30,11 +30,26 @@ def _serve(world, live_root, tmp_path, **overrides):
     while client.get("/ready").status_code != 200 and time.time() < deadline:
         time.sleep(0.05)
     assert client.get("/ready").json()["bundle_id"]
+    if params.serving.bandit.cold_section:  # no cold-section draw before the replay
+        assert client.app.state.bandit_replayed.wait(30)
     return client
 
 
 def _lists(client, n, k=10):
     return [client.post("/recommend", json={"user_id": f"u{u}", "k": k}).json() for u in range(n)]
+
+
+def _drawn(bodies, k=10, share=0.1):
+    """The lists whose deepest exploration slot holds the bandit's cold-section draw, with
+    that item."""
+    out = []
+    for body in bodies:
+        items = body["items"]
+        deepest = max(it["position"] for it in items if it["explored"])
+        others = sum(it["item_id"] in NEVER for it in items if it["position"] != deepest)
+        if others < cold_slots(k, share) and items[deepest]["item_id"] in NEVER:
+            out.append((body, items[deepest]))
+    return out
 
 
 def test_the_deepest_exploration_slot_draws_from_the_cold_section(world, live_root, tmp_path):
@@ -97,5 +112,37 @@ def test_no_room_in_the_cold_share_or_off_leaves_the_list_alone(world, live_root
         ]
         assert np.mean([i in NEVER for i in deepest]) < 0.5  # the slot policy's own draws
         assert client.app.state.bandit.lists_served == 0
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_a_restart_replays_the_cold_section_draws_and_their_clicks(world, live_root, tmp_path):
+    """What the cold section learned survives a restart: every draw is a trial again and
+    the click on one a success, credited once (a retried event after the restart is not
+    counted twice)."""
+    on = {"serving.bandit.cold_section": True, "serving.max_cold_share": 0.1}
+    client = _serve(world, live_root, tmp_path, **on)
+    try:
+        drawn = _drawn(_lists(client, 30))
+        assert len(drawn) >= 20, len(drawn)
+        body, item = drawn[0]
+        ev = {"request_id": body["request_id"], "item_id": item["item_id"], "kind": "click"}
+        assert client.post("/events", json=ev).status_code == 200
+        bandit = client.app.state.bandit
+        alpha, beta = bandit.alpha.copy(), bandit.beta.copy()
+        assert alpha.sum() > 0 or beta.sum() > 0
+    finally:
+        client.__exit__(None, None, None)
+    row = bandit.row_of[item["item_id"]]
+
+    client = _serve(world, live_root, tmp_path, **on)
+    try:
+        after = client.app.state.bandit
+        assert after is not bandit
+        np.testing.assert_array_equal(after.beta, beta)  # every draw: a trial
+        np.testing.assert_array_equal(after.alpha, alpha)  # the click: a success
+        assert after.alpha[row] > np.median(after.alpha)
+        assert client.post("/events", json=ev).status_code in (200, 409)
+        np.testing.assert_array_equal(after.alpha, alpha)
     finally:
         client.__exit__(None, None, None)

@@ -146,8 +146,8 @@ def create_app(
     replayed = threading.Event()
 
     def bandit_ready() -> None:
-        # The posterior is rebuilt from the logs once, when the bandit is first needed
-        # (never while a bundle serves from the start).
+        # The posterior is rebuilt from the logs once: when the bandit first serves a
+        # whole list, or at start when it serves bundles' cold sections (`lifespan`).
         if bandit is None or replayed.is_set():
             return
         with replay_lock:
@@ -164,6 +164,9 @@ def create_app(
     async def lifespan(_app: FastAPI):
         _set_threads(s.threads)
         holder.start()
+        if bandit is not None and s.bandit.cold_section:
+            # Off the request path; a list gets a cold-section draw once this is done.
+            threading.Thread(target=bandit_ready, name="bandit-replay", daemon=True).start()
         try:
             yield
         finally:
@@ -181,6 +184,7 @@ def create_app(
     app.state.events = events
     app.state.served_lists = served_lists
     app.state.bandit = bandit
+    app.state.bandit_replayed = replayed
     metrics.watch_impressions(impressions)
     metrics.watch_events(events, served_lists)
     app.add_middleware(
@@ -218,6 +222,7 @@ def create_app(
             strategy=served.strategy,
             explored=None if served.explored is None else served.explored.tolist(),
             exploration_cost=served.exploration_cost,
+            bandit_position=served.bandit_position,
         )
         metrics.impression_rows.inc(len(served.item_ids))
         explored = 0 if served.explored is None else int(served.explored.sum())
@@ -240,7 +245,7 @@ def create_app(
             served = recommend(
                 sb, req, params, np.random.default_rng(), now=served_at, explore=True
             )
-            if bandit is not None and params.serving.bandit.cold_section:
+            if bandit is not None and s.bandit.cold_section and replayed.is_set():
                 served = with_cold_section(bandit, sb, served, request_id, req, params, sections)
             bundle_id = sb.bundle_id
         log_served(request_id, "/recommend", req.user_id, bundle_id, served, served_at)

@@ -32,9 +32,10 @@ same bandit once a bundle is live (`serving.bandit.cold_section`): the deepest e
 slot of a list shows one Thompson draw restricted to that section (`recommend(...,
 only=...)`) when the list's cold share (`serving.max_cold_share`) has room for one more
 cold item. It spends no slot the exploration budget does not already spend, and the cold
-items learn from their own clicks instead of from their content-based scores alone. Only
-the bandit's own lists are replayed after a restart: trials and successes of cold-section
-slots in a bundle's lists live in the process until it stops.
+items learn from their own clicks instead of from their content-based scores alone. The
+impressions log marks those draws (`bandit_draw`), so a restart replays them with the
+bandit's own lists; until that replay is done (a thread at start), lists get no
+cold-section draw, so nothing is counted twice.
 """
 
 from __future__ import annotations

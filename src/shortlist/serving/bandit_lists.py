@@ -47,13 +47,15 @@ def bandit_from_params(params: Params) -> bandit_mod.ThompsonBandit | None:
 def replay_bandit(
     bandit: bandit_mod.ThompsonBandit, params: Params, impressions_dir: str, events_dir_: str
 ) -> None:
-    """Rebuild the posterior from the lists the bandit served before (impressions named
-    `bandit`) and their events, so a restart keeps what it learned."""
+    """Rebuild the posterior from what the bandit showed before (the lists it served,
+    named `bandit`, and its cold-section draws in bundles' lists, `bandit_draw`) and the
+    events on them, so a restart keeps what it learned."""
     try:
         endpoint = params.storage.s3_endpoint_url
-        columns = ["request_id", "item_id", "bundle_id"]
+        columns = ["request_id", "item_id", "bundle_id", "bandit_draw"]
         shown = read_log(impressions_dir, "impressions", columns, endpoint)
-        shown = shown[shown["bundle_id"] == bandit_mod.BUNDLE_ID]
+        drawn = shown["bandit_draw"].fillna(False).astype(bool)
+        shown = shown[(shown["bundle_id"] == bandit_mod.BUNDLE_ID) | drawn]
         if len(shown):
             columns = ["request_id", "item_id", "kind", "value"]
             events = read_log(events_dir_, "events", columns, endpoint)
@@ -65,7 +67,8 @@ def replay_bandit(
 
 
 def read_log(directory: str, prefix: str, columns: list[str], endpoint: str | None):
-    """Every row of a log directory's Parquet files (named `<prefix>-...`), these columns."""
+    """Every row of a log directory's Parquet files (named `<prefix>-...`), these columns
+    (null where a file predates a column)."""
     import io
 
     import pandas as pd
@@ -76,11 +79,16 @@ def read_log(directory: str, prefix: str, columns: list[str], endpoint: str | No
 
     store = open_store(directory, endpoint_url=endpoint)
     keys = [k for k in store.list() if "/" not in k and k.startswith(prefix + "-")]
-    tables = [
-        pq.read_table(io.BytesIO(store.read_bytes(k)), columns=columns)
-        for k in keys
-        if k.endswith(".parquet")
-    ]
+    tables = []
+    for key in keys:
+        if not key.endswith(".parquet"):
+            continue
+        file = pq.ParquetFile(io.BytesIO(store.read_bytes(key)))
+        table = file.read(columns=[c for c in columns if c in file.schema_arrow.names])
+        for c in columns:
+            if c not in table.column_names:
+                table = table.append_column(c, pa.nulls(len(table)))
+        tables.append(table.select(columns))
     if not tables:
         return pd.DataFrame({c: [] for c in columns})
     return pa.concat_tables(tables, promote_options="default").to_pandas()
@@ -144,6 +152,7 @@ def with_cold_section(
         item_ids,
         served.explored,
         served.exploration_cost,
+        bandit_position=pos,
     )
 
 

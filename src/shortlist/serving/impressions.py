@@ -28,8 +28,9 @@ popularity prior), propensity (see `shortlist.serving.recommend`: the probabilit
 policy shows this item at this position), policy, strategy, explored (the item was
 drawn by an exploration slot, `shortlist.serving.explore`) and exploration_cost (the
 list's expected loss in score against the greedy list, repeated on each of its rows; 0
-when greedy). Files written before these two columns existed lack them: read them as
-False and 0.
+when greedy) and bandit_draw (the item is the bandit's cold-section draw,
+`shortlist.serving.bandit`: a trial the bandit replays after a restart). Files written
+before these columns existed lack them: read them as False, 0 and False.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ SCHEMA = pa.schema(
         pa.field("strategy", pa.string(), nullable=False),
         pa.field("explored", pa.bool_(), nullable=False),
         pa.field("exploration_cost", pa.float64(), nullable=False),
+        pa.field("bandit_draw", pa.bool_(), nullable=False),
     ]
 )
 COLUMNS = SCHEMA.names
@@ -82,6 +84,8 @@ def _extend(columns: dict[str, list[Any]], record: dict[str, Any]) -> int:
     c["strategy"].extend([record["strategy"]] * n)
     c["explored"].extend(record.get("explored") or [False] * n)
     c["exploration_cost"].extend([float(record.get("exploration_cost") or 0.0)] * n)
+    drawn = record.get("bandit_position")
+    c["bandit_draw"].extend(pos == drawn for pos in range(n))
     return n
 
 
@@ -124,8 +128,10 @@ class ImpressionLog(WriteAheadLog):
         strategy: str,
         explored: list[bool] | None = None,
         exploration_cost: float = 0.0,
+        bandit_position: int | None = None,
     ) -> None:
-        """Log one served list: in the write-ahead file (kernel) when this returns."""
+        """Log one served list: in the write-ahead file (kernel) when this returns.
+        `bandit_position`: the position holding the bandit's cold-section draw, if any."""
         if not item_ids:
             return
         record = {
@@ -142,6 +148,7 @@ class ImpressionLog(WriteAheadLog):
             "strategy": strategy,
             "explored": None if explored is None else [bool(x) for x in explored],
             "exploration_cost": float(exploration_cost),
+            "bandit_position": None if bandit_position is None else int(bandit_position),
         }
         line = self._encode(record)
         with self._lock:

@@ -156,6 +156,7 @@ class Served:
     item_ids: list[str]
     explored: np.ndarray | None = None  # bool per position: drawn by an exploration slot
     exploration_cost: float = 0.0  # greedy score sum - expected served score sum
+    bandit_position: int | None = None  # the position the bandit's cold-section draw took
 
 
 def _pick(
