@@ -1,13 +1,16 @@
 """With a live bundle, the bandit serves the catalog section with no interactions through
-the deepest exploration slot, bounded by the cold share (`serving.bandit.cold_section`)."""
+the deepest exploration slot, bounded by the cold share (`serving.bandit.cold_section`),
+and a restarted server replays what that section learned before it is ready."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
 from fastapi.testclient import TestClient
 
+import shortlist.serving.app as app_mod
 from shortlist.ranking.cold_share import cold_slots
 from shortlist.serving.app import create_app
 
@@ -30,8 +33,8 @@ def _serve(world, live_root, tmp_path, **overrides):
     while client.get("/ready").status_code != 200 and time.time() < deadline:
         time.sleep(0.05)
     assert client.get("/ready").json()["bundle_id"]
-    if params.serving.bandit.cold_section:  # no cold-section draw before the replay
-        assert client.app.state.bandit_replayed.wait(30)
+    if params.serving.bandit.cold_section:  # ready only once the replay is done
+        assert client.app.state.bandit_replayed.is_set()
     return client
 
 
@@ -146,3 +149,34 @@ def test_a_restart_replays_the_cold_section_draws_and_their_clicks(world, live_r
         np.testing.assert_array_equal(after.alpha, alpha)
     finally:
         client.__exit__(None, None, None)
+
+
+def test_not_ready_and_no_cold_draw_until_the_replay_is_done(
+    world, live_root, tmp_path, monkeypatch
+):
+    release = threading.Event()
+    real = app_mod.replay_bandit
+    monkeypatch.setattr(app_mod, "replay_bandit", lambda *a: (release.wait(30), real(*a)))
+    root, _a, _b = live_root
+    params = world.params.with_overrides(
+        {
+            "data.dir": world.data_dir,
+            "serving.impressions_dir": str(tmp_path / "imp"),
+            "serving.exploration_slots": 2,
+            "serving.bandit.cold_section": True,
+            "serving.max_cold_share": 0.1,
+        }
+    )
+    with TestClient(create_app(params, root=root)) as client:
+        deadline = time.time() + 30
+        while client.app.state.holder.current is None and time.time() < deadline:
+            time.sleep(0.05)
+        r = client.get("/ready")
+        assert r.status_code == 503 and "replaying" in r.json()["detail"], r.text
+        _lists(client, 10)  # served meanwhile, from the bundle alone
+        assert client.app.state.bandit.lists_served == 0
+        release.set()
+        assert client.app.state.bandit_replayed.wait(30)
+        assert client.get("/ready").status_code == 200
+        assert len(_drawn(_lists(client, 20))) > 0
+        assert client.app.state.bandit.lists_served > 0

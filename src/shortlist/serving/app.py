@@ -165,7 +165,8 @@ def create_app(
         _set_threads(s.threads)
         holder.start()
         if bandit is not None and s.bandit.cold_section:
-            # Off the request path; a list gets a cold-section draw once this is done.
+            # Off the request path; /ready waits for it, and until it is done no list
+            # gets a cold-section draw.
             threading.Thread(target=bandit_ready, name="bandit-replay", daemon=True).start()
         try:
             yield
@@ -340,6 +341,9 @@ def create_app(
             return JSONResponse({"ready": True, "bundle_id": None, "serving": "bandit"})
         if sb is None:
             return JSONResponse({"ready": False, "detail": "no bundle loaded" + _why(holder)}, 503)
+        if bandit is not None and s.bandit.cold_section and not replayed.is_set():
+            detail = "replaying the bandit's logged draws (serving.bandit.cold_section)"
+            return JSONResponse({"ready": False, "detail": detail}, 503)
         return JSONResponse({"ready": True, "bundle_id": sb.bundle_id})
 
     @app.get("/version")

@@ -34,8 +34,8 @@ only=...)`) when the list's cold share (`serving.max_cold_share`) has room for o
 cold item. It spends no slot the exploration budget does not already spend, and the cold
 items learn from their own clicks instead of from their content-based scores alone. The
 impressions log marks those draws (`bandit_draw`), so a restart replays them with the
-bandit's own lists; until that replay is done (a thread at start), lists get no
-cold-section draw, so nothing is counted twice.
+bandit's own lists. The replay runs in a thread at start and `/ready` waits for it; no
+list gets a cold-section draw before it is done, so nothing is counted twice.
 """
 
 from __future__ import annotations
