@@ -68,6 +68,7 @@ def test_dags_test_joins_and_lands(airflow_home, params_file: Path, params) -> N
             "strategy": ["personalized"] * 3,
             "explored": [False] * 3,
             "exploration_cost": [0.0] * 3,
+            "bandit_draw": [False] * 3,
         },
         imp.SCHEMA,
     )

@@ -100,7 +100,8 @@ def _inverse_in_place(gram: np.ndarray) -> np.ndarray:
     """The inverse of the symmetric `gram`, as `np.linalg.inv` computes it (LAPACK gesv
     against the identity) but factorising `gram` in its own buffer and solving into the
     identity's: two n x n matrices live instead of four (0.8 GB each at 10,000 items).
-    `gram` is overwritten. The result is Fortran-ordered."""
+    `gram` is overwritten. The result is Fortran-ordered. (scipy's LAPACK: on some CPUs it
+    differs from numpy's own OpenBLAS build in the last bit.)"""
     from scipy.linalg import lapack
 
     n = len(gram)
