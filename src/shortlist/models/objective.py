@@ -76,8 +76,9 @@ class _SampledSoftmax(torch.autograd.Function):
 
     Autograd over the plain expression holds the (batch, candidates) logits twice and
     makes five more full passes over them in the backward pass (copies for the in-place
-    masking of a view, the division's own tensor); here the logits are updated in place
-    and freed once log-softmaxed, and the gradient is divided and masked in place.
+    masking of a view, the division's own tensor); here one (batch, candidates) buffer
+    serves each pass: the logits are scaled, masked and log-softmaxed in place, and the
+    gradient is computed, divided and masked in the buffer nll's gradient was written to.
     """
 
     @staticmethod
@@ -87,8 +88,8 @@ class _SampledSoftmax(torch.autograd.Function):
         if log_q is not None:
             logits.sub_(log_q[None, :])
         logits.view(-1).index_fill_(0, hits, float("-inf"))  # see accidental_hits
-        out = torch.log_softmax(logits, 1)
-        del logits
+        # Written over the logits: the kernel reads a row whole before it writes it.
+        out = torch.ops.aten._log_softmax.out(logits, 1, False, out=logits)
         target = torch.arange(len(q), device=q.device)
         loss, total_weight = torch.ops.aten.nll_loss_forward(out, target, None, 1, -100)
         ctx.save_for_backward(q, v, out, hits, target, total_weight)
@@ -100,7 +101,8 @@ class _SampledSoftmax(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001, ANN205 - torch's API
         q, v, out, hits, target, total_weight = ctx.saved_tensors
         g = torch.ops.aten.nll_loss_backward(grad, out, target, None, 1, -100, total_weight)
-        g = torch.ops.aten._log_softmax_backward_data(g, out, 1, out.dtype)
+        # Written over g: the kernel sums a row of g before it writes that row.
+        torch.ops.aten._log_softmax_backward_data.out(g, out, 1, out.dtype, out=g)
         g.div_(ctx.temperature)
         g.view(-1).index_fill_(0, hits, 0.0)
         # What autograd's matrix product returns: grad @ v, and (grad^T @ q) for v^T.
