@@ -14,7 +14,8 @@ from shortlist.models.table_rows import distinct_rows, gather_rows
 from tests.models.conftest import make_batch, make_net
 
 
-@pytest.mark.parametrize("top", [20, 100_000, 2**33])  # marked in a table / sorted (int32 / int64)
+# Marked in a table (a range of 20 and of 5,000 for 192 values), sorted (int32, int64).
+@pytest.mark.parametrize("top", [20, 5_000, 100_000, 2**33])
 @pytest.mark.parametrize("with_zero", [False, True])
 def test_distinct_rows_are_torch_unique(top, with_zero):
     gen = torch.Generator().manual_seed(top)
