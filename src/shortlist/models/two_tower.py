@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from shortlist.data import schema
+from shortlist.models.bag_sums import bag_sums
 from shortlist.models.features import TITLE_TOKENS, FeatureState, encode_context
 from shortlist.models.table_rows import distinct_rows, gather_rows
 from shortlist.models.vectors import widen_queries
@@ -84,11 +85,10 @@ class TwoTowerNet(nn.Module):
             ids, title_sum = self.item_id(item_idx), self.title(title)
         else:
             ids = _lookup(self.item_id.weight, rows["item_id"])
-            title_sum = nn.functional.embedding_bag(
-                rows["title"]["local"],
+            title_sum = bag_sums(
                 gather_rows(self.title.weight, rows["title"]["rows"]),
-                mode="sum",
-                padding_idx=0,  # row 0 is position 0 of the title's distinct rows
+                rows["title"]["local"],
+                padding_row=0,  # row 0 is position 0 of the title's distinct rows
             )
         title_vec = title_sum / title.gt(0).sum(1, keepdim=True).clamp(min=1)
         x = torch.cat([ids, title_vec, genres, numerics], dim=1)
@@ -132,23 +132,14 @@ class TwoTowerNet(nn.Module):
         """The recency-weighted sums of the history's item and genre rows, as weighted
         bags over the distinct items: the item table is read (and, with sparse tables,
         updated) once per distinct item, and padding costs nothing."""
-        items = bags["items"]
+        items, inverse, offsets = bags["items"], bags["inverse"], bags["offsets"]
         weights = w.flatten().index_select(0, bags["positions"])
+        bag_of = bags["positions"].div(w.shape[1], rounding_mode="floor")  # batch rows
         table = self.history_item
-        hist = nn.functional.embedding_bag(
-            bags["inverse"],
-            gather_rows(table.weight, items) if table.sparse else table(items),
-            bags["offsets"],
-            mode="sum",
-            per_sample_weights=weights,
-        )
-        hist_genres = nn.functional.embedding_bag(
-            bags["inverse"],
-            self.genre_table.index_select(0, items),
-            bags["offsets"],
-            mode="sum",
-            per_sample_weights=weights,
-        )
+        rows = gather_rows(table.weight, items) if table.sparse else table(items)
+        hist = bag_sums(rows, inverse, offsets, weights, bag_of=bag_of)
+        genres = self.genre_table.index_select(0, items)
+        hist_genres = bag_sums(genres, inverse, offsets, weights, bag_of=bag_of)
         return hist, hist_genres
 
 
