@@ -53,23 +53,31 @@ def test_bag_of_given_or_found_from_offsets_is_the_same():
         assert torch.equal(x, y)
 
 
-def test_fixed_bags_with_padding_match_embedding_bag():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fixed_bags_with_padding_match_embedding_bag(weighted):
     """The title's bags: one per row of a 2-D index, row 0 padding (no value, no gradient)."""
     gen = torch.Generator().manual_seed(3)
     rows = torch.randn(25, 4, generator=gen)
     local = torch.randint(0, 25, (30, 8), generator=gen)
     local[:, 5:] = 0  # padded tails
+    weights = torch.rand(30, 8, generator=gen) if weighted else None
 
-    def want(r, _):
-        return nn.functional.embedding_bag(local, r, mode="sum", padding_idx=0)
+    def want(r, w):
+        return nn.functional.embedding_bag(
+            local, r, mode="sum", per_sample_weights=w, padding_idx=0
+        )
 
-    def got(r, _):
-        return bag_sums(r, local, padding_row=0)
+    def got(r, w):
+        return bag_sums(r, local, weights=w, padding_row=0)
 
-    (e_out, e_grad, _), (a_out, a_grad, _) = _grads(want, rows, None), _grads(got, rows, None)
-    assert torch.equal(a_out, e_out)
-    torch.testing.assert_close(a_grad, e_grad, rtol=1e-5, atol=1e-6)
-    assert torch.equal(a_grad[0], torch.zeros(4))
+    expected, actual = _grads(want, rows, weights), _grads(got, rows, weights)
+    assert torch.equal(actual[0], expected[0])
+    torch.testing.assert_close(actual[1], expected[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(actual[1][0], torch.zeros(4))
+    if weighted:
+        assert actual[2].shape == weights.shape
+        torch.testing.assert_close(actual[2], expected[2], rtol=1e-5, atol=1e-6)
+        assert torch.equal(actual[2][:, 5:], torch.zeros(30, 3))  # padded entries
 
 
 def test_bags_need_offsets_or_a_fixed_size():

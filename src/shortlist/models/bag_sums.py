@@ -43,9 +43,10 @@ class _BagSums(torch.autograd.Function):
             grad_weights = rows.index_select(0, flat).mul_(entry_grad).sum(1)
             if ctx.padding_row is not None:
                 grad_weights.masked_fill_(flat == ctx.padding_row, 0.0)
+            grad_weights = grad_weights.view_as(weights)
         if ctx.needs_input_grad[0]:
             if weights is not None:
-                entry_grad.mul_(weights[:, None])
+                entry_grad.mul_(weights.reshape(-1, 1))
             grad_rows = torch.zeros_like(rows).index_add_(0, flat, entry_grad)
             if ctx.padding_row is not None:
                 grad_rows[ctx.padding_row] = 0.0
