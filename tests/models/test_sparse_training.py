@@ -101,6 +101,47 @@ def test_lazy_weight_average_equals_the_dense_average(setup):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_what_sparse_training_reads_at_random_rows_is_placed_in_huge_pages(setup, monkeypatch):
+    """The tables, the genre lookup, the average's tables and its row clocks, and
+    RowAdam's moments all go through the huge-page placement (`huge_pages`); dense
+    tables do not."""
+    import shortlist.models.huge_pages as huge_pages
+    import shortlist.models.objective as objective
+    import shortlist.models.row_adam as row_adam
+
+    placed = []
+
+    def record(fn):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            placed.append(out)
+            return out
+
+        return wrapper
+
+    monkeypatch.setattr(objective, "to_huge_pages", record(huge_pages.to_huge_pages))
+    monkeypatch.setattr(objective, "zeros_in_huge_pages", record(huge_pages.zeros_in_huge_pages))
+    monkeypatch.setattr(row_adam, "zeros_in_huge_pages", record(huge_pages.zeros_in_huge_pages))
+    tp, _, _, examples, feats = setup
+    net = make_net(setup, True)
+    opt = make_optimizer(net, tp)
+    ema = WeightAverage(net, 0.9)
+    apply_step(net, opt, make_batch(setup, np.arange(32)), feats, tp, ema=ema)
+
+    def placed_(t):
+        return any(t.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for p in placed)
+
+    for name in SPARSE_TABLES:
+        weight = getattr(net, name).weight
+        assert placed_(weight) and placed_(getattr(ema.net, name).weight), name
+        assert placed_(ema._synced[name]), name
+        state = opt.sparse.state[weight]
+        assert placed_(state["exp_avg"]) and placed_(state["exp_avg_sq"]), name
+    assert placed_(net.genre_table)
+    dense = make_net(setup, False)
+    assert not any(placed_(getattr(dense, name).weight) for name in SPARSE_TABLES)
+
+
 def test_prefetch_yields_the_plain_loops_batches_in_order(setup):
     """The prefetcher assembles in its thread, ahead, from the same random stream and
     estimator: the batches, their log Q and the estimator afterwards are the plain loop's."""

@@ -36,6 +36,7 @@ from torch.profiler import record_function
 
 from shortlist.config import TowerParams
 from shortlist.models.examples import TowerExamples, make_batch
+from shortlist.models.huge_pages import to_huge_pages, zeros_in_huge_pages
 from shortlist.models.logq import StreamingFrequencyEstimator
 from shortlist.models.row_adam import RowAdam
 from shortlist.models.table_rows import distinct_rows
@@ -137,9 +138,16 @@ def resolve_sparse(tp: TowerParams, n_items: int, distributed: bool = False) -> 
 
 def set_sparse(net: nn.Module, sparse: bool) -> None:
     """Make the tables of SPARSE_TABLES produce sparse (or dense) gradients. The weights
-    and the saved model are the same either way."""
+    and the saved model are the same either way. Sparse tables are read and written at
+    random rows, so their weights move into huge pages (`to_huge_pages`), as does the
+    history's genre lookup, read at the same rows."""
     for name in SPARSE_TABLES:
-        getattr(net, name).sparse = sparse
+        table = getattr(net, name)
+        table.sparse = sparse
+        if sparse:
+            table.weight.data = to_huge_pages(table.weight.data)
+    if sparse and isinstance(getattr(net, "genre_table", None), torch.Tensor):
+        net.genre_table = to_huge_pages(net.genre_table)
 
 
 def _table_params(net: nn.Module) -> list[nn.Parameter]:
@@ -402,8 +410,12 @@ class WeightAverage:
         # Sum of log decays applied so far, and per table row the sum at its last catch-up.
         self._log_decay = 0.0
         self._synced = {
-            n: torch.zeros(getattr(net, n).weight.shape[0], dtype=torch.float64) for n in names
+            n: zeros_in_huge_pages(getattr(net, n).weight.shape[:1], dtype=torch.float64)
+            for n in names
         }
+        for n in names:  # read and written at random rows, as the tables
+            avg = getattr(self.net, n).weight
+            avg.data = to_huge_pages(avg.data)
 
     @torch.no_grad()
     def _catch_up_all(self, name: str, cur: torch.Tensor) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
+from shortlist.models.huge_pages import zeros_in_huge_pages
+
 
 class RowAdam(torch.optim.Optimizer):
     """Adam on parameters whose gradients are sparse (row-wise: `nn.Embedding(sparse=True)`)."""
@@ -57,8 +59,11 @@ class RowAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    # Read and written at random rows, as the table: in huge pages.
+                    state["exp_avg"] = zeros_in_huge_pages(p.shape, dtype=p.dtype, device=p.device)
+                    state["exp_avg_sq"] = zeros_in_huge_pages(
+                        p.shape, dtype=p.dtype, device=p.device
+                    )
                 idx = grad._indices()[0]
                 tables.append(p)
                 rows.append(idx)
