@@ -10,7 +10,7 @@ softmax with logQ, batch 1024), excluding feature preparation and validation, in
     before: dense tables (fused AdamW over every row, dense weight average), inline batches
             (towers.sparse_embeddings=off, towers.prefetch_batches=0)
     after:  sparse tables (RowAdam on the touched rows, the history pooled over its
-            distinct items, lazily caught-up average),
+            distinct items, lazily caught-up average, all in transparent huge pages),
             batches assembled ahead by a background thread (the params' values at 1M items)
 
 Each variant builds its network afresh from the same seed, takes 5 warm-up steps, then
