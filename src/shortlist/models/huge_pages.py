@@ -15,18 +15,18 @@ import ctypes
 import ctypes.util
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14  # <sys/mman.h>, Linux
-#: Below this size a tensor has no whole huge page to gain.
+#: Smaller tensors stay where they are: a few whole huge pages at most to gain.
 MIN_BYTES = 4 * HUGE_PAGE
 
 
 @functools.cache
-def _madvise() -> ctypes._CFuncPtr | None:
+def _madvise() -> Callable[[int, int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
